@@ -1,0 +1,382 @@
+//! Drawing genotypes: Graphviz DOT text, and SVG laid out in Rust (no Graphviz install).
+//!
+//! The pictures follow the reference `visualize.py`: cell inputs `c_{k-2}`, `c_{k-1}`
+//! (or `x_{t}`, `h_{t-1}`), intermediate nodes numbered from 0, the output `c_{k}`
+//! (or `h_{t}`), left to right, every edge labelled by its operation.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, Result};
+use crate::genotype::Genotype;
+
+const INPUT_FILL: &str = "#b4eeb4";
+const NODE_FILL: &str = "#add8e6";
+const OUTPUT_FILL: &str = "#eee8aa";
+
+/// One drawn graph: a cell, or a whole macro architecture.
+#[derive(Debug)]
+struct Panel {
+    /// Short identifier ("normal").
+    id: String,
+    /// Caption ("normal cell").
+    title: String,
+    /// `(id, label, fill)`.
+    nodes: Vec<(String, String, &'static str)>,
+    /// `(from, to, label, dashed)`.
+    edges: Vec<(String, String, String, bool)>,
+}
+
+impl Panel {
+    fn new(id: &str, title: &str) -> Self {
+        Panel {
+            id: id.to_string(),
+            title: title.to_string(),
+            nodes: Vec::new(),
+            edges: Vec::new(),
+        }
+    }
+
+    fn node(&mut self, id: impl Into<String>, fill: &'static str) {
+        let id = id.into();
+        self.nodes.push((id.clone(), id, fill));
+    }
+
+    fn edge(&mut self, from: impl Into<String>, to: impl Into<String>, label: impl Into<String>) {
+        self.edges
+            .push((from.into(), to.into(), label.into(), false));
+    }
+
+    /// A cell with two inputs, `ops[i]` = `(op, input)` edges of intermediate node `i`,
+    /// and the states in `concat` joined into `output`.
+    fn cell(
+        id: &str,
+        title: &str,
+        inputs: [&str; 2],
+        output: &str,
+        nodes: &[Vec<(String, usize)>],
+        concat: &[usize],
+    ) -> Self {
+        let mut panel = Panel::new(id, title);
+        let state = |i: usize| match i {
+            0 | 1 => inputs[i].to_string(),
+            n => (n - 2).to_string(),
+        };
+        panel.node(inputs[0], INPUT_FILL);
+        panel.node(inputs[1], INPUT_FILL);
+        for i in 0..nodes.len() {
+            panel.node(i.to_string(), NODE_FILL);
+        }
+        panel.node(output, OUTPUT_FILL);
+        for (i, edges) in nodes.iter().enumerate() {
+            for (op, input) in edges {
+                panel.edge(state(*input), i.to_string(), op.clone());
+            }
+        }
+        for &c in concat {
+            panel.edge(state(c), output, "");
+        }
+        panel
+    }
+
+    /// A recurrent cell: `x_{t}` and `h_{t-1}` make state 0, node `i` reads one earlier state.
+    fn recurrent(
+        title: &str,
+        first: Option<&str>,
+        nodes: &[(String, usize)],
+        concat: &[usize],
+    ) -> Self {
+        let mut panel = Panel::new("recurrent", title);
+        panel.node("x_{t}", INPUT_FILL);
+        panel.node("h_{t-1}", INPUT_FILL);
+        for i in 0..=nodes.len() {
+            panel.node(i.to_string(), NODE_FILL);
+        }
+        panel.node("h_{t}", OUTPUT_FILL);
+        let first = first.unwrap_or("");
+        panel.edge("x_{t}", "0", first);
+        panel.edge("h_{t-1}", "0", first);
+        for (i, (op, input)) in nodes.iter().enumerate() {
+            panel.edge(input.to_string(), (i + 1).to_string(), op.clone());
+        }
+        for &c in concat {
+            panel.edge(c.to_string(), "h_{t}", "");
+        }
+        panel
+    }
+}
+
+fn panels(genotype: &Genotype) -> Vec<Panel> {
+    match genotype {
+        Genotype::DartsCnn(g) => [("normal", g.normal()), ("reduce", g.reduce())]
+            .into_iter()
+            .map(|(id, cell)| {
+                let nodes: Vec<Vec<(String, usize)>> = cell
+                    .nodes()
+                    .map(|edges| {
+                        edges
+                            .iter()
+                            .map(|e| (e.op.name().to_string(), e.input))
+                            .collect()
+                    })
+                    .collect();
+                Panel::cell(
+                    id,
+                    &format!("{id} cell"),
+                    ["c_{k-2}", "c_{k-1}"],
+                    "c_{k}",
+                    &nodes,
+                    &cell.concat().indices(),
+                )
+            })
+            .collect(),
+        Genotype::EnasMicro(g) => [("normal", g.normal()), ("reduce", g.reduce())]
+            .into_iter()
+            .map(|(id, cell)| {
+                let nodes: Vec<Vec<(String, usize)>> = cell
+                    .nodes()
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            (n.x_op.name().to_string(), n.x_input),
+                            (n.y_op.name().to_string(), n.y_input),
+                        ]
+                    })
+                    .collect();
+                Panel::cell(
+                    id,
+                    &format!("{id} cell"),
+                    ["c_{k-2}", "c_{k-1}"],
+                    "c_{k}",
+                    &nodes,
+                    &cell.concat(),
+                )
+            })
+            .collect(),
+        Genotype::DartsRnn(g) => {
+            let nodes: Vec<(String, usize)> = g
+                .recurrent()
+                .iter()
+                .map(|e| (e.activation.name().to_string(), e.input))
+                .collect();
+            vec![Panel::recurrent(
+                "recurrent cell",
+                None,
+                &nodes,
+                &g.concat().indices(),
+            )]
+        }
+        Genotype::EnasRnn(g) => {
+            let nodes: Vec<(String, usize)> = g
+                .nodes()
+                .iter()
+                .map(|e| (e.activation.name().to_string(), e.input))
+                .collect();
+            vec![Panel::recurrent(
+                "recurrent cell",
+                Some(g.first().name()),
+                &nodes,
+                &g.concat(),
+            )]
+        }
+        Genotype::EnasMacro(a) => {
+            let mut panel = Panel::new("network", "enas macro network");
+            panel.node("stem", INPUT_FILL);
+            let layer = |k: usize| format!("layer {k}");
+            for (k, l) in a.layers().iter().enumerate() {
+                panel
+                    .nodes
+                    .push((layer(k), format!("{k}: {}", l.op), NODE_FILL));
+            }
+            panel.node("output", OUTPUT_FILL);
+            let source = |i: usize| {
+                if i == 0 {
+                    "stem".to_string()
+                } else {
+                    layer(i - 1)
+                }
+            };
+            for (k, l) in a.layers().iter().enumerate() {
+                panel.edge(source(k), layer(k), "");
+                for &s in &l.skips {
+                    panel.edges.push((source(s), layer(k), String::new(), true));
+                }
+            }
+            panel.edge(layer(a.layers().len() - 1), "output", "");
+            vec![panel]
+        }
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn write_panel_body(out: &mut String, panel: &Panel, prefix: &str, indent: &str) {
+    for (id, label, fill) in &panel.nodes {
+        let shape = if fill == &NODE_FILL && !label.contains(':') {
+            "circle"
+        } else {
+            "box"
+        };
+        let _ = writeln!(
+            out,
+            "{indent}{} [label={}, shape={shape}, style=filled, fillcolor={}];",
+            quote(&format!("{prefix}{id}")),
+            quote(label),
+            quote(fill)
+        );
+    }
+    for (from, to, label, dashed) in &panel.edges {
+        let mut attrs = Vec::new();
+        if !label.is_empty() {
+            attrs.push(format!("label={}", quote(label)));
+        }
+        if *dashed {
+            attrs.push("style=dashed".to_string());
+        }
+        let attrs = if attrs.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", attrs.join(", "))
+        };
+        let _ = writeln!(
+            out,
+            "{indent}{} -> {}{attrs};",
+            quote(&format!("{prefix}{from}")),
+            quote(&format!("{prefix}{to}"))
+        );
+    }
+}
+
+/// Graphviz DOT: one `digraph`, with one cluster per cell when there are several.
+pub fn to_dot(genotype: &Genotype) -> String {
+    let panels = panels(genotype);
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph {} {{", quote(genotype.kind().name()));
+    out.push_str(
+        "  rankdir=LR;\n  node [fontname=\"times\", penwidth=2];\n  edge [fontname=\"times\"];\n",
+    );
+    if let [panel] = &panels[..] {
+        write_panel_body(&mut out, panel, "", "  ");
+    } else {
+        for panel in &panels {
+            let _ = writeln!(
+                out,
+                "  subgraph {} {{",
+                quote(&format!("cluster_{}", panel.id))
+            );
+            let _ = writeln!(out, "    label={};", quote(&panel.title));
+            write_panel_body(&mut out, panel, &format!("{}/", panel.id), "    ");
+            out.push_str("  }\n");
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// A standalone SVG document: each cell laid out by `layout-rs`, stacked with captions.
+pub fn to_svg(genotype: &Genotype) -> Result<String> {
+    const MARGIN: f64 = 20.0;
+    const CAPTION: f64 = 36.0;
+    let mut parts = Vec::new();
+    for panel in panels(genotype) {
+        let mut dot = String::from("digraph g {\n  rankdir=LR;\n");
+        write_panel_body(&mut dot, &panel, "", "  ");
+        dot.push_str("}\n");
+        parts.push((panel.title, render_one(&dot)?));
+    }
+    let width = parts.iter().map(|(_, (_, w, _))| *w).fold(0.0, f64::max) + 2.0 * MARGIN;
+    let height: f64 = parts.iter().map(|(_, (_, _, h))| h + CAPTION).sum::<f64>() + MARGIN;
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n<title>{} genotype</title>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        genotype.kind()
+    );
+    let mut y = 0.0;
+    for (title, (body, w, h)) in parts {
+        let _ = writeln!(
+            out,
+            "<text x=\"{MARGIN}\" y=\"{}\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"20\" font-weight=\"bold\">{title}</text>",
+            y + CAPTION - 10.0
+        );
+        let _ = writeln!(
+            out,
+            "<svg x=\"{MARGIN}\" y=\"{}\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">{body}</svg>",
+            y + CAPTION
+        );
+        y += CAPTION + h;
+    }
+    out.push_str("</svg>\n");
+    Ok(out)
+}
+
+/// Lays one graph out; returns the SVG body (without the outer element) and its size.
+fn render_one(dot: &str) -> Result<(String, f64, f64)> {
+    use layout::backends::svg::SVGWriter;
+    use layout::gv::{DotParser, GraphBuilder};
+
+    let graph = DotParser::new(dot).process().map_err(Error::Layout)?;
+    // layout-rs asserts on its own invariants; keep a failure there an error, not a crash.
+    let svg = std::panic::catch_unwind(|| {
+        let mut builder = GraphBuilder::new();
+        builder.visit_graph(&graph);
+        let mut visual = builder.get();
+        let mut writer = SVGWriter::new();
+        visual.do_it(false, false, false, &mut writer);
+        writer.finalize()
+    })
+    .map_err(|_| Error::Layout("the layout engine failed on this graph".to_string()))?;
+    let open_end = svg
+        .find("<svg")
+        .and_then(|start| svg[start..].find('>').map(|end| start + end + 1))
+        .ok_or_else(|| Error::Layout("the layout engine wrote no <svg> element".to_string()))?;
+    let close = svg.rfind("</svg>").unwrap_or(svg.len());
+    let attr = |name: &str| -> Option<f64> {
+        let head = &svg[..open_end];
+        let start = head.find(&format!(" {name}=\""))? + name.len() + 3;
+        head[start..].split('"').next()?.parse().ok()
+    };
+    let (w, h) = attr("width")
+        .zip(attr("height"))
+        .ok_or_else(|| Error::Layout("the layout engine wrote no size".to_string()))?;
+    Ok((svg[open_end..close].to_string(), w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundled::bundled;
+
+    #[test]
+    fn dot_snapshot_rnn() {
+        let dot = to_dot(&bundled("darts-rnn-v2").unwrap());
+        expect_test::expect_file!["../tests/snapshots/darts-rnn-v2.dot"].assert_eq(&dot);
+    }
+
+    #[test]
+    fn dot_snapshot_cnn() {
+        let dot = to_dot(&bundled("darts-v2").unwrap());
+        expect_test::expect_file!["../tests/snapshots/darts-v2.dot"].assert_eq(&dot);
+    }
+
+    #[test]
+    fn svg_has_every_edge_label() {
+        for name in [
+            "darts-v2",
+            "nasnet-a",
+            "darts-rnn-v2",
+            "enas-micro",
+            "enas-macro",
+        ] {
+            let g = bundled(name).unwrap();
+            let svg = to_svg(&g).unwrap();
+            assert!(svg.starts_with("<?xml"), "{name}");
+            assert!(svg.trim_end().ends_with("</svg>"), "{name}");
+            if let Genotype::DartsCnn(c) = &g {
+                for e in c.normal().edges().iter().chain(c.reduce().edges()) {
+                    assert!(svg.contains(e.op.name()), "{name}: {}", e.op);
+                }
+                assert!(svg.contains("normal cell") && svg.contains("reduce cell"));
+            }
+        }
+    }
+}
