@@ -6,12 +6,14 @@
 
 use std::fmt::Write as _;
 
+use crate::enas_macro::EnasMacroArch;
 use crate::error::{Error, Result};
 use crate::genotype::Genotype;
 
 const INPUT_FILL: &str = "#b4eeb4";
 const NODE_FILL: &str = "#add8e6";
 const OUTPUT_FILL: &str = "#eee8aa";
+const OP_FILL: &str = "#f5f5f5";
 
 /// One drawn graph: a cell, or a whole macro architecture.
 #[derive(Debug)]
@@ -278,12 +280,12 @@ pub fn to_dot(genotype: &Genotype) -> String {
 pub fn to_svg(genotype: &Genotype) -> Result<String> {
     const MARGIN: f64 = 20.0;
     const CAPTION: f64 = 36.0;
+    if let Genotype::EnasMacro(arch) = genotype {
+        return Ok(macro_svg(arch));
+    }
     let mut parts = Vec::new();
     for panel in panels(genotype) {
-        let mut dot = String::from("digraph g {\n  rankdir=LR;\n");
-        write_panel_body(&mut dot, &panel, "", "  ");
-        dot.push_str("}\n");
-        parts.push((panel.title, render_one(&dot)?));
+        parts.push((panel.title.clone(), render_one(&layout_dot(&panel))?));
     }
     let width = parts.iter().map(|(_, (_, w, _))| *w).fold(0.0, f64::max) + 2.0 * MARGIN;
     let height: f64 = parts.iter().map(|(_, (_, _, h))| h + CAPTION).sum::<f64>() + MARGIN;
@@ -307,6 +309,104 @@ pub fn to_svg(genotype: &Genotype) -> Result<String> {
     }
     out.push_str("</svg>\n");
     Ok(out)
+}
+
+/// A macro network as a column of layers, with every skip connection an arc on the right
+/// whose width grows with the distance it spans (as ENAS's paper draws it); a general
+/// layered layout of 24 densely connected layers is unreadable.
+fn macro_svg(arch: &EnasMacroArch) -> String {
+    const BOX_W: f64 = 190.0;
+    const BOX_H: f64 = 28.0;
+    const STEP: f64 = 46.0;
+    const LEFT: f64 = 20.0;
+    const TOP: f64 = 56.0;
+    let labels: Vec<String> = std::iter::once("stem".to_string())
+        .chain(
+            arch.layers()
+                .iter()
+                .enumerate()
+                .map(|(k, l)| format!("layer {k}: {}", l.op)),
+        )
+        .chain(std::iter::once("output".to_string()))
+        .collect();
+    let y = |i: usize| TOP + i as f64 * STEP;
+    let arc_width = |span: usize| 24.0 + span as f64 * 11.0;
+    let max_span = arch
+        .layers()
+        .iter()
+        .enumerate()
+        .flat_map(|(k, l)| l.skips.iter().map(move |&s| k + 1 - s))
+        .max()
+        .unwrap_or(0);
+    let width = (LEFT + BOX_W + arc_width(max_span) + 40.0).max(640.0);
+    let height = y(labels.len()) + 10.0;
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n<title>enas-macro genotype</title>\n<defs><marker id=\"arrow\" markerWidth=\"10\" markerHeight=\"7\" refX=\"10\" refY=\"3.5\" orient=\"auto\"><polygon points=\"0 0, 10 3.5, 0 7\"/></marker></defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{LEFT}\" y=\"30\" font-family=\"Helvetica, Arial, sans-serif\" font-size=\"20\" font-weight=\"bold\">enas macro network ({} layers, dashed: skip connections)</text>\n",
+        arch.layers().len()
+    );
+    for (i, label) in labels.iter().enumerate() {
+        let fill = match i {
+            0 => INPUT_FILL,
+            i if i == labels.len() - 1 => OUTPUT_FILL,
+            _ => NODE_FILL,
+        };
+        let _ = writeln!(
+            out,
+            "<rect x=\"{LEFT}\" y=\"{}\" width=\"{BOX_W}\" height=\"{BOX_H}\" fill=\"{fill}\" stroke=\"black\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" dominant-baseline=\"middle\" font-family=\"Times, serif\" font-size=\"15\">{label}</text>",
+            y(i),
+            LEFT + BOX_W / 2.0,
+            y(i) + BOX_H / 2.0
+        );
+        if i > 0 {
+            let _ = writeln!(
+                out,
+                "<line x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\" stroke=\"black\" marker-end=\"url(#arrow)\"/>",
+                y(i - 1) + BOX_H,
+                y(i),
+                x = LEFT + BOX_W / 2.0
+            );
+        }
+    }
+    let right = LEFT + BOX_W;
+    for (k, layer) in arch.layers().iter().enumerate() {
+        for &s in &layer.skips {
+            // Source `s` indexes [stem, layer 0, ...], which is row `s`; layer k is row k + 1.
+            let (y0, y1) = (y(s) + BOX_H / 2.0, y(k + 1) + BOX_H / 2.0);
+            let w = arc_width(k + 1 - s);
+            let _ = writeln!(
+                out,
+                "<path d=\"M {right} {y0} C {c} {y0}, {c} {y1}, {right} {y1}\" fill=\"none\" stroke=\"#555555\" stroke-dasharray=\"5,3\" marker-end=\"url(#arrow)\"/>",
+                c = right + w
+            );
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The DOT that the SVG layout gets: every labelled edge becomes a box of its own
+/// between its ends, so that no label can drift away from its edge.
+fn layout_dot(panel: &Panel) -> String {
+    let mut boxed = Panel::new(&panel.id, &panel.title);
+    boxed.nodes = panel.nodes.clone();
+    for (i, (from, to, label, dashed)) in panel.edges.iter().enumerate() {
+        if label.is_empty() {
+            boxed
+                .edges
+                .push((from.clone(), to.clone(), String::new(), *dashed));
+        } else {
+            let op = format!("op {i}");
+            boxed.nodes.push((op.clone(), label.clone(), OP_FILL));
+            boxed
+                .edges
+                .push((from.clone(), op.clone(), String::new(), *dashed));
+            boxed.edges.push((op, to.clone(), String::new(), *dashed));
+        }
+    }
+    let mut dot = String::from("digraph g {\n  rankdir=LR;\n");
+    write_panel_body(&mut dot, &boxed, "", "  ");
+    dot.push_str("}\n");
+    dot
 }
 
 /// Lays one graph out; returns the SVG body (without the outer element) and its size.
