@@ -1,1 +1,37 @@
-fn main() {}
+//! `cargo xtask`: project automation (generated docs, fuzzing).
+//!
+//! One module per subcommand; run `cargo xtask help` for the list.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+mod docs;
+mod fuzz;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
+  fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)
+  help                   this text";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    match args.first().map(String::as_str) {
+        Some("docs") => docs::run(&rest),
+        Some("fuzz") => fuzz::run(&rest),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown xtask command {other:?}\n\n{USAGE}"),
+    }
+}
+
+/// The workspace root: the parent of this crate's directory.
+fn project_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}

@@ -105,7 +105,7 @@ fn from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, ArchWeights>> {
         );
     }
     if out.is_empty() {
-        let names: Vec<_> = tensors.names().into_iter().cloned().collect();
+        let names: Vec<String> = tensors.names().into_iter().map(str::to_string).collect();
         bail!(
             "no tensor named normal, reduce or recurrent; the file holds: {}",
             if names.is_empty() {

@@ -74,19 +74,22 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ArcSpace {
     /// ENAS micro (CNN cells).
-    EnasMicro,
+    #[value(name = "enas-micro")]
+    Micro,
     /// ENAS macro (whole CNN).
-    EnasMacro,
+    #[value(name = "enas-macro")]
+    Macro,
     /// ENAS recurrent cell.
-    EnasRnn,
+    #[value(name = "enas-rnn")]
+    Rnn,
 }
 
 impl From<ArcSpace> for GenotypeKind {
     fn from(s: ArcSpace) -> Self {
         match s {
-            ArcSpace::EnasMicro => GenotypeKind::EnasMicro,
-            ArcSpace::EnasMacro => GenotypeKind::EnasMacro,
-            ArcSpace::EnasRnn => GenotypeKind::EnasRnn,
+            ArcSpace::Micro => GenotypeKind::EnasMicro,
+            ArcSpace::Macro => GenotypeKind::EnasMacro,
+            ArcSpace::Rnn => GenotypeKind::EnasRnn,
         }
     }
 }
@@ -163,6 +166,9 @@ fn load(spec: &str, arc_kind: Option<GenotypeKind>) -> Result<Genotype> {
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading genotype {path:?}"))?;
+    if arc_kind.is_none() && text.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
+        bail!("{path:?} holds an ENAS arc string, which does not say its search space: give --space enas-micro, enas-macro or enas-rnn");
+    }
     Genotype::parse(&text, arc_kind).with_context(|| format!("reading genotype {path:?}"))
 }
 

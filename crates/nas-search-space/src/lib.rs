@@ -45,3 +45,4 @@ pub use primitive::{
     ENAS_RNN_ACTIVATIONS,
 };
 pub use python::parse as parse_python;
+pub use rnn::{RnnEdge, RnnGenotype};
