@@ -53,31 +53,53 @@ impl Concat {
     }
 
     /// Checks that the concat is non-empty, without repeats, and within `valid`.
+    ///
+    /// A range is checked by its ends, never listed: `range(0, 10**15)` is read from
+    /// untrusted text and must fail as quickly as `range(0, 7)`.
     pub(crate) fn validate(&self, cell: &str, valid: std::ops::Range<usize>) -> Result<()> {
-        let indices = self.indices();
-        if indices.is_empty() {
-            return Err(Error::EmptyConcat {
-                cell: cell.to_string(),
-            });
-        }
-        for (pos, &index) in indices.iter().enumerate() {
-            if !valid.contains(&index) {
-                return Err(Error::BadConcat {
-                    cell: cell.to_string(),
-                    index,
-                    problem: format!(
-                        "not a state of the cell (expected {}..={})",
-                        valid.start,
-                        valid.end.saturating_sub(1)
-                    ),
-                });
+        let outside = |index: usize| Error::BadConcat {
+            cell: cell.to_string(),
+            index,
+            problem: format!(
+                "not a state of the cell (expected {}..={})",
+                valid.start,
+                valid.end.saturating_sub(1)
+            ),
+        };
+        let empty = || Error::EmptyConcat {
+            cell: cell.to_string(),
+        };
+        match self {
+            Concat::Range {
+                range: [start, end],
+            } => {
+                if start >= end {
+                    return Err(empty());
+                }
+                // The first entry outside `valid`, in order, as for a list.
+                if !valid.contains(start) {
+                    return Err(outside(*start));
+                }
+                if *end > valid.end {
+                    return Err(outside(valid.end));
+                }
             }
-            if indices[..pos].contains(&index) {
-                return Err(Error::BadConcat {
-                    cell: cell.to_string(),
-                    index,
-                    problem: "repeated".to_string(),
-                });
+            Concat::List(indices) => {
+                if indices.is_empty() {
+                    return Err(empty());
+                }
+                for (pos, &index) in indices.iter().enumerate() {
+                    if !valid.contains(&index) {
+                        return Err(outside(index));
+                    }
+                    if indices[..pos].contains(&index) {
+                        return Err(Error::BadConcat {
+                            cell: cell.to_string(),
+                            index,
+                            problem: "repeated".to_string(),
+                        });
+                    }
+                }
             }
         }
         Ok(())
@@ -117,5 +139,34 @@ mod tests {
             .validate("normal cell", 0..6)
             .unwrap_err();
         assert_eq!(err.to_string(), "normal cell: concat entry 2 is repeated");
+    }
+
+    #[test]
+    fn huge_range_is_an_error_not_an_allocation() {
+        // Found by reviewing the fuzz targets: validation listed every index of the
+        // range, so `range(1, 10**14)` from python notation or JSON asked for ~800 TB.
+        let err = Concat::range(1, 100_000_000_000_000)
+            .validate("recurrent cell", 0..2)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "recurrent cell: concat entry 2 is not a state of the cell (expected 0..=1)"
+        );
+        let err = Concat::range(usize::MAX - 1, usize::MAX)
+            .validate("normal cell", 0..6)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "normal cell: concat entry {} is not a state of the cell (expected 0..=5)",
+                usize::MAX - 1
+            )
+        );
+        let err = Concat::range(usize::MAX, 0)
+            .validate("normal cell", 0..6)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "normal cell: the concat list is empty");
+        assert!(Concat::range(0, 6).validate("normal cell", 0..6).is_ok());
+        assert!(Concat::range(1, 7).validate("normal cell", 0..6).is_err());
     }
 }

@@ -420,6 +420,12 @@ fn render_one(dot: &str) -> Result<(String, f64, f64)> {
         let mut builder = GraphBuilder::new();
         builder.visit_graph(&graph);
         let mut visual = builder.get();
+        // layout-rs re-checks that its DAG is acyclic after every edge it adds, with a
+        // depth-first search that forgets visited nodes when it backtracks, so it walks
+        // every path: exponential time in a cell whose nodes share inputs (an ENAS micro
+        // cell of 50 nodes took minutes). The graphs built here are acyclic by
+        // construction (every node reads earlier states only), so skip those checks.
+        visual.dag.set_validate(false);
         let mut writer = SVGWriter::new();
         visual.do_it(false, false, false, &mut writer);
         writer.finalize()

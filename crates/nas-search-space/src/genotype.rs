@@ -296,4 +296,16 @@ mod tests {
         assert!(g.to_python().is_err());
         assert_eq!(g.to_text(TextFormat::Arc).unwrap(), "0 0 0");
     }
+
+    #[test]
+    fn json_huge_concat_range_is_an_error() {
+        // Used to list all 10**15 states of the range before checking them (out of memory).
+        let json = r#"{"recurrent": [["tanh", 0]], "concat": {"range": [0, 1000000000000000]}}"#;
+        let err = Genotype::from_json(json).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("concat entry 2 is not a state of the cell (expected 0..=1)"),
+            "{err}"
+        );
+    }
 }

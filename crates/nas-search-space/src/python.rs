@@ -553,4 +553,24 @@ mod tests {
             .to_string()
             .contains("nested too deeply"));
     }
+
+    #[test]
+    fn huge_range_is_an_error_not_an_allocation() {
+        // Used to list all 10**14 states of the range before checking them (out of memory).
+        let err = parse("Genotype(recurrent=[('tanh', 0)], concat=range(1, 100000000000000))")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "recurrent cell: concat entry 2 is not a state of the cell (expected 0..=1)"
+        );
+        let text = format!(
+            "Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], normal_concat=range({}), reduce=[('skip_connect', 0), ('skip_connect', 1)], reduce_concat=[2])",
+            usize::MAX
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "normal cell: concat entry 3 is not a state of the cell (expected 0..=2)"
+        );
+    }
 }

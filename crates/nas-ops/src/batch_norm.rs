@@ -1,0 +1,513 @@
+//! Batch normalisation (Ioffe and Szegedy 2015) over `[n, c, h, w]`: a fused training-mode
+//! op that saves the batch mean and inverse standard deviation for its hand-written
+//! backward, and a module with running statistics, with or without affine parameters
+//! (DARTS's search cells use BN without affine parameters).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, Var};
+use candle_nn::{Init, ModuleT, VarBuilder};
+use rayon::prelude::*;
+
+use crate::cpu::{dispatch, Elem};
+use crate::error::{Error, Result};
+
+const OP: &str = "batch_norm";
+
+/// The statistics of one training batch, per channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchStats {
+    /// Mean over batch and space.
+    pub mean: Vec<f64>,
+    /// Biased variance over batch and space (what normalises the batch).
+    pub var: Vec<f64>,
+    /// Number of values each channel's statistics cover (n * h * w).
+    pub count: usize,
+}
+
+/// Training-mode batch norm: normalises with the batch's own statistics, then scales by
+/// `gamma` and shifts by `beta` when given. Returns the output and the batch statistics.
+pub fn batch_norm_train(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let (n, c, h, w) = dims(x)?;
+    if let Some((gamma, beta)) = affine {
+        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+            if t.dims() != [c] {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    expected: format!("{name} [{c}]"),
+                    got: t.dims().to_vec(),
+                }
+                .into());
+            }
+        }
+    }
+    let saved = Arc::new(Mutex::new(None));
+    let op = BatchNormTrain {
+        geom: Geometry { n, c, hw: h * w },
+        eps,
+        saved: saved.clone(),
+    };
+    let x = x.contiguous()?;
+    let y = match affine {
+        Some((gamma, beta)) => x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?,
+        None => x.apply_op1(op)?,
+    };
+    let stats = saved
+        .lock()
+        .map_err(|_| Error::Unsupported { op: OP, message: "statistics lock poisoned".into() })?
+        .as_ref()
+        .map(|s: &Saved| BatchStats {
+            mean: s.mean.clone(),
+            var: s.var.clone(),
+            count: n * h * w,
+        })
+        .ok_or_else(|| Error::Unsupported {
+            op: OP,
+            message: format!("no CPU statistics for a tensor on {:?}", x.device()),
+        })?;
+    Ok((y, stats))
+}
+
+/// The plain-tensor reference of [`batch_norm_train`]'s output.
+pub fn batch_norm_train_slow(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<Tensor> {
+    let (_, c, _, _) = dims(x)?;
+    let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    match affine {
+        Some((gamma, beta)) => y
+            .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&beta.reshape((1, c, 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// Settings of a [`BatchNorm`] module (PyTorch's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance.
+    pub eps: f64,
+    /// Weight of the new batch in the running statistics.
+    pub momentum: f64,
+    /// Learnable scale and shift.
+    pub affine: bool,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig {
+            eps: 1e-5,
+            momentum: 0.1,
+            affine: true,
+        }
+    }
+}
+
+/// Batch norm with running statistics. In training it normalises with the batch (fused
+/// op) and updates the running mean and unbiased variance; in evaluation it uses them.
+///
+/// Parameters are `weight` and `bias` (PyTorch's names); the running statistics are
+/// buffers owned by the module, not trainable variables.
+#[derive(Debug, Clone)]
+pub struct BatchNorm {
+    affine: Option<(Tensor, Tensor)>,
+    running_mean: Var,
+    running_var: Var,
+    cfg: BatchNormConfig,
+}
+
+impl BatchNorm {
+    /// The running mean.
+    pub fn running_mean(&self) -> &Tensor {
+        self.running_mean.as_tensor()
+    }
+
+    /// The running (unbiased) variance.
+    pub fn running_var(&self) -> &Tensor {
+        self.running_var.as_tensor()
+    }
+
+    /// The settings.
+    pub fn config(&self) -> BatchNormConfig {
+        self.cfg
+    }
+
+    fn update_running(&self, stats: &BatchStats) -> Result<()> {
+        let m = self.cfg.momentum;
+        let unbiased = stats.count as f64 / (stats.count.max(2) - 1) as f64;
+        let dev = self.running_mean.device();
+        let dtype = self.running_mean.dtype();
+        let mean = Tensor::new(stats.mean.as_slice(), dev)?.to_dtype(dtype)?;
+        let var = (Tensor::new(stats.var.as_slice(), dev)? * unbiased)?.to_dtype(dtype)?;
+        let new_mean = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean * m)?)?;
+        let new_var = ((self.running_var.as_tensor() * (1.0 - m))? + (var * m)?)?;
+        self.running_mean.set(&new_mean)?;
+        self.running_var.set(&new_var)
+    }
+}
+
+impl ModuleT for BatchNorm {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let affine = self.affine.as_ref().map(|(g, b)| (g, b));
+            let (y, stats) = batch_norm_train(x, affine, self.cfg.eps)?;
+            self.update_running(&stats)?;
+            return Ok(y);
+        }
+        let c = x.dim(1)?;
+        let shape = (1, c, 1, 1);
+        let inv = (self.running_var.as_tensor() + self.cfg.eps)?.sqrt()?.recip()?;
+        let (scale, shift) = match &self.affine {
+            Some((g, b)) => {
+                let scale = (g * &inv)?;
+                let shift = (b - (self.running_mean.as_tensor() * &scale)?)?;
+                (scale, shift)
+            }
+            None => {
+                let shift = (self.running_mean.as_tensor() * &inv)?.neg()?;
+                (inv, shift)
+            }
+        };
+        x.broadcast_mul(&scale.reshape(shape)?)?
+            .broadcast_add(&shift.reshape(shape)?)
+    }
+}
+
+/// Builds a [`BatchNorm`] for `channels`; `weight` starts at 1 and `bias` at 0.
+pub fn batch_norm(channels: usize, cfg: BatchNormConfig, vb: VarBuilder) -> Result<BatchNorm> {
+    let affine = if cfg.affine {
+        Some((
+            vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+            vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+        ))
+    } else {
+        None
+    };
+    let dtype = vb.dtype();
+    let dev = vb.device();
+    Ok(BatchNorm {
+        affine,
+        running_mean: Var::zeros(channels, dtype, dev)?,
+        running_var: Var::ones(channels, dtype, dev)?,
+        cfg,
+    })
+}
+
+fn dims(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    match x.dims() {
+        &[n, c, h, w] if n * h * w > 0 => Ok((n, c, h, w)),
+        other => Err(Error::ShapeMismatch {
+            op: OP,
+            expected: "a non-empty input [n, c, h, w]".to_string(),
+            got: other.to_vec(),
+        }
+        .into()),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    hw: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Saved {
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+struct BatchNormTrain {
+    geom: Geometry,
+    eps: f64,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+/// Per-channel mean and biased variance (two passes, f64 accumulation).
+fn channel_stats<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<f64>, Vec<f64>) {
+    let count = (g.n * g.hw) as f64;
+    (0..g.c)
+        .into_par_iter()
+        .map(|c| {
+            let planes = || (0..g.n).map(move |n| &x[(n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw]);
+            let sum: f64 = planes().map(|p| p.iter().map(|v| v.as_f64()).sum::<f64>()).sum();
+            let mean = sum / count;
+            let sq: f64 = planes()
+                .map(|p| p.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>())
+                .sum();
+            (mean, sq / count)
+        })
+        .unzip()
+}
+
+fn normalise<T: Elem>(g: &Geometry, x: &[T], scale: &[f64], shift: &[f64]) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(g.hw).enumerate().for_each(|(plane, yp)| {
+        let c = plane % g.c;
+        let (a, b) = (T::of_f64(scale[c]), T::of_f64(shift[c]));
+        for (yv, &xv) in yp.iter_mut().zip(&x[plane * g.hw..(plane + 1) * g.hw]) {
+            *yv = xv * a + b;
+        }
+    });
+    y
+}
+
+impl BatchNormTrain {
+    fn run<T: Elem>(&self, x: &[T], affine: Option<(&[T], &[T])>) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let (mean, var) = channel_stats(g, x);
+        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
+        let (mut scale, mut shift) = (inv_std.clone(), vec![0.0; g.c]);
+        for c in 0..g.c {
+            let (gamma, beta) = match affine {
+                Some((gm, bt)) => (gm[c].as_f64(), bt[c].as_f64()),
+                None => (1.0, 0.0),
+            };
+            scale[c] = inv_std[c] * gamma;
+            shift[c] = beta - mean[c] * scale[c];
+        }
+        let y = normalise(g, x, &scale, &shift);
+        let mut saved = self
+            .saved
+            .lock()
+            .map_err(|_| Error::Unsupported { op: OP, message: "statistics lock poisoned".into() })?;
+        *saved = Some(Saved { mean, var, inv_std });
+        Ok((T::storage(y), Shape::from((g.n, g.c, g.hw))))
+    }
+
+    fn saved(&self) -> Result<Saved> {
+        self.saved
+            .lock()
+            .map_err(|_| Error::Unsupported { op: OP, message: "statistics lock poisoned".into() })?
+            .clone()
+            .ok_or_else(|| Error::Unsupported { op: OP, message: "backward before forward".into() }.into())
+    }
+
+    /// `(dx, Some((dgamma, dbeta)))` from the saved statistics.
+    fn backward(&self, x: &Tensor, gamma: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let saved = self.saved()?;
+        let dy = dy.contiguous()?;
+        let sums = dy.apply_op2_no_bwd(x, &BnReduce { geom: self.geom, saved: saved.clone() })?;
+        let gamma = match gamma {
+            Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?,
+            None => vec![1.0; self.geom.c],
+        };
+        let dx = dy.apply_op3_no_bwd(x, &sums, &BnInputGrad { geom: self.geom, saved, gamma })?;
+        Ok((dx, sums.get(1)?, sums.get(0)?))
+    }
+}
+
+impl CustomOp1 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (st, shape) = dispatch!(OP, [(s, l) => x], |T| self.run::<T>(x, None))?;
+        Ok((st, reshape4(&self.geom, shape, l)))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.backward(x, None, dy)?.0))
+    }
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (st, shape) = dispatch!(OP, [(s1, l1) => x, (s2, l2) => gamma, (s3, l3) => beta], |T| {
+            self.run::<T>(x, Some((gamma, beta)))
+        })?;
+        Ok((st, reshape4(&self.geom, shape, l1)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dgamma, dbeta) = self.backward(x, Some(gamma), dy)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The output keeps the input's 4-D shape.
+fn reshape4(_g: &Geometry, _flat: Shape, input: &Layout) -> Shape {
+    input.shape().clone()
+}
+
+/// `(dy, x) -> [2, c]`: per channel `sum(dy)` and `sum(dy * xhat)`.
+struct BnReduce {
+    geom: Geometry,
+    saved: Saved,
+}
+
+impl CustomOp2 for BnReduce {
+    fn name(&self) -> &'static str {
+        "batch_norm_reduce"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
+            let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = (0..g.c)
+                .into_par_iter()
+                .map(|c| {
+                    let (mean, inv) = (self.saved.mean[c], self.saved.inv_std[c]);
+                    let (mut a, mut b) = (0.0f64, 0.0f64);
+                    for n in 0..g.n {
+                        let range = (n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw;
+                        for (&d, &v) in dy[range.clone()].iter().zip(&x[range]) {
+                            let d = d.as_f64();
+                            a += d;
+                            b += d * (v.as_f64() - mean) * inv;
+                        }
+                    }
+                    (a, b)
+                })
+                .unzip();
+            let out: Vec<T> = sum_dy
+                .iter()
+                .chain(&sum_dy_xhat)
+                .map(|&v| T::of_f64(v))
+                .collect();
+            Ok((T::storage(out), Shape::from((2, g.c))))
+        })
+    }
+}
+
+/// `(dy, x, sums) -> dx = gamma * inv_std / m * (m * dy - sum(dy) - xhat * sum(dy * xhat))`.
+struct BnInputGrad {
+    geom: Geometry,
+    saved: Saved,
+    gamma: Vec<f64>,
+}
+
+impl CustomOp3 for BnInputGrad {
+    fn name(&self) -> &'static str {
+        "batch_norm_input_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let m = (g.n * g.hw) as f64;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => sums], |T| {
+            let mut dx = vec![T::of_f64(0.0); dy.len()];
+            dx.par_chunks_mut(g.hw).enumerate().for_each(|(plane, dxp)| {
+                let c = plane % g.c;
+                let (mean, inv) = (self.saved.mean[c], self.saved.inv_std[c]);
+                let sum_dy = sums[c].as_f64();
+                let sum_dy_xhat = sums[g.c + c].as_f64();
+                // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * x + q.
+                let k = self.gamma[c] * inv;
+                let (a, b) = (sum_dy / m, sum_dy_xhat / m);
+                let p = -k * b * inv;
+                let q = -k * a + k * b * inv * mean;
+                let (k, p, q) = (T::of_f64(k), T::of_f64(p), T::of_f64(q));
+                let range = plane * g.hw..(plane + 1) * g.hw;
+                for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
+                    *d = k * gv + p * xv + q;
+                }
+            });
+            Ok((T::storage(dx), l1.shape().clone()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    #[test]
+    fn matches_slow_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = ((randn(&[3, 4, 7, 9], DType::F32, &dev)? * 3.0)? + 1.5)?;
+        let gamma = randn(&[4], DType::F32, &dev)?;
+        let beta = randn(&[4], DType::F32, &dev)?;
+        for affine in [None, Some((&gamma, &beta))] {
+            let (y, stats) = batch_norm_train(&x, affine, 1e-5)?;
+            assert_close(&y, &batch_norm_train_slow(&x, affine, 1e-5)?, 1e-5, 1e-4, "bn")?;
+            assert_eq!(stats.count, 3 * 7 * 9);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[3, 2, 5, 3], DType::F64, &dev)?;
+        let gamma = (randn(&[2], DType::F64, &dev)? + 1.0)?;
+        let beta = randn(&[2], DType::F64, &dev)?;
+        grad_check(&[x.clone()], |v| Ok(batch_norm_train(&v[0], None, 1e-5)?.0), "bn no affine")?;
+        grad_check(
+            &[x, gamma, beta],
+            |v| Ok(batch_norm_train(&v[0], Some((&v[1], &v[2])), 1e-5)?.0),
+            "bn affine",
+        )
+    }
+
+    #[test]
+    fn running_statistics_follow_pytorch() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+        let bn = batch_norm(1, BatchNormConfig::default(), vb)?;
+        let x = Tensor::new(&[[[[1f64, 2.0]], [[3.0, 6.0]]]], &dev)?.reshape((2, 1, 1, 2))?;
+        let y = bn.forward_t(&x, true)?;
+        // mean 3, biased var 3.5, unbiased 14 / 3.
+        let rm: Vec<f64> = bn.running_mean().to_vec1()?;
+        let rv: Vec<f64> = bn.running_var().to_vec1()?;
+        assert!((rm[0] - 0.3).abs() < 1e-12, "{rm:?}");
+        assert!((rv[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-12, "{rv:?}");
+        let first: f64 = y.flatten_all()?.to_vec1::<f64>()?[0];
+        assert!((first - (1.0 - 3.0) / (3.5f64 + 1e-5).sqrt()).abs() < 1e-9);
+        // Evaluation uses the running statistics.
+        let e: Vec<f64> = bn.forward_t(&x, false)?.flatten_all()?.to_vec1()?;
+        assert!((e[0] - (1.0 - 0.3) / (rv[0] + 1e-5).sqrt()).abs() < 1e-9);
+        Ok(())
+    }
+
+    #[test]
+    fn shape_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3, 4), DType::F32, &dev).unwrap();
+        let err = batch_norm_train(&x, None, 1e-5).unwrap_err().to_string();
+        assert!(err.contains("batch_norm: expected a non-empty input [n, c, h, w], got shape [2, 3, 4]"), "{err}");
+        let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev).unwrap();
+        let g = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        let err = batch_norm_train(&x, Some((&g, &g)), 1e-5).unwrap_err().to_string();
+        assert!(err.contains("expected gamma [3]"), "{err}");
+    }
+}

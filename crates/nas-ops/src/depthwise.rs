@@ -1,0 +1,391 @@
+//! Depthwise 2-D convolution (one `k x k` filter per channel), optionally on `relu(x)`,
+//! as a fused candle op with hand-written backward (input and weight gradients).
+//!
+//! The separable and dilated convolutions of DARTS (paper, section 3.1.1) and ENAS are a
+//! depthwise convolution followed by a 1x1 one. candle's grouped convolution runs one
+//! convolution per group; this kernel runs every (image, channel) plane in parallel with
+//! contiguous inner loops, and fuses the ReLU that precedes it.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{act, dispatch, Elem};
+use crate::error::{Error, Result};
+
+/// Geometry of a depthwise convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseConfig {
+    /// Stride (1 or 2 in DARTS and ENAS; any positive value works).
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+    /// Dilation (2 for DARTS's `dil_conv`).
+    pub dilation: usize,
+    /// Apply ReLU to the input first (fused: no ReLU tensor is made).
+    pub relu_input: bool,
+}
+
+impl Default for DepthwiseConfig {
+    fn default() -> Self {
+        DepthwiseConfig {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            relu_input: false,
+        }
+    }
+}
+
+/// `y = depthwise_conv(relu?(x), w)`, x `[n, c, h, w]`, w `[c, 1, k, k]`, no bias.
+pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, cfg: DepthwiseConfig) -> Result<Tensor> {
+    let geom = Geometry::new(x.dims(), w.dims(), cfg)?;
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, DepthwiseConv2d { geom })
+}
+
+/// The plain-tensor reference: candle's grouped convolution on `relu?(x)`.
+pub fn depthwise_conv2d_slow(x: &Tensor, w: &Tensor, cfg: DepthwiseConfig) -> Result<Tensor> {
+    let x = if cfg.relu_input { x.relu()? } else { x.clone() };
+    let channels = x.dim(1)?;
+    x.conv2d(w, cfg.padding, cfg.stride, cfg.dilation, channels)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    oh: usize,
+    ow: usize,
+    cfg: DepthwiseConfig,
+}
+
+const OP: &str = "depthwise_conv2d";
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], cfg: DepthwiseConfig) -> Result<Self> {
+        let &[n, c, h, wd] = x else {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: "input [n, c, h, w]".to_string(),
+                got: x.to_vec(),
+            }
+            .into());
+        };
+        let &[wc, 1, k, k2] = w else {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("weight [{c}, 1, k, k]"),
+                got: w.to_vec(),
+            }
+            .into());
+        };
+        if wc != c || k != k2 || k == 0 {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("weight [{c}, 1, k, k] for an input with {c} channels"),
+                got: w.to_vec(),
+            }
+            .into());
+        }
+        if cfg.stride == 0 || cfg.dilation == 0 {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: format!("stride {} and dilation {} must be positive", cfg.stride, cfg.dilation),
+            }
+            .into());
+        }
+        let span = cfg.dilation * (k - 1) + 1;
+        let out = |size: usize| (size + 2 * cfg.padding).checked_sub(span).map(|v| v / cfg.stride + 1);
+        let (Some(oh), Some(ow)) = (out(h), out(wd)) else {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("an input of at least {span} x {span} after padding {}", cfg.padding),
+                got: x.to_vec(),
+            }
+            .into());
+        };
+        Ok(Geometry { n, c, h, w: wd, k, oh, ow, cfg })
+    }
+
+    /// Output rows (or columns) `o` for which `o * stride + tap * dilation - padding` lies in
+    /// `0..size`, as a range.
+    fn valid(&self, tap: usize, size: usize, out: usize) -> std::ops::Range<usize> {
+        let s = self.cfg.stride as isize;
+        let shift = (tap * self.cfg.dilation) as isize - self.cfg.padding as isize;
+        // o * s + shift >= 0  and  o * s + shift <= size - 1
+        let lo = if shift >= 0 { 0 } else { ((-shift) + s - 1) / s };
+        let hi = (size as isize - 1 - shift).div_euclid(s) + 1;
+        let hi = hi.clamp(0, out as isize) as usize;
+        (lo as usize).min(hi)..hi
+    }
+
+    /// Input index for output index `o` and tap `t` (only called inside `valid`).
+    #[inline(always)]
+    fn input_index(&self, o: usize, tap: usize) -> usize {
+        o * self.cfg.stride + tap * self.cfg.dilation - self.cfg.padding
+    }
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.n, self.c, self.oh, self.ow))
+    }
+}
+
+fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    let plane_in = g.h * g.w;
+    let plane_out = g.oh * g.ow;
+    let kk = g.k * g.k;
+    let mut y = vec![T::zero(); g.n * g.c * plane_out];
+    let (s, relu) = (g.cfg.stride, g.cfg.relu_input);
+    y.par_chunks_mut(plane_out).enumerate().for_each(|(plane, yp)| {
+        let c = plane % g.c;
+        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+        let wp = &w[c * kk..(c + 1) * kk];
+        for kh in 0..g.k {
+            let rows = g.valid(kh, g.h, g.oh);
+            for kw in 0..g.k {
+                let cols = g.valid(kw, g.w, g.ow);
+                let wv = wp[kh * g.k + kw];
+                for oh in rows.clone() {
+                    let xrow = &xp[g.input_index(oh, kh) * g.w..];
+                    let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
+                    let iw0 = if cols.is_empty() { 0 } else { g.input_index(cols.start, kw) };
+                    if s == 1 {
+                        let len = cols.len();
+                        let (ys, xs) = (&mut yrow[cols.start..cols.end], &xrow[iw0..iw0 + len]);
+                        for (yv, &xv) in ys.iter_mut().zip(xs) {
+                            *yv = *yv + wv * act(xv, relu);
+                        }
+                    } else {
+                        for (i, ow) in cols.clone().enumerate() {
+                            yrow[ow] = yrow[ow] + wv * act(xrow[iw0 + i * s], relu);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    y
+}
+
+fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
+    let plane_in = g.h * g.w;
+    let plane_out = g.oh * g.ow;
+    let kk = g.k * g.k;
+    let s = g.cfg.stride;
+    let mut dx = vec![T::zero(); g.n * g.c * plane_in];
+    dx.par_chunks_mut(plane_in).enumerate().for_each(|(plane, dxp)| {
+        let c = plane % g.c;
+        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+        let wp = &w[c * kk..(c + 1) * kk];
+        for kh in 0..g.k {
+            let rows = g.valid(kh, g.h, g.oh);
+            for kw in 0..g.k {
+                let cols = g.valid(kw, g.w, g.ow);
+                if cols.is_empty() {
+                    continue;
+                }
+                let wv = wp[kh * g.k + kw];
+                let iw0 = g.input_index(cols.start, kw);
+                for oh in rows.clone() {
+                    let ih = g.input_index(oh, kh);
+                    let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
+                    let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
+                    if s == 1 {
+                        for (d, &gv) in dxrow[iw0..iw0 + dyrow.len()].iter_mut().zip(dyrow) {
+                            *d = *d + wv * gv;
+                        }
+                    } else {
+                        for (i, &gv) in dyrow.iter().enumerate() {
+                            dxrow[iw0 + i * s] = dxrow[iw0 + i * s] + wv * gv;
+                        }
+                    }
+                }
+            }
+        }
+        if g.cfg.relu_input {
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            for (d, &xv) in dxp.iter_mut().zip(xp) {
+                if xv <= T::zero() {
+                    *d = T::zero();
+                }
+            }
+        }
+    });
+    dx
+}
+
+fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+    let plane_in = g.h * g.w;
+    let plane_out = g.oh * g.ow;
+    let kk = g.k * g.k;
+    let (s, relu) = (g.cfg.stride, g.cfg.relu_input);
+    // Per-plane partial sums, reduced over the batch in a fixed order (deterministic).
+    let mut partial = vec![T::zero(); g.n * g.c * kk];
+    partial.par_chunks_mut(kk).enumerate().for_each(|(plane, pp)| {
+        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+        for kh in 0..g.k {
+            let rows = g.valid(kh, g.h, g.oh);
+            for kw in 0..g.k {
+                let cols = g.valid(kw, g.w, g.ow);
+                if cols.is_empty() {
+                    continue;
+                }
+                let iw0 = g.input_index(cols.start, kw);
+                let mut acc = T::zero();
+                for oh in rows.clone() {
+                    let xrow = &xp[g.input_index(oh, kh) * g.w..];
+                    let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
+                    if s == 1 {
+                        for (&gv, &xv) in dyrow.iter().zip(&xrow[iw0..iw0 + dyrow.len()]) {
+                            acc = acc + gv * act(xv, relu);
+                        }
+                    } else {
+                        for (i, &gv) in dyrow.iter().enumerate() {
+                            acc = acc + gv * act(xrow[iw0 + i * s], relu);
+                        }
+                    }
+                }
+                pp[kh * g.k + kw] = acc;
+            }
+        }
+    });
+    let mut dw = vec![T::zero(); g.c * kk];
+    for img in 0..g.n {
+        for (d, &p) in dw.iter_mut().zip(&partial[img * g.c * kk..(img + 1) * g.c * kk]) {
+            *d = *d + p;
+        }
+    }
+    dw
+}
+
+struct DepthwiseConv2d {
+    geom: Geometry,
+}
+
+impl CustomOp2 for DepthwiseConv2d {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => x, (s2, l2) => w], |T| {
+            Ok((T::storage(forward::<T>(g, x, w)), g.out_shape()))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op3_no_bwd(w, x, &DepthwiseInputGrad { geom: self.geom })?;
+        let dw = dy.apply_op2_no_bwd(x, &DepthwiseWeightGrad { geom: self.geom })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(dy, w, x) -> dx`.
+struct DepthwiseInputGrad {
+    geom: Geometry,
+}
+
+impl CustomOp3 for DepthwiseInputGrad {
+    fn name(&self) -> &'static str {
+        "depthwise_conv2d_input_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => w, (s3, l3) => x], |T| {
+            Ok((T::storage(input_grad::<T>(g, dy, w, x)), Shape::from((g.n, g.c, g.h, g.w))))
+        })
+    }
+}
+
+/// `(dy, x) -> dw`.
+struct DepthwiseWeightGrad {
+    geom: Geometry,
+}
+
+impl CustomOp2 for DepthwiseWeightGrad {
+    fn name(&self) -> &'static str {
+        "depthwise_conv2d_weight_grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
+            Ok((T::storage(weight_grad::<T>(g, dy, x)), Shape::from((g.c, 1, g.k, g.k))))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device};
+
+    fn configs() -> Vec<(usize, DepthwiseConfig)> {
+        let mut out = Vec::new();
+        for (k, dilation) in [(3, 1), (5, 1), (3, 2), (5, 2)] {
+            for stride in [1, 2] {
+                for relu_input in [false, true] {
+                    let padding = dilation * (k - 1) / 2;
+                    out.push((k, DepthwiseConfig { stride, padding, dilation, relu_input }));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_slow_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, cfg) in configs() {
+            let x = randn(&[3, 4, 7, 9], DType::F32, &dev)?;
+            let w = randn(&[4, 1, k, k], DType::F32, &dev)?;
+            let fast = depthwise_conv2d(&x, &w, cfg)?;
+            let slow = depthwise_conv2d_slow(&x, &w, cfg)?;
+            assert_close(&fast, &slow, 1e-5, 1e-4, &format!("k={k} {cfg:?}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, cfg) in configs() {
+            let x = randn(&[3, 2, 7, 9], DType::F64, &dev)?;
+            let w = randn(&[2, 1, k, k], DType::F64, &dev)?;
+            grad_check(&[x, w], |v| depthwise_conv2d(&v[0], &v[1], cfg), &format!("k={k} {cfg:?}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 1, 3, 3), DType::F32, &dev).unwrap();
+        let err = depthwise_conv2d(&x, &w, DepthwiseConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("depthwise_conv2d: expected weight [3, 1, k, k] for an input with 3 channels, got shape [4, 1, 3, 3]"), "{err}");
+        let small = Tensor::zeros((1, 4, 2, 2), DType::F32, &dev).unwrap();
+        let err = depthwise_conv2d(&small, &w, DepthwiseConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("an input of at least 3 x 3"), "{err}");
+        let ints = Tensor::zeros((1, 4, 8, 8), DType::U8, &dev).unwrap();
+        let w8 = Tensor::zeros((4, 1, 3, 3), DType::U8, &dev).unwrap();
+        let err = depthwise_conv2d(&ints, &w8, DepthwiseConfig::default()).unwrap_err().to_string();
+        assert!(err.contains("dtype U8 is not supported"), "{err}");
+    }
+}

@@ -1,0 +1,393 @@
+//! Max and average 2-D pooling with padding, as fused candle ops with hand-written
+//! backward.
+//!
+//! DARTS's `max_pool_3x3` and `avg_pool_3x3` (kernel 3, padding 1, stride 1 or 2; average
+//! pooling with `count_include_pad=False`) and ENAS's pools. candle's own pooling has no
+//! padding and its backward refuses a kernel size other than the stride.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{dispatch, Elem};
+use crate::error::{Error, Result};
+
+/// Which reduction a pooling window applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolKind {
+    /// The window's maximum; padding never wins (as if it were -inf).
+    Max,
+    /// The window's mean.
+    Avg {
+        /// Divide by the full window (true) or by the input positions it covers
+        /// (false, DARTS's choice).
+        count_include_pad: bool,
+    },
+}
+
+/// Geometry of a pooling op.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Max or average.
+    pub kind: PoolKind,
+    /// Window size (square).
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on each side.
+    pub padding: usize,
+}
+
+impl PoolConfig {
+    /// DARTS's 3x3 pooling: padding 1, average without counting padding.
+    pub fn darts(kind_is_max: bool, stride: usize) -> Self {
+        PoolConfig {
+            kind: if kind_is_max {
+                PoolKind::Max
+            } else {
+                PoolKind::Avg { count_include_pad: false }
+            },
+            kernel: 3,
+            stride,
+            padding: 1,
+        }
+    }
+}
+
+const OP: &str = "pool2d";
+
+/// Pools `x` `[n, c, h, w]`.
+pub fn pool2d(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
+    let geom = Geometry::new(x.dims(), cfg)?;
+    x.contiguous()?.apply_op1(Pool { geom })
+}
+
+/// The plain-tensor reference: pads explicitly and reduces shifted views.
+pub fn pool2d_slow(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
+    let p = cfg.padding;
+    let geom = Geometry::new(x.dims(), cfg)?;
+    let pad_value = match cfg.kind {
+        PoolKind::Max => f64::NEG_INFINITY,
+        PoolKind::Avg { .. } => 0.0,
+    };
+    let pad = |t: &Tensor| -> Result<Tensor> {
+        if p == 0 {
+            return Ok(t.clone());
+        }
+        let (n, c, h, w) = t.dims4()?;
+        let row = Tensor::full(pad_value, (n, c, p, w), t.device())?.to_dtype(t.dtype())?;
+        let t = Tensor::cat(&[&row, t, &row], 2)?;
+        let col = Tensor::full(pad_value, (n, c, h + 2 * p, p), t.device())?.to_dtype(t.dtype())?;
+        Tensor::cat(&[&col, &t, &col], 3)
+    };
+    let padded = pad(x)?;
+    let ones = pad(&x.ones_like()?)?;
+    let window = |t: &Tensor, kh: usize, kw: usize| -> Result<Tensor> {
+        // Rows kh, kh + s, ..., one per output row (and the same for columns).
+        let rows: Vec<u32> = (0..geom.oh).map(|o| (o * cfg.stride + kh) as u32).collect();
+        let cols: Vec<u32> = (0..geom.ow).map(|o| (o * cfg.stride + kw) as u32).collect();
+        let rows = Tensor::new(rows, t.device())?;
+        let cols = Tensor::new(cols, t.device())?;
+        t.index_select(&rows, 2)?.index_select(&cols, 3)
+    };
+    let mut acc: Option<Tensor> = None;
+    let mut count: Option<Tensor> = None;
+    for kh in 0..cfg.kernel {
+        for kw in 0..cfg.kernel {
+            let v = window(&padded, kh, kw)?;
+            acc = Some(match (acc, cfg.kind) {
+                (None, _) => v,
+                (Some(a), PoolKind::Max) => a.maximum(&v)?,
+                (Some(a), PoolKind::Avg { .. }) => (a + v)?,
+            });
+            let o = window(&ones, kh, kw)?;
+            count = Some(match count {
+                None => o,
+                Some(c) => (c + o)?,
+            });
+        }
+    }
+    let acc = acc.expect("kernel >= 1");
+    match cfg.kind {
+        PoolKind::Max => Ok(acc),
+        PoolKind::Avg { count_include_pad: true } => acc / (cfg.kernel * cfg.kernel) as f64,
+        PoolKind::Avg { count_include_pad: false } => acc.div(&count.expect("kernel >= 1")),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    cfg: PoolConfig,
+}
+
+impl Geometry {
+    fn new(x: &[usize], cfg: PoolConfig) -> Result<Self> {
+        let &[n, c, h, w] = x else {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: "input [n, c, h, w]".to_string(),
+                got: x.to_vec(),
+            }
+            .into());
+        };
+        if cfg.kernel == 0 || cfg.stride == 0 || cfg.padding * 2 > cfg.kernel {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: format!(
+                    "kernel {} and stride {} must be positive and padding {} at most half the kernel",
+                    cfg.kernel, cfg.stride, cfg.padding
+                ),
+            }
+            .into());
+        }
+        let out = |size: usize| (size + 2 * cfg.padding).checked_sub(cfg.kernel).map(|v| v / cfg.stride + 1);
+        let (Some(oh), Some(ow)) = (out(h), out(w)) else {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!("an input of at least {0} x {0} after padding {1}", cfg.kernel, cfg.padding),
+                got: x.to_vec(),
+            }
+            .into());
+        };
+        Ok(Geometry { n, c, h, w, oh, ow, cfg })
+    }
+
+    /// The input range a window starting at output index `o` covers along a side of `size`.
+    #[inline(always)]
+    fn span(&self, o: usize, size: usize) -> std::ops::Range<usize> {
+        let start = (o * self.cfg.stride) as isize - self.cfg.padding as isize;
+        let end = (start + self.cfg.kernel as isize).min(size as isize);
+        (start.max(0) as usize)..(end.max(0) as usize)
+    }
+
+    /// Divisor of an average window with the given valid extent.
+    #[inline(always)]
+    fn divisor(&self, oh: usize, ow: usize, rows: usize, cols: usize) -> usize {
+        match self.cfg.kind {
+            PoolKind::Avg { count_include_pad: true } => {
+                // Window positions inside the padded input.
+                let side = |o: usize, size: usize| {
+                    let start = o * self.cfg.stride;
+                    let end = (start + self.cfg.kernel).min(size + 2 * self.cfg.padding);
+                    end - start
+                };
+                side(oh, self.h) * side(ow, self.w)
+            }
+            _ => rows * cols,
+        }
+    }
+}
+
+fn forward<T: Elem>(g: &Geometry, x: &[T]) -> Vec<T> {
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let mut y = vec![T::zero(); g.n * g.c * plane_out];
+    y.par_chunks_mut(plane_out).enumerate().for_each(|(plane, yp)| {
+        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+        for oh in 0..g.oh {
+            let rows = g.span(oh, g.h);
+            for ow in 0..g.ow {
+                let cols = g.span(ow, g.w);
+                yp[oh * g.ow + ow] = match g.cfg.kind {
+                    PoolKind::Max => {
+                        let mut best = T::neg_infinity();
+                        for ih in rows.clone() {
+                            for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                }
+                            }
+                        }
+                        best
+                    }
+                    PoolKind::Avg { .. } => {
+                        let mut sum = T::zero();
+                        for ih in rows.clone() {
+                            for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
+                                sum = sum + v;
+                            }
+                        }
+                        let d = g.divisor(oh, ow, rows.len(), cols.len());
+                        sum / T::of_f64(d as f64)
+                    }
+                };
+            }
+        }
+    });
+    y
+}
+
+/// `dx` for max pooling: each output's gradient goes to the first window position (in
+/// row-major order) that holds the maximum, as PyTorch does.
+fn max_backward<T: Elem>(g: &Geometry, dy: &[T], x: &[T], y: &[T]) -> Vec<T> {
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let mut dx = vec![T::zero(); g.n * g.c * plane_in];
+    dx.par_chunks_mut(plane_in).enumerate().for_each(|(plane, dxp)| {
+        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+        let yp = &y[plane * plane_out..(plane + 1) * plane_out];
+        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+        for oh in 0..g.oh {
+            let rows = g.span(oh, g.h);
+            for ow in 0..g.ow {
+                let cols = g.span(ow, g.w);
+                let target = yp[oh * g.ow + ow];
+                'window: for ih in rows.clone() {
+                    for iw in cols.clone() {
+                        let v = xp[ih * g.w + iw];
+                        if v == target || (v.is_nan() && target.is_nan()) {
+                            dxp[ih * g.w + iw] = dxp[ih * g.w + iw] + dyp[oh * g.ow + ow];
+                            break 'window;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
+    let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
+    let mut dx = vec![T::zero(); g.n * g.c * plane_in];
+    dx.par_chunks_mut(plane_in).enumerate().for_each(|(plane, dxp)| {
+        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+        for oh in 0..g.oh {
+            let rows = g.span(oh, g.h);
+            for ow in 0..g.ow {
+                let cols = g.span(ow, g.w);
+                let d = g.divisor(oh, ow, rows.len(), cols.len());
+                let share = dyp[oh * g.ow + ow] / T::of_f64(d as f64);
+                for ih in rows.clone() {
+                    for v in &mut dxp[ih * g.w + cols.start..ih * g.w + cols.end] {
+                        *v = *v + share;
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+struct Pool {
+    geom: Geometry,
+}
+
+impl CustomOp1 for Pool {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s, l) => x], |T| {
+            Ok((T::storage(forward::<T>(g, x)), Shape::from((g.n, g.c, g.oh, g.ow))))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op3_no_bwd(x, y, &PoolBackward { geom: self.geom })?;
+        Ok(Some(dx))
+    }
+}
+
+/// `(dy, x, y) -> dx`.
+struct PoolBackward {
+    geom: Geometry,
+}
+
+impl CustomOp3 for PoolBackward {
+    fn name(&self) -> &'static str {
+        "pool2d_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        let shape = Shape::from((g.n, g.c, g.h, g.w));
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => y], |T| {
+            let dx = match g.cfg.kind {
+                PoolKind::Max => max_backward::<T>(g, dy, x, y),
+                PoolKind::Avg { .. } => avg_backward::<T>(g, dy),
+            };
+            Ok((T::storage(dx), shape))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device};
+
+    fn configs() -> Vec<PoolConfig> {
+        let mut out = Vec::new();
+        for kind in [
+            PoolKind::Max,
+            PoolKind::Avg { count_include_pad: false },
+            PoolKind::Avg { count_include_pad: true },
+        ] {
+            for stride in [1, 2] {
+                for (kernel, padding) in [(3, 1), (3, 0), (2, 0), (5, 2)] {
+                    out.push(PoolConfig { kind, kernel, stride, padding });
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_slow_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            let x = randn(&[3, 4, 7, 9], DType::F32, &dev)?;
+            assert_close(&pool2d(&x, cfg)?, &pool2d_slow(&x, cfg)?, 1e-6, 1e-5, &format!("{cfg:?}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            let x = randn(&[3, 2, 7, 9], DType::F64, &dev)?;
+            grad_check(&[x], |v| pool2d(&v[0], cfg), &format!("{cfg:?}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn average_ignores_padding_at_the_border() -> Result<()> {
+        // A 2x2 input of ones: every 3x3 window (padding 1) averages only ones.
+        let x = Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu)?;
+        let y: Vec<f32> = pool2d(&x, PoolConfig::darts(false, 1))?.flatten_all()?.to_vec1()?;
+        assert_eq!(y, vec![1.0; 4]);
+        let cfg = PoolConfig { kind: PoolKind::Avg { count_include_pad: true }, ..PoolConfig::darts(false, 1) };
+        let y: Vec<f32> = pool2d(&x, cfg)?.flatten_all()?.to_vec1()?;
+        assert_eq!(y, vec![4.0 / 9.0; 4]);
+        Ok(())
+    }
+
+    #[test]
+    fn max_gradient_goes_to_the_first_maximum() -> Result<()> {
+        let x = Tensor::new(&[[[[1f64, 1.0], [1.0, 1.0]]]], &Device::Cpu)?;
+        let v = candle_core::Var::from_tensor(&x)?;
+        let cfg = PoolConfig { kind: PoolKind::Max, kernel: 2, stride: 2, padding: 0 };
+        let grads = pool2d(v.as_tensor(), cfg)?.sum_all()?.backward()?;
+        let g: Vec<f64> = grads.get(v.as_tensor()).expect("grad").flatten_all()?.to_vec1()?;
+        assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
+        Ok(())
+    }
+}
