@@ -58,7 +58,10 @@ pub fn batch_norm_train(
     };
     let stats = saved
         .lock()
-        .map_err(|_| Error::Unsupported { op: OP, message: "statistics lock poisoned".into() })?
+        .map_err(|_| Error::Unsupported {
+            op: OP,
+            message: "statistics lock poisoned".into(),
+        })?
         .as_ref()
         .map(|s: &Saved| BatchStats {
             mean: s.mean.clone(),
@@ -73,11 +76,19 @@ pub fn batch_norm_train(
 }
 
 /// The plain-tensor reference of [`batch_norm_train`]'s output.
-pub fn batch_norm_train_slow(x: &Tensor, affine: Option<(&Tensor, &Tensor)>, eps: f64) -> Result<Tensor> {
+pub fn batch_norm_train_slow(
+    x: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    eps: f64,
+) -> Result<Tensor> {
     let (_, c, _, _) = dims(x)?;
     let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
     let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let var = centred
+        .sqr()?
+        .mean_keepdim(0)?
+        .mean_keepdim(2)?
+        .mean_keepdim(3)?;
     let y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
     match affine {
         Some((gamma, beta)) => y
@@ -161,7 +172,9 @@ impl ModuleT for BatchNorm {
         }
         let c = x.dim(1)?;
         let shape = (1, c, 1, 1);
-        let inv = (self.running_var.as_tensor() + self.cfg.eps)?.sqrt()?.recip()?;
+        let inv = (self.running_var.as_tensor() + self.cfg.eps)?
+            .sqrt()?
+            .recip()?;
         let (scale, shift) = match &self.affine {
             Some((g, b)) => {
                 let scale = (g * &inv)?;
@@ -236,8 +249,11 @@ fn channel_stats<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     (0..g.c)
         .into_par_iter()
         .map(|c| {
-            let planes = || (0..g.n).map(move |n| &x[(n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw]);
-            let sum: f64 = planes().map(|p| p.iter().map(|v| v.as_f64()).sum::<f64>()).sum();
+            let planes =
+                || (0..g.n).map(move |n| &x[(n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw]);
+            let sum: f64 = planes()
+                .map(|p| p.iter().map(|v| v.as_f64()).sum::<f64>())
+                .sum();
             let mean = sum / count;
             let sq: f64 = planes()
                 .map(|p| p.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>())
@@ -274,10 +290,10 @@ impl BatchNormTrain {
             shift[c] = beta - mean[c] * scale[c];
         }
         let y = normalise(g, x, &scale, &shift);
-        let mut saved = self
-            .saved
-            .lock()
-            .map_err(|_| Error::Unsupported { op: OP, message: "statistics lock poisoned".into() })?;
+        let mut saved = self.saved.lock().map_err(|_| Error::Unsupported {
+            op: OP,
+            message: "statistics lock poisoned".into(),
+        })?;
         *saved = Some(Saved { mean, var, inv_std });
         Ok((T::storage(y), Shape::from((g.n, g.c, g.hw))))
     }
@@ -285,21 +301,49 @@ impl BatchNormTrain {
     fn saved(&self) -> Result<Saved> {
         self.saved
             .lock()
-            .map_err(|_| Error::Unsupported { op: OP, message: "statistics lock poisoned".into() })?
+            .map_err(|_| Error::Unsupported {
+                op: OP,
+                message: "statistics lock poisoned".into(),
+            })?
             .clone()
-            .ok_or_else(|| Error::Unsupported { op: OP, message: "backward before forward".into() }.into())
+            .ok_or_else(|| {
+                Error::Unsupported {
+                    op: OP,
+                    message: "backward before forward".into(),
+                }
+                .into()
+            })
     }
 
     /// `(dx, Some((dgamma, dbeta)))` from the saved statistics.
-    fn backward(&self, x: &Tensor, gamma: Option<&Tensor>, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    fn backward(
+        &self,
+        x: &Tensor,
+        gamma: Option<&Tensor>,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let saved = self.saved()?;
         let dy = dy.contiguous()?;
-        let sums = dy.apply_op2_no_bwd(x, &BnReduce { geom: self.geom, saved: saved.clone() })?;
+        let sums = dy.apply_op2_no_bwd(
+            x,
+            &BnReduce {
+                geom: self.geom,
+                saved: saved.clone(),
+            },
+        )?;
         let gamma = match gamma {
             Some(g) => g.to_dtype(DType::F64)?.to_vec1::<f64>()?,
             None => vec![1.0; self.geom.c],
         };
-        let dx = dy.apply_op3_no_bwd(x, &sums, &BnInputGrad { geom: self.geom, saved, gamma })?;
+        let dx = dy.apply_op3_no_bwd(
+            x,
+            &sums,
+            &BnInputGrad {
+                geom: self.geom,
+                saved,
+                gamma,
+            },
+        )?;
         Ok((dx, sums.get(1)?, sums.get(0)?))
     }
 }
@@ -368,7 +412,13 @@ impl CustomOp2 for BnReduce {
         "batch_norm_reduce"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
             let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = (0..g.c)
@@ -458,7 +508,13 @@ mod tests {
         let beta = randn(&[4], DType::F32, &dev)?;
         for affine in [None, Some((&gamma, &beta))] {
             let (y, stats) = batch_norm_train(&x, affine, 1e-5)?;
-            assert_close(&y, &batch_norm_train_slow(&x, affine, 1e-5)?, 1e-5, 1e-4, "bn")?;
+            assert_close(
+                &y,
+                &batch_norm_train_slow(&x, affine, 1e-5)?,
+                1e-5,
+                1e-4,
+                "bn",
+            )?;
             assert_eq!(stats.count, 3 * 7 * 9);
         }
         Ok(())
@@ -470,7 +526,11 @@ mod tests {
         let x = randn(&[3, 2, 5, 3], DType::F64, &dev)?;
         let gamma = (randn(&[2], DType::F64, &dev)? + 1.0)?;
         let beta = randn(&[2], DType::F64, &dev)?;
-        grad_check(&[x.clone()], |v| Ok(batch_norm_train(&v[0], None, 1e-5)?.0), "bn no affine")?;
+        grad_check(
+            &[x.clone()],
+            |v| Ok(batch_norm_train(&v[0], None, 1e-5)?.0),
+            "bn no affine",
+        )?;
         grad_check(
             &[x, gamma, beta],
             |v| Ok(batch_norm_train(&v[0], Some((&v[1], &v[2])), 1e-5)?.0),
@@ -504,10 +564,17 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::zeros((2, 3, 4), DType::F32, &dev).unwrap();
         let err = batch_norm_train(&x, None, 1e-5).unwrap_err().to_string();
-        assert!(err.contains("batch_norm: expected a non-empty input [n, c, h, w], got shape [2, 3, 4]"), "{err}");
+        assert!(
+            err.contains(
+                "batch_norm: expected a non-empty input [n, c, h, w], got shape [2, 3, 4]"
+            ),
+            "{err}"
+        );
         let x = Tensor::zeros((2, 3, 4, 4), DType::F32, &dev).unwrap();
         let g = Tensor::zeros(4, DType::F32, &dev).unwrap();
-        let err = batch_norm_train(&x, Some((&g, &g)), 1e-5).unwrap_err().to_string();
+        let err = batch_norm_train(&x, Some((&g, &g)), 1e-5)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expected gamma [3]"), "{err}");
     }
 }

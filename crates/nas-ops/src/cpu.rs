@@ -42,7 +42,11 @@ impl Elem for f64 {
 }
 
 /// The contiguous part of `data` that `layout` covers, or an error naming the op.
-pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &'static str) -> candle_core::Result<&'a [T]> {
+pub(crate) fn contiguous<'a, T>(
+    data: &'a [T],
+    layout: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => Err(Error::Unsupported {
@@ -57,7 +61,10 @@ pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, op: &'static str
 pub(crate) fn unsupported_dtype(op: &'static str, storage: &CpuStorage) -> candle_core::Error {
     Error::Unsupported {
         op,
-        message: format!("dtype {:?} is not supported, expected f32 or f64", storage.dtype()),
+        message: format!(
+            "dtype {:?} is not supported, expected f32 or f64",
+            storage.dtype()
+        ),
     }
     .into()
 }

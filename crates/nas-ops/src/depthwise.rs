@@ -93,21 +93,40 @@ impl Geometry {
         if cfg.stride == 0 || cfg.dilation == 0 {
             return Err(Error::Unsupported {
                 op: OP,
-                message: format!("stride {} and dilation {} must be positive", cfg.stride, cfg.dilation),
+                message: format!(
+                    "stride {} and dilation {} must be positive",
+                    cfg.stride, cfg.dilation
+                ),
             }
             .into());
         }
         let span = cfg.dilation * (k - 1) + 1;
-        let out = |size: usize| (size + 2 * cfg.padding).checked_sub(span).map(|v| v / cfg.stride + 1);
+        let out = |size: usize| {
+            (size + 2 * cfg.padding)
+                .checked_sub(span)
+                .map(|v| v / cfg.stride + 1)
+        };
         let (Some(oh), Some(ow)) = (out(h), out(wd)) else {
             return Err(Error::ShapeMismatch {
                 op: OP,
-                expected: format!("an input of at least {span} x {span} after padding {}", cfg.padding),
+                expected: format!(
+                    "an input of at least {span} x {span} after padding {}",
+                    cfg.padding
+                ),
                 got: x.to_vec(),
             }
             .into());
         };
-        Ok(Geometry { n, c, h, w: wd, k, oh, ow, cfg })
+        Ok(Geometry {
+            n,
+            c,
+            h,
+            w: wd,
+            k,
+            oh,
+            ow,
+            cfg,
+        })
     }
 
     /// Output rows (or columns) `o` for which `o * stride + tap * dilation - padding` lies in
@@ -116,7 +135,11 @@ impl Geometry {
         let s = self.cfg.stride as isize;
         let shift = (tap * self.cfg.dilation) as isize - self.cfg.padding as isize;
         // o * s + shift >= 0  and  o * s + shift <= size - 1
-        let lo = if shift >= 0 { 0 } else { ((-shift) + s - 1) / s };
+        let lo = if shift >= 0 {
+            0
+        } else {
+            ((-shift) + s - 1) / s
+        };
         let hi = (size as isize - 1 - shift).div_euclid(s) + 1;
         let hi = hi.clamp(0, out as isize) as usize;
         (lo as usize).min(hi)..hi
@@ -139,34 +162,40 @@ fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let kk = g.k * g.k;
     let mut y = vec![T::zero(); g.n * g.c * plane_out];
     let (s, relu) = (g.cfg.stride, g.cfg.relu_input);
-    y.par_chunks_mut(plane_out).enumerate().for_each(|(plane, yp)| {
-        let c = plane % g.c;
-        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-        let wp = &w[c * kk..(c + 1) * kk];
-        for kh in 0..g.k {
-            let rows = g.valid(kh, g.h, g.oh);
-            for kw in 0..g.k {
-                let cols = g.valid(kw, g.w, g.ow);
-                let wv = wp[kh * g.k + kw];
-                for oh in rows.clone() {
-                    let xrow = &xp[g.input_index(oh, kh) * g.w..];
-                    let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
-                    let iw0 = if cols.is_empty() { 0 } else { g.input_index(cols.start, kw) };
-                    if s == 1 {
-                        let len = cols.len();
-                        let (ys, xs) = (&mut yrow[cols.start..cols.end], &xrow[iw0..iw0 + len]);
-                        for (yv, &xv) in ys.iter_mut().zip(xs) {
-                            *yv = *yv + wv * act(xv, relu);
-                        }
-                    } else {
-                        for (i, ow) in cols.clone().enumerate() {
-                            yrow[ow] = yrow[ow] + wv * act(xrow[iw0 + i * s], relu);
+    y.par_chunks_mut(plane_out)
+        .enumerate()
+        .for_each(|(plane, yp)| {
+            let c = plane % g.c;
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            let wp = &w[c * kk..(c + 1) * kk];
+            for kh in 0..g.k {
+                let rows = g.valid(kh, g.h, g.oh);
+                for kw in 0..g.k {
+                    let cols = g.valid(kw, g.w, g.ow);
+                    let wv = wp[kh * g.k + kw];
+                    for oh in rows.clone() {
+                        let xrow = &xp[g.input_index(oh, kh) * g.w..];
+                        let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
+                        let iw0 = if cols.is_empty() {
+                            0
+                        } else {
+                            g.input_index(cols.start, kw)
+                        };
+                        if s == 1 {
+                            let len = cols.len();
+                            let (ys, xs) = (&mut yrow[cols.start..cols.end], &xrow[iw0..iw0 + len]);
+                            for (yv, &xv) in ys.iter_mut().zip(xs) {
+                                *yv = *yv + wv * act(xv, relu);
+                            }
+                        } else {
+                            for (i, ow) in cols.clone().enumerate() {
+                                yrow[ow] = yrow[ow] + wv * act(xrow[iw0 + i * s], relu);
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        });
     y
 }
 
@@ -176,44 +205,46 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
     let kk = g.k * g.k;
     let s = g.cfg.stride;
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
-    dx.par_chunks_mut(plane_in).enumerate().for_each(|(plane, dxp)| {
-        let c = plane % g.c;
-        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-        let wp = &w[c * kk..(c + 1) * kk];
-        for kh in 0..g.k {
-            let rows = g.valid(kh, g.h, g.oh);
-            for kw in 0..g.k {
-                let cols = g.valid(kw, g.w, g.ow);
-                if cols.is_empty() {
-                    continue;
-                }
-                let wv = wp[kh * g.k + kw];
-                let iw0 = g.input_index(cols.start, kw);
-                for oh in rows.clone() {
-                    let ih = g.input_index(oh, kh);
-                    let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
-                    let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
-                    if s == 1 {
-                        for (d, &gv) in dxrow[iw0..iw0 + dyrow.len()].iter_mut().zip(dyrow) {
-                            *d = *d + wv * gv;
-                        }
-                    } else {
-                        for (i, &gv) in dyrow.iter().enumerate() {
-                            dxrow[iw0 + i * s] = dxrow[iw0 + i * s] + wv * gv;
+    dx.par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(plane, dxp)| {
+            let c = plane % g.c;
+            let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+            let wp = &w[c * kk..(c + 1) * kk];
+            for kh in 0..g.k {
+                let rows = g.valid(kh, g.h, g.oh);
+                for kw in 0..g.k {
+                    let cols = g.valid(kw, g.w, g.ow);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let wv = wp[kh * g.k + kw];
+                    let iw0 = g.input_index(cols.start, kw);
+                    for oh in rows.clone() {
+                        let ih = g.input_index(oh, kh);
+                        let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
+                        let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
+                        if s == 1 {
+                            for (d, &gv) in dxrow[iw0..iw0 + dyrow.len()].iter_mut().zip(dyrow) {
+                                *d = *d + wv * gv;
+                            }
+                        } else {
+                            for (i, &gv) in dyrow.iter().enumerate() {
+                                dxrow[iw0 + i * s] = dxrow[iw0 + i * s] + wv * gv;
+                            }
                         }
                     }
                 }
             }
-        }
-        if g.cfg.relu_input {
-            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            for (d, &xv) in dxp.iter_mut().zip(xp) {
-                if xv <= T::zero() {
-                    *d = T::zero();
+            if g.cfg.relu_input {
+                let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+                for (d, &xv) in dxp.iter_mut().zip(xp) {
+                    if xv <= T::zero() {
+                        *d = T::zero();
+                    }
                 }
             }
-        }
-    });
+        });
     dx
 }
 
@@ -224,38 +255,44 @@ fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
     let (s, relu) = (g.cfg.stride, g.cfg.relu_input);
     // Per-plane partial sums, reduced over the batch in a fixed order (deterministic).
     let mut partial = vec![T::zero(); g.n * g.c * kk];
-    partial.par_chunks_mut(kk).enumerate().for_each(|(plane, pp)| {
-        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-        for kh in 0..g.k {
-            let rows = g.valid(kh, g.h, g.oh);
-            for kw in 0..g.k {
-                let cols = g.valid(kw, g.w, g.ow);
-                if cols.is_empty() {
-                    continue;
-                }
-                let iw0 = g.input_index(cols.start, kw);
-                let mut acc = T::zero();
-                for oh in rows.clone() {
-                    let xrow = &xp[g.input_index(oh, kh) * g.w..];
-                    let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
-                    if s == 1 {
-                        for (&gv, &xv) in dyrow.iter().zip(&xrow[iw0..iw0 + dyrow.len()]) {
-                            acc = acc + gv * act(xv, relu);
-                        }
-                    } else {
-                        for (i, &gv) in dyrow.iter().enumerate() {
-                            acc = acc + gv * act(xrow[iw0 + i * s], relu);
+    partial
+        .par_chunks_mut(kk)
+        .enumerate()
+        .for_each(|(plane, pp)| {
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+            for kh in 0..g.k {
+                let rows = g.valid(kh, g.h, g.oh);
+                for kw in 0..g.k {
+                    let cols = g.valid(kw, g.w, g.ow);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let iw0 = g.input_index(cols.start, kw);
+                    let mut acc = T::zero();
+                    for oh in rows.clone() {
+                        let xrow = &xp[g.input_index(oh, kh) * g.w..];
+                        let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
+                        if s == 1 {
+                            for (&gv, &xv) in dyrow.iter().zip(&xrow[iw0..iw0 + dyrow.len()]) {
+                                acc = acc + gv * act(xv, relu);
+                            }
+                        } else {
+                            for (i, &gv) in dyrow.iter().enumerate() {
+                                acc = acc + gv * act(xrow[iw0 + i * s], relu);
+                            }
                         }
                     }
+                    pp[kh * g.k + kw] = acc;
                 }
-                pp[kh * g.k + kw] = acc;
             }
-        }
-    });
+        });
     let mut dw = vec![T::zero(); g.c * kk];
     for img in 0..g.n {
-        for (d, &p) in dw.iter_mut().zip(&partial[img * g.c * kk..(img + 1) * g.c * kk]) {
+        for (d, &p) in dw
+            .iter_mut()
+            .zip(&partial[img * g.c * kk..(img + 1) * g.c * kk])
+        {
             *d = *d + p;
         }
     }
@@ -271,14 +308,26 @@ impl CustomOp2 for DepthwiseConv2d {
         OP
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         dispatch!(OP, [(s1, l1) => x, (s2, l2) => w], |T| {
             Ok((T::storage(forward::<T>(g, x, w)), g.out_shape()))
         })
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dx = dy.apply_op3_no_bwd(w, x, &DepthwiseInputGrad { geom: self.geom })?;
         let dw = dy.apply_op2_no_bwd(x, &DepthwiseWeightGrad { geom: self.geom })?;
@@ -322,7 +371,13 @@ impl CustomOp2 for DepthwiseWeightGrad {
         "depthwise_conv2d_weight_grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
             Ok((T::storage(weight_grad::<T>(g, dy, x)), Shape::from((g.c, 1, g.k, g.k))))
@@ -342,7 +397,15 @@ mod tests {
             for stride in [1, 2] {
                 for relu_input in [false, true] {
                     let padding = dilation * (k - 1) / 2;
-                    out.push((k, DepthwiseConfig { stride, padding, dilation, relu_input }));
+                    out.push((
+                        k,
+                        DepthwiseConfig {
+                            stride,
+                            padding,
+                            dilation,
+                            relu_input,
+                        },
+                    ));
                 }
             }
         }
@@ -368,7 +431,11 @@ mod tests {
         for (k, cfg) in configs() {
             let x = randn(&[3, 2, 7, 9], DType::F64, &dev)?;
             let w = randn(&[2, 1, k, k], DType::F64, &dev)?;
-            grad_check(&[x, w], |v| depthwise_conv2d(&v[0], &v[1], cfg), &format!("k={k} {cfg:?}"))?;
+            grad_check(
+                &[x, w],
+                |v| depthwise_conv2d(&v[0], &v[1], cfg),
+                &format!("k={k} {cfg:?}"),
+            )?;
         }
         Ok(())
     }
@@ -378,14 +445,20 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((4, 1, 3, 3), DType::F32, &dev).unwrap();
-        let err = depthwise_conv2d(&x, &w, DepthwiseConfig::default()).unwrap_err().to_string();
+        let err = depthwise_conv2d(&x, &w, DepthwiseConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("depthwise_conv2d: expected weight [3, 1, k, k] for an input with 3 channels, got shape [4, 1, 3, 3]"), "{err}");
         let small = Tensor::zeros((1, 4, 2, 2), DType::F32, &dev).unwrap();
-        let err = depthwise_conv2d(&small, &w, DepthwiseConfig::default()).unwrap_err().to_string();
+        let err = depthwise_conv2d(&small, &w, DepthwiseConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("an input of at least 3 x 3"), "{err}");
         let ints = Tensor::zeros((1, 4, 8, 8), DType::U8, &dev).unwrap();
         let w8 = Tensor::zeros((4, 1, 3, 3), DType::U8, &dev).unwrap();
-        let err = depthwise_conv2d(&ints, &w8, DepthwiseConfig::default()).unwrap_err().to_string();
+        let err = depthwise_conv2d(&ints, &w8, DepthwiseConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dtype U8 is not supported"), "{err}");
     }
 }

@@ -3,15 +3,31 @@
 //!
 //! Every fused op has a plain-tensor `_slow` reference that the tests compare against.
 
-mod cpu;
-mod depthwise;
-mod error;
-mod pool;
 mod batch_norm;
+mod conv;
+mod cpu;
+mod darts_op;
+mod depthwise;
+mod drop_path;
+mod error;
+mod factorized_reduce;
+mod pool;
+mod relu_conv_bn;
+mod sep_conv;
 #[cfg(test)]
 mod testing;
+mod weighted_sum;
 
+pub use batch_norm::{
+    batch_norm, batch_norm_train, batch_norm_train_slow, BatchNorm, BatchNormConfig, BatchStats,
+};
+pub use conv::{conv2d, global_avg_pool, pointwise, subsample, Conv2d, Conv2dConfig};
+pub use darts_op::{darts_op, mixed_op, Conv7x1x7, DartsOp, MixedOp, OpContext};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_slow, DepthwiseConfig};
+pub use drop_path::drop_path;
 pub use error::{Error, Result};
+pub use factorized_reduce::{factorized_reduce, FactorizedReduce};
 pub use pool::{pool2d, pool2d_slow, PoolConfig, PoolKind};
-pub use batch_norm::{batch_norm, batch_norm_train, batch_norm_train_slow, BatchNorm, BatchNormConfig, BatchStats};
+pub use relu_conv_bn::{relu_conv_bn, ReluConvBn};
+pub use sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
+pub use weighted_sum::{weighted_sum, weighted_sum_slow};

@@ -44,7 +44,9 @@ impl PoolConfig {
             kind: if kind_is_max {
                 PoolKind::Max
             } else {
-                PoolKind::Avg { count_include_pad: false }
+                PoolKind::Avg {
+                    count_include_pad: false,
+                }
             },
             kernel: 3,
             stride,
@@ -109,8 +111,12 @@ pub fn pool2d_slow(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
     let acc = acc.expect("kernel >= 1");
     match cfg.kind {
         PoolKind::Max => Ok(acc),
-        PoolKind::Avg { count_include_pad: true } => acc / (cfg.kernel * cfg.kernel) as f64,
-        PoolKind::Avg { count_include_pad: false } => acc.div(&count.expect("kernel >= 1")),
+        PoolKind::Avg {
+            count_include_pad: true,
+        } => acc / (cfg.kernel * cfg.kernel) as f64,
+        PoolKind::Avg {
+            count_include_pad: false,
+        } => acc.div(&count.expect("kernel >= 1")),
     }
 }
 
@@ -145,16 +151,31 @@ impl Geometry {
             }
             .into());
         }
-        let out = |size: usize| (size + 2 * cfg.padding).checked_sub(cfg.kernel).map(|v| v / cfg.stride + 1);
+        let out = |size: usize| {
+            (size + 2 * cfg.padding)
+                .checked_sub(cfg.kernel)
+                .map(|v| v / cfg.stride + 1)
+        };
         let (Some(oh), Some(ow)) = (out(h), out(w)) else {
             return Err(Error::ShapeMismatch {
                 op: OP,
-                expected: format!("an input of at least {0} x {0} after padding {1}", cfg.kernel, cfg.padding),
+                expected: format!(
+                    "an input of at least {0} x {0} after padding {1}",
+                    cfg.kernel, cfg.padding
+                ),
                 got: x.to_vec(),
             }
             .into());
         };
-        Ok(Geometry { n, c, h, w, oh, ow, cfg })
+        Ok(Geometry {
+            n,
+            c,
+            h,
+            w,
+            oh,
+            ow,
+            cfg,
+        })
     }
 
     /// The input range a window starting at output index `o` covers along a side of `size`.
@@ -169,7 +190,9 @@ impl Geometry {
     #[inline(always)]
     fn divisor(&self, oh: usize, ow: usize, rows: usize, cols: usize) -> usize {
         match self.cfg.kind {
-            PoolKind::Avg { count_include_pad: true } => {
+            PoolKind::Avg {
+                count_include_pad: true,
+            } => {
                 // Window positions inside the padded input.
                 let side = |o: usize, size: usize| {
                     let start = o * self.cfg.stride;
@@ -186,38 +209,40 @@ impl Geometry {
 fn forward<T: Elem>(g: &Geometry, x: &[T]) -> Vec<T> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut y = vec![T::zero(); g.n * g.c * plane_out];
-    y.par_chunks_mut(plane_out).enumerate().for_each(|(plane, yp)| {
-        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-        for oh in 0..g.oh {
-            let rows = g.span(oh, g.h);
-            for ow in 0..g.ow {
-                let cols = g.span(ow, g.w);
-                yp[oh * g.ow + ow] = match g.cfg.kind {
-                    PoolKind::Max => {
-                        let mut best = T::neg_infinity();
-                        for ih in rows.clone() {
-                            for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
-                                if v > best || v.is_nan() {
-                                    best = v;
+    y.par_chunks_mut(plane_out)
+        .enumerate()
+        .for_each(|(plane, yp)| {
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            for oh in 0..g.oh {
+                let rows = g.span(oh, g.h);
+                for ow in 0..g.ow {
+                    let cols = g.span(ow, g.w);
+                    yp[oh * g.ow + ow] = match g.cfg.kind {
+                        PoolKind::Max => {
+                            let mut best = T::neg_infinity();
+                            for ih in rows.clone() {
+                                for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
+                                    if v > best || v.is_nan() {
+                                        best = v;
+                                    }
                                 }
                             }
+                            best
                         }
-                        best
-                    }
-                    PoolKind::Avg { .. } => {
-                        let mut sum = T::zero();
-                        for ih in rows.clone() {
-                            for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
-                                sum = sum + v;
+                        PoolKind::Avg { .. } => {
+                            let mut sum = T::zero();
+                            for ih in rows.clone() {
+                                for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
+                                    sum = sum + v;
+                                }
                             }
+                            let d = g.divisor(oh, ow, rows.len(), cols.len());
+                            sum / T::of_f64(d as f64)
                         }
-                        let d = g.divisor(oh, ow, rows.len(), cols.len());
-                        sum / T::of_f64(d as f64)
-                    }
-                };
+                    };
+                }
             }
-        }
-    });
+        });
     y
 }
 
@@ -226,49 +251,53 @@ fn forward<T: Elem>(g: &Geometry, x: &[T]) -> Vec<T> {
 fn max_backward<T: Elem>(g: &Geometry, dy: &[T], x: &[T], y: &[T]) -> Vec<T> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
-    dx.par_chunks_mut(plane_in).enumerate().for_each(|(plane, dxp)| {
-        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-        let yp = &y[plane * plane_out..(plane + 1) * plane_out];
-        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-        for oh in 0..g.oh {
-            let rows = g.span(oh, g.h);
-            for ow in 0..g.ow {
-                let cols = g.span(ow, g.w);
-                let target = yp[oh * g.ow + ow];
-                'window: for ih in rows.clone() {
-                    for iw in cols.clone() {
-                        let v = xp[ih * g.w + iw];
-                        if v == target || (v.is_nan() && target.is_nan()) {
-                            dxp[ih * g.w + iw] = dxp[ih * g.w + iw] + dyp[oh * g.ow + ow];
-                            break 'window;
+    dx.par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(plane, dxp)| {
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            let yp = &y[plane * plane_out..(plane + 1) * plane_out];
+            let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+            for oh in 0..g.oh {
+                let rows = g.span(oh, g.h);
+                for ow in 0..g.ow {
+                    let cols = g.span(ow, g.w);
+                    let target = yp[oh * g.ow + ow];
+                    'window: for ih in rows.clone() {
+                        for iw in cols.clone() {
+                            let v = xp[ih * g.w + iw];
+                            if v == target || (v.is_nan() && target.is_nan()) {
+                                dxp[ih * g.w + iw] = dxp[ih * g.w + iw] + dyp[oh * g.ow + ow];
+                                break 'window;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        });
     dx
 }
 
 fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
-    dx.par_chunks_mut(plane_in).enumerate().for_each(|(plane, dxp)| {
-        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-        for oh in 0..g.oh {
-            let rows = g.span(oh, g.h);
-            for ow in 0..g.ow {
-                let cols = g.span(ow, g.w);
-                let d = g.divisor(oh, ow, rows.len(), cols.len());
-                let share = dyp[oh * g.ow + ow] / T::of_f64(d as f64);
-                for ih in rows.clone() {
-                    for v in &mut dxp[ih * g.w + cols.start..ih * g.w + cols.end] {
-                        *v = *v + share;
+    dx.par_chunks_mut(plane_in)
+        .enumerate()
+        .for_each(|(plane, dxp)| {
+            let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+            for oh in 0..g.oh {
+                let rows = g.span(oh, g.h);
+                for ow in 0..g.ow {
+                    let cols = g.span(ow, g.w);
+                    let d = g.divisor(oh, ow, rows.len(), cols.len());
+                    let share = dyp[oh * g.ow + ow] / T::of_f64(d as f64);
+                    for ih in rows.clone() {
+                        for v in &mut dxp[ih * g.w + cols.start..ih * g.w + cols.end] {
+                            *v = *v + share;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     dx
 }
 
@@ -336,12 +365,21 @@ mod tests {
         let mut out = Vec::new();
         for kind in [
             PoolKind::Max,
-            PoolKind::Avg { count_include_pad: false },
-            PoolKind::Avg { count_include_pad: true },
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+            PoolKind::Avg {
+                count_include_pad: true,
+            },
         ] {
             for stride in [1, 2] {
                 for (kernel, padding) in [(3, 1), (3, 0), (2, 0), (5, 2)] {
-                    out.push(PoolConfig { kind, kernel, stride, padding });
+                    out.push(PoolConfig {
+                        kind,
+                        kernel,
+                        stride,
+                        padding,
+                    });
                 }
             }
         }
@@ -353,7 +391,13 @@ mod tests {
         let dev = Device::Cpu;
         for cfg in configs() {
             let x = randn(&[3, 4, 7, 9], DType::F32, &dev)?;
-            assert_close(&pool2d(&x, cfg)?, &pool2d_slow(&x, cfg)?, 1e-6, 1e-5, &format!("{cfg:?}"))?;
+            assert_close(
+                &pool2d(&x, cfg)?,
+                &pool2d_slow(&x, cfg)?,
+                1e-6,
+                1e-5,
+                &format!("{cfg:?}"),
+            )?;
         }
         Ok(())
     }
@@ -372,9 +416,16 @@ mod tests {
     fn average_ignores_padding_at_the_border() -> Result<()> {
         // A 2x2 input of ones: every 3x3 window (padding 1) averages only ones.
         let x = Tensor::ones((1, 1, 2, 2), DType::F32, &Device::Cpu)?;
-        let y: Vec<f32> = pool2d(&x, PoolConfig::darts(false, 1))?.flatten_all()?.to_vec1()?;
+        let y: Vec<f32> = pool2d(&x, PoolConfig::darts(false, 1))?
+            .flatten_all()?
+            .to_vec1()?;
         assert_eq!(y, vec![1.0; 4]);
-        let cfg = PoolConfig { kind: PoolKind::Avg { count_include_pad: true }, ..PoolConfig::darts(false, 1) };
+        let cfg = PoolConfig {
+            kind: PoolKind::Avg {
+                count_include_pad: true,
+            },
+            ..PoolConfig::darts(false, 1)
+        };
         let y: Vec<f32> = pool2d(&x, cfg)?.flatten_all()?.to_vec1()?;
         assert_eq!(y, vec![4.0 / 9.0; 4]);
         Ok(())
@@ -384,9 +435,18 @@ mod tests {
     fn max_gradient_goes_to_the_first_maximum() -> Result<()> {
         let x = Tensor::new(&[[[[1f64, 1.0], [1.0, 1.0]]]], &Device::Cpu)?;
         let v = candle_core::Var::from_tensor(&x)?;
-        let cfg = PoolConfig { kind: PoolKind::Max, kernel: 2, stride: 2, padding: 0 };
+        let cfg = PoolConfig {
+            kind: PoolKind::Max,
+            kernel: 2,
+            stride: 2,
+            padding: 0,
+        };
         let grads = pool2d(v.as_tensor(), cfg)?.sum_all()?.backward()?;
-        let g: Vec<f64> = grads.get(v.as_tensor()).expect("grad").flatten_all()?.to_vec1()?;
+        let g: Vec<f64> = grads
+            .get(v.as_tensor())
+            .expect("grad")
+            .flatten_all()?
+            .to_vec1()?;
         assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
         Ok(())
     }

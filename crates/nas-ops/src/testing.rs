@@ -9,14 +9,18 @@ use crate::error::Result;
 /// tests do not depend on a global RNG.
 pub fn randn(shape: &[usize], dtype: DType, dev: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n as u64).wrapping_mul(0x2545_F491_4F6C_DD1D) ^ shape.len() as u64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64
+        ^ (n as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)
+        ^ shape.len() as u64;
     let mut next = || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
-    let data: Vec<f64> = (0..n).map(|_| (0..4).map(|_| next()).sum::<f64>() - 2.0).collect();
+    let data: Vec<f64> = (0..n)
+        .map(|_| (0..4).map(|_| next()).sum::<f64>() - 2.0)
+        .collect();
     Tensor::from_vec(data, shape, dev)?.to_dtype(dtype)
 }
 
@@ -26,14 +30,21 @@ pub fn assert_close(a: &Tensor, b: &Tensor, atol: f64, rtol: f64, what: &str) ->
     let a: Vec<f64> = a.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
     let b: Vec<f64> = b.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x - y).abs() <= atol + rtol * y.abs(), "{what}: element {i}: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= atol + rtol * y.abs(),
+            "{what}: element {i}: {x} vs {y}"
+        );
     }
     Ok(())
 }
 
 /// Checks the gradients that candle's backward (through the hand-written `bwd`) gives for
 /// every input against central differences of `loss = sum(f(inputs) * r)`, in f64.
-pub fn grad_check(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>, what: &str) -> Result<()> {
+pub fn grad_check(
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    what: &str,
+) -> Result<()> {
     const EPS: f64 = 1e-6;
     const ATOL: f64 = 1e-5;
     const RTOL: f64 = 1e-3;
@@ -41,7 +52,8 @@ pub fn grad_check(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>, wh
     let as_tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let out = f(&as_tensors)?;
     let weights = randn(out.dims(), DType::F64, out.device())?;
-    let loss_of = |xs: &[Tensor]| -> Result<f64> { f(xs)?.mul(&weights)?.sum_all()?.to_scalar::<f64>() };
+    let loss_of =
+        |xs: &[Tensor]| -> Result<f64> { f(xs)?.mul(&weights)?.sum_all()?.to_scalar::<f64>() };
     let grads = out.mul(&weights)?.sum_all()?.backward()?;
     for (i, input) in inputs.iter().enumerate() {
         let analytic: Vec<f64> = match grads.get(vars[i].as_tensor()) {

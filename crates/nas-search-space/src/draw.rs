@@ -276,15 +276,35 @@ pub fn to_dot(genotype: &Genotype) -> String {
     out
 }
 
+/// The most operations (labelled edges) one cell may have for [`to_svg`].
+///
+/// layout-rs's crossing reduction grows like the fourth power of a cell's size: a DARTS
+/// cell of 32 nodes (64 operations) takes about a second, one of 100 nodes over a minute.
+/// Published cells have at most a dozen nodes; larger ones are drawn with [`to_dot`].
+pub const MAX_SVG_OPS_PER_CELL: usize = 64;
+
 /// A standalone SVG document: each cell laid out by `layout-rs`, stacked with captions.
+///
+/// Fails with [`Error::Layout`] for a cell of more than [`MAX_SVG_OPS_PER_CELL`]
+/// operations (use [`to_dot`] and Graphviz), or when the layout engine fails.
 pub fn to_svg(genotype: &Genotype) -> Result<String> {
     const MARGIN: f64 = 20.0;
     const CAPTION: f64 = 36.0;
     if let Genotype::EnasMacro(arch) = genotype {
         return Ok(macro_svg(arch));
     }
+    let panels = panels(genotype);
+    for panel in &panels {
+        let ops = panel.edges.iter().filter(|e| !e.2.is_empty()).count();
+        if ops > MAX_SVG_OPS_PER_CELL {
+            return Err(Error::Layout(format!(
+                "the {} has {ops} operations, more than the {MAX_SVG_OPS_PER_CELL} that can be laid out in reasonable time; write DOT and use Graphviz instead",
+                panel.title
+            )));
+        }
+    }
     let mut parts = Vec::new();
-    for panel in panels(genotype) {
+    for panel in panels {
         parts.push((panel.title.clone(), render_one(&layout_dot(&panel))?));
     }
     let width = parts.iter().map(|(_, (_, w, _))| *w).fold(0.0, f64::max) + 2.0 * MARGIN;
@@ -484,5 +504,49 @@ mod tests {
                 assert!(svg.contains("normal cell") && svg.contains("reduce cell"));
             }
         }
+    }
+
+    /// An ENAS recurrent arc whose node `i` reads state `f(i)`.
+    fn enas_rnn(nodes: usize, input: impl Fn(usize) -> usize) -> Genotype {
+        let mut arc = String::from("0");
+        for i in 0..nodes {
+            arc.push_str(&format!(" {} 0", input(i)));
+        }
+        Genotype::from_arc(crate::GenotypeKind::EnasRnn, &arc).unwrap()
+    }
+
+    #[test]
+    fn layout_of_cells_with_many_paths_is_fast() {
+        // Found while setting up the fuzz targets, which draw what they read: node k of
+        // each cell reads state k - 2 twice, so the number of paths doubles every second
+        // node, and layout-rs's validation walked them all (50 nodes per cell: 283 s).
+        let mut arc = String::new();
+        for _ in 0..2 {
+            for i in 0..50 {
+                arc.push_str(&format!("{i} 0 {i} 0 "));
+            }
+        }
+        let g = Genotype::from_arc(crate::GenotypeKind::EnasMicro, &arc).unwrap();
+        let normal = &panels(&g)[0];
+        let start = std::time::Instant::now();
+        let (body, _, _) = render_one(&layout_dot(normal)).unwrap();
+        assert!(body.contains("sep_conv_3x3"));
+        let elapsed = start.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+        // Through to_svg, such a cell is over the size limit.
+        assert!(to_svg(&g).is_err());
+    }
+
+    #[test]
+    fn svg_refuses_cells_too_large_to_lay_out() {
+        let g = enas_rnn(MAX_SVG_OPS_PER_CELL - 2, |i| i);
+        assert!(to_svg(&g).is_ok());
+        let g = enas_rnn(MAX_SVG_OPS_PER_CELL - 1, |i| i);
+        assert_eq!(
+            to_svg(&g).unwrap_err().to_string(),
+            "svg layout: the recurrent cell has 65 operations, more than the 64 that can be laid out in reasonable time; write DOT and use Graphviz instead"
+        );
+        // DOT has no such limit.
+        assert!(to_dot(&enas_rnn(1000, |i| i / 2)).contains("\"499\" -> \"1000\""));
     }
 }

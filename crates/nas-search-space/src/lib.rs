@@ -34,7 +34,7 @@ pub use bundled::{bundled, Bundled, BUNDLED};
 pub use cnn::{CnnCell, CnnEdge, CnnGenotype, DEFAULT_INPUTS_PER_NODE};
 pub use concat::Concat;
 pub use derive::{derive_cnn, derive_cnn_cell, derive_rnn, ArchWeights};
-pub use draw::{to_dot, to_svg};
+pub use draw::{to_dot, to_svg, MAX_SVG_OPS_PER_CELL};
 pub use enas_macro::{EnasMacroArch, EnasMacroLayer};
 pub use enas_micro::{EnasMicroCell, EnasMicroGenotype, EnasMicroNode};
 pub use enas_rnn::EnasRnnCell;

@@ -1,0 +1,169 @@
+//! Plain 2-D convolution without bias, with PyTorch's weight layout `[out, in, k, k]`
+//! and initialisation, and a fast path for 1x1 kernels as a batched matrix product.
+
+use candle_core::{Tensor, D};
+use candle_nn::{Init, ModuleT, VarBuilder};
+
+use crate::error::{Error, Result};
+
+/// Geometry of a [`Conv2d`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    /// Kernel size (square).
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on each side.
+    pub padding: usize,
+}
+
+impl Conv2dConfig {
+    /// A `k x k` kernel, stride 1, "same" padding.
+    pub fn same(kernel: usize) -> Self {
+        Conv2dConfig {
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+        }
+    }
+
+    /// A 1x1 kernel with the given stride.
+    pub fn pointwise(stride: usize) -> Self {
+        Conv2dConfig {
+            kernel: 1,
+            stride,
+            padding: 0,
+        }
+    }
+}
+
+/// A bias-free convolution, `weight` `[out, in, k, k]`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    cfg: Conv2dConfig,
+}
+
+impl Conv2d {
+    /// The weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The geometry.
+    pub fn config(&self) -> Conv2dConfig {
+        self.cfg
+    }
+}
+
+impl ModuleT for Conv2d {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        if self.cfg.kernel == 1 && self.cfg.padding == 0 {
+            return pointwise(&subsample(x, self.cfg.stride, 0)?, &self.weight);
+        }
+        x.conv2d(&self.weight, self.cfg.padding, self.cfg.stride, 1, 1)
+    }
+}
+
+/// Builds a [`Conv2d`] initialised as PyTorch does (uniform in `±1/sqrt(fan_in)`).
+pub fn conv2d(
+    in_channels: usize,
+    out_channels: usize,
+    cfg: Conv2dConfig,
+    vb: VarBuilder,
+) -> Result<Conv2d> {
+    if cfg.kernel == 0 || cfg.stride == 0 || in_channels == 0 || out_channels == 0 {
+        return Err(Error::Unsupported {
+            op: "conv2d",
+            message: format!("kernel, stride and channel counts must be positive, got {cfg:?}, {in_channels} -> {out_channels}"),
+        }
+        .into());
+    }
+    let bound = 1.0 / ((in_channels * cfg.kernel * cfg.kernel) as f64).sqrt();
+    let weight = vb.get_with_hints(
+        (out_channels, in_channels, cfg.kernel, cfg.kernel),
+        "weight",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(Conv2d { weight, cfg })
+}
+
+/// A 1x1 convolution as one batched matrix product: `[n, in, h, w] -> [n, out, h, w]`.
+pub fn pointwise(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (out, inp) = (weight.dim(0)?, weight.dim(1)?);
+    if inp != c || weight.elem_count() != out * inp {
+        return Err(Error::ShapeMismatch {
+            op: "pointwise",
+            expected: format!("weight [out, {c}, 1, 1]"),
+            got: weight.dims().to_vec(),
+        }
+        .into());
+    }
+    let y = weight
+        .reshape((out, inp))?
+        .broadcast_matmul(&x.reshape((n, c, h * w))?)?;
+    y.reshape((n, out, h, w))
+}
+
+/// Every `stride`-th row and column starting at `offset` (`x[:, :, offset::s, offset::s]`).
+pub fn subsample(x: &Tensor, stride: usize, offset: usize) -> Result<Tensor> {
+    if stride == 1 && offset == 0 {
+        return Ok(x.clone());
+    }
+    let pick = |dim: usize| -> Result<Tensor> {
+        let size = x.dim(dim)?;
+        let idx: Vec<u32> = (offset..size).step_by(stride).map(|i| i as u32).collect();
+        Tensor::new(idx, x.device())
+    };
+    x.index_select(&pick(2)?, 2)?.index_select(&pick(3)?, 3)
+}
+
+/// Sum over the spatial dimensions divided by their size: `[n, c, h, w] -> [n, c]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    x.mean(D::Minus1)?.mean(D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn pointwise_matches_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[3, 4, 7, 9], DType::F32, &dev)?;
+        let w = randn(&[5, 4, 1, 1], DType::F32, &dev)?;
+        assert_close(
+            &pointwise(&x, &w)?,
+            &x.conv2d(&w, 0, 1, 1, 1)?,
+            1e-5,
+            1e-4,
+            "pointwise",
+        )?;
+        let strided = pointwise(&subsample(&x, 2, 0)?, &w)?;
+        assert_close(
+            &strided,
+            &x.conv2d(&w, 0, 2, 1, 1)?,
+            1e-5,
+            1e-4,
+            "pointwise stride 2",
+        )
+    }
+
+    #[test]
+    fn pointwise_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[2, 3, 5, 3], DType::F64, &dev)?;
+        let w = randn(&[4, 3, 1, 1], DType::F64, &dev)?;
+        grad_check(
+            &[x, w],
+            |v| pointwise(&subsample(&v[0], 2, 1)?, &v[1]),
+            "pointwise",
+        )
+    }
+}

@@ -1,0 +1,323 @@
+//! The candidate operations of a DARTS-style CNN cell (`OPS` in the reference
+//! `cnn/operations.py`), and the MixedOp that relaxes a choice among them (paper eq. 2).
+
+use candle_core::Tensor;
+use candle_nn::{Init, ModuleT, VarBuilder};
+use nas_search_space::{CnnOp, DARTS_CNN_PRIMITIVES};
+
+use crate::batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+use crate::conv::subsample;
+use crate::error::{Error, Result};
+use crate::factorized_reduce::{factorized_reduce, FactorizedReduce};
+use crate::pool::{pool2d, PoolConfig};
+use crate::sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
+use crate::weighted_sum::weighted_sum;
+
+/// One candidate operation on an edge.
+#[derive(Debug, Clone)]
+pub enum DartsOp {
+    /// `none`: zeros of the output shape.
+    Zero {
+        /// Stride of the edge.
+        stride: usize,
+    },
+    /// `skip_connect` at stride 1.
+    Identity,
+    /// `skip_connect` at stride 2.
+    FactorizedReduce(FactorizedReduce),
+    /// `max_pool_3x3` / `avg_pool_3x3`, followed in the search network by BN without affine.
+    Pool {
+        /// The pooling geometry.
+        cfg: PoolConfig,
+        /// The BN the search network puts after a pool.
+        bn: Option<BatchNorm>,
+    },
+    /// `sep_conv_3x3`, `sep_conv_5x5`, `sep_conv_7x7`.
+    SepConv(SepConv),
+    /// `dil_conv_3x3`, `dil_conv_5x5`.
+    DilConv(DepthwiseSeparable),
+    /// `conv_7x1_1x7` (AmoebaNet).
+    Conv7x1x7(Conv7x1x7),
+}
+
+impl DartsOp {
+    /// True for the identity, which DARTS's evaluation network never drops (drop path).
+    pub fn is_identity(&self) -> bool {
+        matches!(self, DartsOp::Identity)
+    }
+}
+
+impl ModuleT for DartsOp {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            DartsOp::Zero { stride } => subsample(x, *stride, 0)?.zeros_like(),
+            DartsOp::Identity => Ok(x.clone()),
+            DartsOp::FactorizedReduce(op) => op.forward_t(x, train),
+            DartsOp::Pool { cfg, bn } => {
+                let y = pool2d(x, *cfg)?;
+                match bn {
+                    Some(bn) => bn.forward_t(&y, train),
+                    None => Ok(y),
+                }
+            }
+            DartsOp::SepConv(op) => op.forward_t(x, train),
+            DartsOp::DilConv(op) => op.forward_t(x, train),
+            DartsOp::Conv7x1x7(op) => op.forward_t(x, train),
+        }
+    }
+}
+
+/// Where an op is built: the search network adds BN after pools and uses BN without
+/// affine parameters; the evaluation network does neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpContext {
+    /// Channels in and out.
+    pub channels: usize,
+    /// 1, or 2 on the input edges of a reduction cell.
+    pub stride: usize,
+    /// Learnable BN scale and shift.
+    pub affine: bool,
+    /// Put a BN (without affine) after pooling, as the search network's MixedOp does.
+    pub bn_after_pool: bool,
+}
+
+/// Builds `op` with the reference's parameter names under `vb`.
+pub fn darts_op(op: CnnOp, ctx: OpContext, vb: VarBuilder) -> Result<DartsOp> {
+    let OpContext {
+        channels: c,
+        stride,
+        affine,
+        bn_after_pool,
+    } = ctx;
+    Ok(match op {
+        CnnOp::None => DartsOp::Zero { stride },
+        CnnOp::SkipConnect if stride == 1 => DartsOp::Identity,
+        CnnOp::SkipConnect => DartsOp::FactorizedReduce(factorized_reduce(c, c, affine, vb)?),
+        CnnOp::MaxPool3x3 | CnnOp::AvgPool3x3 => {
+            let bn = if bn_after_pool {
+                let cfg = BatchNormConfig {
+                    affine: false,
+                    ..Default::default()
+                };
+                Some(batch_norm(c, cfg, vb.pp("1"))?)
+            } else {
+                None
+            };
+            DartsOp::Pool {
+                cfg: PoolConfig::darts(op == CnnOp::MaxPool3x3, stride),
+                bn,
+            }
+        }
+        CnnOp::SepConv3x3 => DartsOp::SepConv(sep_conv(c, c, 3, stride, affine, vb)?),
+        CnnOp::SepConv5x5 => DartsOp::SepConv(sep_conv(c, c, 5, stride, affine, vb)?),
+        CnnOp::SepConv7x7 => DartsOp::SepConv(sep_conv(c, c, 7, stride, affine, vb)?),
+        CnnOp::DilConv3x3 => DartsOp::DilConv(dil_conv(c, c, 3, stride, 2, affine, vb)?),
+        CnnOp::DilConv5x5 => DartsOp::DilConv(dil_conv(c, c, 5, stride, 2, affine, vb)?),
+        CnnOp::Conv7x1_1x7 => DartsOp::Conv7x1x7(conv_7x1_1x7(c, stride, affine, vb)?),
+    })
+}
+
+/// ReLU, a `1 x 7` convolution (stride `(1, s)`), a `7 x 1` one (stride `(s, 1)`), BN.
+#[derive(Debug, Clone)]
+pub struct Conv7x1x7 {
+    row: Tensor,
+    col: Tensor,
+    bn: BatchNorm,
+    stride: usize,
+}
+
+impl ModuleT for Conv7x1x7 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x
+            .relu()?
+            .pad_with_zeros(3, 3, 3)?
+            .conv2d(&self.row, 0, 1, 1, 1)?;
+        let y = pick(&y, 3, self.stride)?;
+        let y = y.pad_with_zeros(2, 3, 3)?.conv2d(&self.col, 0, 1, 1, 1)?;
+        self.bn.forward_t(&pick(&y, 2, self.stride)?, train)
+    }
+}
+
+/// Every `stride`-th index of dimension `dim`.
+fn pick(x: &Tensor, dim: usize, stride: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return Ok(x.clone());
+    }
+    let idx: Vec<u32> = (0..x.dim(dim)?).step_by(stride).map(|i| i as u32).collect();
+    x.index_select(&Tensor::new(idx, x.device())?, dim)
+}
+
+fn conv_7x1_1x7(c: usize, stride: usize, affine: bool, vb: VarBuilder) -> Result<Conv7x1x7> {
+    let bound = 1.0 / ((c * 7) as f64).sqrt();
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    Ok(Conv7x1x7 {
+        row: vb.pp("1").get_with_hints((c, c, 1, 7), "weight", init)?,
+        col: vb.pp("2").get_with_hints((c, c, 7, 1), "weight", init)?,
+        bn: batch_norm(
+            c,
+            BatchNormConfig {
+                affine,
+                ..Default::default()
+            },
+            vb.pp("3"),
+        )?,
+        stride,
+    })
+}
+
+/// A softmax-weighted mixture of all DARTS search primitives on one edge (paper eq. 2).
+///
+/// `none` contributes nothing to the sum, so it is not run; its weight still takes its
+/// share of the softmax, and so of the gradient of the architecture weights.
+#[derive(Debug, Clone)]
+pub struct MixedOp {
+    ops: Vec<DartsOp>,
+}
+
+impl MixedOp {
+    /// The candidate ops, in the order of [`DARTS_CNN_PRIMITIVES`].
+    pub fn ops(&self) -> &[DartsOp] {
+        &self.ops
+    }
+
+    /// `sum_k weights[k] * op_k(x)`, where `weights` `[8]` is the softmax of the edge's
+    /// architecture weights.
+    pub fn forward_weighted(&self, x: &Tensor, weights: &Tensor, train: bool) -> Result<Tensor> {
+        let k = self.ops.len();
+        if weights.dims() != [k] {
+            return Err(Error::ShapeMismatch {
+                op: "mixed_op",
+                expected: format!("weights [{k}]"),
+                got: weights.dims().to_vec(),
+            }
+            .into());
+        }
+        let outputs = self.ops[1..]
+            .iter()
+            .map(|op| op.forward_t(x, train))
+            .collect::<Result<Vec<_>>>()?;
+        weighted_sum(&Tensor::stack(&outputs, 0)?, &weights.narrow(0, 1, k - 1)?)
+    }
+}
+
+/// Builds a search-network MixedOp (`_ops.{i}`), BN without affine after pools.
+pub fn mixed_op(channels: usize, stride: usize, vb: VarBuilder) -> Result<MixedOp> {
+    let ctx = OpContext {
+        channels,
+        stride,
+        affine: false,
+        bn_after_pool: true,
+    };
+    let vb = vb.pp("_ops");
+    let ops = DARTS_CNN_PRIMITIVES
+        .iter()
+        .enumerate()
+        .map(|(i, &op)| darts_op(op, ctx, vb.pp(i.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MixedOp { ops })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{grad_check, randn};
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    /// Parameter counts of each op at C = 16, from the reference's definitions: a
+    /// depthwise k x k has C k^2 weights, a pointwise C^2, an affine BN 2C.
+    #[test]
+    fn parameter_counts_match_the_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        let c = 16;
+        let expected = [
+            (CnnOp::None, 1, 0),
+            (CnnOp::MaxPool3x3, 1, 0),
+            (CnnOp::AvgPool3x3, 2, 0),
+            (CnnOp::SkipConnect, 1, 0),
+            (CnnOp::SkipConnect, 2, 2 * (c * c / 2) + 2 * c),
+            (CnnOp::SepConv3x3, 1, 2 * (c * 9 + c * c + 2 * c)),
+            (CnnOp::SepConv5x5, 2, 2 * (c * 25 + c * c + 2 * c)),
+            (CnnOp::SepConv7x7, 1, 2 * (c * 49 + c * c + 2 * c)),
+            (CnnOp::DilConv3x3, 1, c * 9 + c * c + 2 * c),
+            (CnnOp::DilConv5x5, 2, c * 25 + c * c + 2 * c),
+            (CnnOp::Conv7x1_1x7, 2, 2 * c * c * 7 + 2 * c),
+        ];
+        for (op, stride, params) in expected {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+            let ctx = OpContext {
+                channels: c,
+                stride,
+                affine: true,
+                bn_after_pool: false,
+            };
+            let module = darts_op(op, ctx, vb)?;
+            let count: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+            assert_eq!(count, params, "{op} stride {stride}");
+            let x = randn(&[2, c, 8, 8], DType::F32, &dev)?;
+            let y = module.forward_t(&x, true)?;
+            assert_eq!(
+                y.dims(),
+                [2, c, 8 / stride, 8 / stride],
+                "{op} stride {stride}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reference_parameter_names() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let _ = mixed_op(4, 2, vb)?;
+        let mut names: Vec<String> = varmap
+            .data()
+            .lock()
+            .expect("lock")
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "_ops.3.conv_1.weight",
+                "_ops.3.conv_2.weight",
+                "_ops.4.op.1.weight",
+                "_ops.4.op.2.weight",
+                "_ops.4.op.5.weight",
+                "_ops.4.op.6.weight",
+                "_ops.5.op.1.weight",
+                "_ops.5.op.2.weight",
+                "_ops.5.op.5.weight",
+                "_ops.5.op.6.weight",
+                "_ops.6.op.1.weight",
+                "_ops.6.op.2.weight",
+                "_ops.7.op.1.weight",
+                "_ops.7.op.2.weight",
+            ]
+            .map(String::from)
+            .collect::<Vec<_>>()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn mixed_op_gradients_reach_input_and_weights() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+        let op = mixed_op(2, 1, vb)?;
+        let x = randn(&[2, 2, 5, 5], DType::F64, &dev)?;
+        let w = randn(&[8], DType::F64, &dev)?;
+        grad_check(
+            &[x, w],
+            |v| op.forward_weighted(&v[0], &v[1], true),
+            "mixed op",
+        )
+    }
+}

@@ -1,0 +1,169 @@
+//! The softmax-weighted sum of a DARTS MixedOp (paper eq. 2): `y = sum_k w_k * o_k` over
+//! stacked op outputs `[k, ...]` and weights `[k]`, as one pass forward and backward
+//! (to every output and to the weights).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{dispatch, Elem};
+use crate::error::{Error, Result};
+
+const OP: &str = "weighted_sum";
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
+
+/// `sum_k weights[k] * outputs[k]` for `outputs` `[k, ...]` and `weights` `[k]`.
+pub fn weighted_sum(outputs: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let k = outputs.dim(0)?;
+    if weights.dims() != [k] {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("weights [{k}] for {k} stacked outputs"),
+            got: weights.dims().to_vec(),
+        }
+        .into());
+    }
+    outputs
+        .contiguous()?
+        .apply_op2(&weights.contiguous()?, WeightedSum)
+}
+
+/// The plain-tensor reference.
+pub fn weighted_sum_slow(outputs: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let k = outputs.dim(0)?;
+    let mut shape = vec![1usize; outputs.rank()];
+    shape[0] = k;
+    outputs.broadcast_mul(&weights.reshape(shape)?)?.sum(0)
+}
+
+struct WeightedSum;
+
+fn forward<T: Elem>(o: &[T], w: &[T]) -> Vec<T> {
+    let size = o.len() / w.len();
+    let mut y = vec![T::zero(); size];
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(chunk, yc)| {
+        let start = chunk * CHUNK;
+        for (k, &wk) in w.iter().enumerate() {
+            let oc = &o[k * size + start..k * size + start + yc.len()];
+            for (yv, &ov) in yc.iter_mut().zip(oc) {
+                *yv = *yv + wk * ov;
+            }
+        }
+    });
+    y
+}
+
+/// `dw_k = sum(dy * o_k)`, accumulated in f64 per chunk and summed in chunk order.
+fn weight_grad<T: Elem>(dy: &[T], o: &[T]) -> Vec<T> {
+    let size = dy.len();
+    let k = o.len() / size;
+    (0..k)
+        .map(|kk| {
+            let partial: Vec<f64> = dy
+                .par_chunks(CHUNK)
+                .enumerate()
+                .map(|(chunk, dc)| {
+                    let oc = &o[kk * size + chunk * CHUNK..kk * size + chunk * CHUNK + dc.len()];
+                    dc.iter()
+                        .zip(oc)
+                        .map(|(&d, &v)| (d * v).as_f64())
+                        .sum::<f64>()
+                })
+                .collect();
+            T::of_f64(partial.iter().sum())
+        })
+        .collect()
+}
+
+impl CustomOp2 for WeightedSum {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out_shape = Shape::from(&l1.dims()[1..]);
+        dispatch!(OP, [(s1, l1) => o, (s2, l2) => w], |T| {
+            Ok((T::storage(forward::<T>(o, w)), out_shape))
+        })
+    }
+
+    fn bwd(
+        &self,
+        outputs: &Tensor,
+        weights: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dw = dy.apply_op2_no_bwd(outputs, &WeightedSumWeightGrad)?;
+        let k = outputs.dim(0)?;
+        let mut shape = vec![1usize; outputs.rank()];
+        shape[0] = k;
+        let d_outputs = weights.reshape(shape)?.broadcast_mul(&dy.unsqueeze(0)?)?;
+        Ok((Some(d_outputs), Some(dw)))
+    }
+}
+
+/// `(dy, outputs) -> dw`.
+struct WeightedSumWeightGrad;
+
+impl CustomOp2 for WeightedSumWeightGrad {
+    fn name(&self) -> &'static str {
+        "weighted_sum_weight_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let k = l2.dims()[0];
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => o], |T| {
+            Ok((T::storage(weight_grad::<T>(dy, o)), Shape::from(k)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn matches_slow_reference_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let o = randn(&[7, 3, 2, 5, 3], DType::F32, &dev)?;
+        let w = randn(&[7], DType::F32, &dev)?;
+        assert_close(
+            &weighted_sum(&o, &w)?,
+            &weighted_sum_slow(&o, &w)?,
+            1e-5,
+            1e-5,
+            "weighted sum",
+        )?;
+        let o = randn(&[4, 2, 3, 5, 3], DType::F64, &dev)?;
+        let w = randn(&[4], DType::F64, &dev)?;
+        grad_check(&[o, w], |v| weighted_sum(&v[0], &v[1]), "weighted sum")
+    }
+
+    #[test]
+    fn weight_shape_is_checked() {
+        let dev = Device::Cpu;
+        let o = Tensor::zeros((3, 2, 2), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros(2, DType::F32, &dev).unwrap();
+        let err = weighted_sum(&o, &w).unwrap_err().to_string();
+        assert!(
+            err.contains("weighted_sum: expected weights [3] for 3 stacked outputs, got shape [2]"),
+            "{err}"
+        );
+    }
+}
