@@ -527,7 +527,7 @@ mod tests {
         let gamma = (randn(&[2], DType::F64, &dev)? + 1.0)?;
         let beta = randn(&[2], DType::F64, &dev)?;
         grad_check(
-            &[x.clone()],
+            std::slice::from_ref(&x),
             |v| Ok(batch_norm_train(&v[0], None, 1e-5)?.0),
             "bn no affine",
         )?;

@@ -301,7 +301,7 @@ mod tests {
                 "_ops.7.op.2.weight",
             ]
             .map(String::from)
-            .collect::<Vec<_>>()
+            .to_vec()
         );
         Ok(())
     }
