@@ -6,12 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+mod bench;
 mod docs;
 mod fuzz;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  bench ops [--python PY] [--shape N,C,SIZE] [--repeats R]
+                         time each op (forward + backward) against candle and PyTorch
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
   fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)
   help                   this text";
@@ -20,6 +23,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&rest),
         Some("docs") => docs::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
         Some("help") | Some("--help") | Some("-h") | None => {

@@ -5,7 +5,9 @@
 //! pooling with `count_include_pad=False`) and ENAS's pools. candle's own pooling has no
 //! padding and its backward refuses a kernel size other than the stride.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{dispatch, Elem};
@@ -60,7 +62,10 @@ const OP: &str = "pool2d";
 /// Pools `x` `[n, c, h, w]`.
 pub fn pool2d(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
     let geom = Geometry::new(x.dims(), cfg)?;
-    x.contiguous()?.apply_op1(Pool { geom })
+    x.contiguous()?.apply_op1(Pool {
+        geom,
+        argmax: Arc::default(),
+    })
 }
 
 /// The plain-tensor reference: pads explicitly and reduces shifted views.
@@ -206,30 +211,50 @@ impl Geometry {
     }
 }
 
-fn forward<T: Elem>(g: &Geometry, x: &[T]) -> Vec<T> {
+/// Pools every plane; for max pooling also returns, per output, the plane-local index of
+/// the first window position (row-major) holding the maximum, as PyTorch picks it.
+fn forward<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>) {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut y = vec![T::zero(); g.n * g.c * plane_out];
-    y.par_chunks_mut(plane_out)
-        .enumerate()
-        .for_each(|(plane, yp)| {
-            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            for oh in 0..g.oh {
-                let rows = g.span(oh, g.h);
-                for ow in 0..g.ow {
-                    let cols = g.span(ow, g.w);
-                    yp[oh * g.ow + ow] = match g.cfg.kind {
-                        PoolKind::Max => {
+    match g.cfg.kind {
+        PoolKind::Max => {
+            let mut arg = vec![0u32; y.len()];
+            y.par_chunks_mut(plane_out)
+                .zip(arg.par_chunks_mut(plane_out))
+                .enumerate()
+                .for_each(|(plane, (yp, ap))| {
+                    let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+                    for oh in 0..g.oh {
+                        let rows = g.span(oh, g.h);
+                        for ow in 0..g.ow {
+                            let cols = g.span(ow, g.w);
                             let mut best = T::neg_infinity();
+                            let mut at = rows.start * g.w + cols.start;
                             for ih in rows.clone() {
-                                for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
-                                    if v > best || v.is_nan() {
+                                for iw in cols.clone() {
+                                    let v = xp[ih * g.w + iw];
+                                    if v > best || (v.is_nan() && !best.is_nan()) {
                                         best = v;
+                                        at = ih * g.w + iw;
                                     }
                                 }
                             }
-                            best
+                            yp[oh * g.ow + ow] = best;
+                            ap[oh * g.ow + ow] = at as u32;
                         }
-                        PoolKind::Avg { .. } => {
+                    }
+                });
+            (y, Some(arg))
+        }
+        PoolKind::Avg { .. } => {
+            y.par_chunks_mut(plane_out)
+                .enumerate()
+                .for_each(|(plane, yp)| {
+                    let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+                    for oh in 0..g.oh {
+                        let rows = g.span(oh, g.h);
+                        for ow in 0..g.ow {
+                            let cols = g.span(ow, g.w);
                             let mut sum = T::zero();
                             for ih in rows.clone() {
                                 for &v in &xp[ih * g.w + cols.start..ih * g.w + cols.end] {
@@ -237,41 +262,25 @@ fn forward<T: Elem>(g: &Geometry, x: &[T]) -> Vec<T> {
                                 }
                             }
                             let d = g.divisor(oh, ow, rows.len(), cols.len());
-                            sum / T::of_f64(d as f64)
+                            yp[oh * g.ow + ow] = sum / T::of_f64(d as f64);
                         }
-                    };
-                }
-            }
-        });
-    y
+                    }
+                });
+            (y, None)
+        }
+    }
 }
 
-/// `dx` for max pooling: each output's gradient goes to the first window position (in
-/// row-major order) that holds the maximum, as PyTorch does.
-fn max_backward<T: Elem>(g: &Geometry, dy: &[T], x: &[T], y: &[T]) -> Vec<T> {
+/// `dx` for max pooling: each output's gradient goes to its saved argmax.
+fn max_backward<T: Elem>(g: &Geometry, dy: &[T], arg: &[u32]) -> Vec<T> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
     dx.par_chunks_mut(plane_in)
         .enumerate()
         .for_each(|(plane, dxp)| {
-            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            let yp = &y[plane * plane_out..(plane + 1) * plane_out];
-            let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-            for oh in 0..g.oh {
-                let rows = g.span(oh, g.h);
-                for ow in 0..g.ow {
-                    let cols = g.span(ow, g.w);
-                    let target = yp[oh * g.ow + ow];
-                    'window: for ih in rows.clone() {
-                        for iw in cols.clone() {
-                            let v = xp[ih * g.w + iw];
-                            if v == target || (v.is_nan() && target.is_nan()) {
-                                dxp[ih * g.w + iw] = dxp[ih * g.w + iw] + dyp[oh * g.ow + ow];
-                                break 'window;
-                            }
-                        }
-                    }
-                }
+            let range = plane * plane_out..(plane + 1) * plane_out;
+            for (&d, &at) in dy[range.clone()].iter().zip(&arg[range]) {
+                dxp[at as usize] = dxp[at as usize] + d;
             }
         });
     dx
@@ -303,6 +312,8 @@ fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
 
 struct Pool {
     geom: Geometry,
+    /// Max pooling's argmax, saved by the forward pass for the backward pass.
+    argmax: Arc<Mutex<Option<Vec<u32>>>>,
 }
 
 impl CustomOp1 for Pool {
@@ -313,42 +324,65 @@ impl CustomOp1 for Pool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         dispatch!(OP, [(s, l) => x], |T| {
-            Ok((T::storage(forward::<T>(g, x)), Shape::from((g.n, g.c, g.oh, g.ow))))
+            let (y, argmax) = forward::<T>(g, x);
+            if let Some(argmax) = argmax {
+                *self.argmax.lock().map_err(|_| poisoned())? = Some(argmax);
+            }
+            Ok((T::storage(y), Shape::from((g.n, g.c, g.oh, g.ow))))
         })
     }
 
-    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op3_no_bwd(x, y, &PoolBackward { geom: self.geom })?;
+        let argmax = match self.geom.cfg.kind {
+            PoolKind::Max => Some(
+                self.argmax
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .clone()
+                    .ok_or_else(|| {
+                        candle_core::Error::from(Error::Unsupported {
+                            op: OP,
+                            message: "backward before forward".to_string(),
+                        })
+                    })?,
+            ),
+            PoolKind::Avg { .. } => None,
+        };
+        let dx = dy.apply_op1_no_bwd(&PoolBackward {
+            geom: self.geom,
+            argmax,
+        })?;
         Ok(Some(dx))
     }
 }
 
-/// `(dy, x, y) -> dx`.
-struct PoolBackward {
-    geom: Geometry,
+fn poisoned() -> candle_core::Error {
+    Error::Unsupported {
+        op: OP,
+        message: "argmax lock poisoned".to_string(),
+    }
+    .into()
 }
 
-impl CustomOp3 for PoolBackward {
+/// `dy -> dx`.
+struct PoolBackward {
+    geom: Geometry,
+    argmax: Option<Vec<u32>>,
+}
+
+impl CustomOp1 for PoolBackward {
     fn name(&self) -> &'static str {
         "pool2d_backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         let shape = Shape::from((g.n, g.c, g.h, g.w));
-        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => y], |T| {
-            let dx = match g.cfg.kind {
-                PoolKind::Max => max_backward::<T>(g, dy, x, y),
-                PoolKind::Avg { .. } => avg_backward::<T>(g, dy),
+        dispatch!(OP, [(s, l) => dy], |T| {
+            let dx = match &self.argmax {
+                Some(arg) => max_backward::<T>(g, dy, arg),
+                None => avg_backward::<T>(g, dy),
             };
             Ok((T::storage(dx), shape))
         })

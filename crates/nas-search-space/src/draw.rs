@@ -278,10 +278,12 @@ pub fn to_dot(genotype: &Genotype) -> String {
 
 /// The most operations (labelled edges) one cell may have for [`to_svg`].
 ///
-/// layout-rs's crossing reduction grows like the fourth power of a cell's size: a DARTS
-/// cell of 32 nodes (64 operations) takes about a second, one of 100 nodes over a minute.
-/// Published cells have at most a dozen nodes; larger ones are drawn with [`to_dot`].
-pub const MAX_SVG_OPS_PER_CELL: usize = 64;
+/// layout-rs's crossing reduction grows like the fourth power of a cell's size: at worst
+/// a DARTS cell of 12 nodes (24 operations) takes a fifth of a second, one of 16 nodes
+/// half a second, one of 32 nodes ten seconds, one of 100 nodes minutes. Published cells
+/// have at most 13 operations (ENAS's recurrent cell); larger ones can be drawn from
+/// [`to_dot`] by Graphviz.
+pub const MAX_SVG_OPS_PER_CELL: usize = 24;
 
 /// A standalone SVG document: each cell laid out by `layout-rs`, stacked with captions.
 ///
@@ -544,8 +546,26 @@ mod tests {
         let g = enas_rnn(MAX_SVG_OPS_PER_CELL - 1, |i| i);
         assert_eq!(
             to_svg(&g).unwrap_err().to_string(),
-            "svg layout: the recurrent cell has 65 operations, more than the 64 that can be laid out in reasonable time; write DOT and use Graphviz instead"
+            "svg layout: the recurrent cell has 25 operations, more than the 24 that can be laid out in reasonable time; write DOT and use Graphviz instead"
         );
+        // The costliest CNN shape found: every node reads c_{k-2} and the node before it,
+        // and the output concatenates every state. At the limit it is still quick.
+        let cnn = |nodes: usize| {
+            let edges: Vec<String> = (0..nodes)
+                .map(|i| format!("('sep_conv_3x3', 0), ('skip_connect', {})", i + 1))
+                .collect();
+            let edges = edges.join(", ");
+            crate::parse_python(&format!(
+                "Genotype(normal=[{edges}], normal_concat=range(0, {n}), reduce=[{edges}], reduce_concat=range(0, {n}))",
+                n = nodes + 2
+            ))
+            .unwrap()
+        };
+        let start = std::time::Instant::now();
+        assert!(to_svg(&cnn(MAX_SVG_OPS_PER_CELL / 2)).is_ok());
+        let elapsed = start.elapsed();
+        assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+        assert!(to_svg(&cnn(MAX_SVG_OPS_PER_CELL / 2 + 1)).is_err());
         // DOT has no such limit.
         assert!(to_dot(&enas_rnn(1000, |i| i / 2)).contains("\"499\" -> \"1000\""));
     }
