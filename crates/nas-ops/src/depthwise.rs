@@ -157,11 +157,21 @@ impl Geometry {
 }
 
 fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    // One monomorphised loop nest with and one without the ReLU, so neither branches
+    // per element.
+    if g.cfg.relu_input {
+        forward_impl::<T, true>(g, x, w)
+    } else {
+        forward_impl::<T, false>(g, x, w)
+    }
+}
+
+fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let plane_in = g.h * g.w;
     let plane_out = g.oh * g.ow;
     let kk = g.k * g.k;
     let mut y = vec![T::zero(); g.n * g.c * plane_out];
-    let (s, relu) = (g.cfg.stride, g.cfg.relu_input);
+    let s = g.cfg.stride;
     y.par_chunks_mut(plane_out)
         .enumerate()
         .for_each(|(plane, yp)| {
@@ -185,11 +195,11 @@ fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
                             let len = cols.len();
                             let (ys, xs) = (&mut yrow[cols.start..cols.end], &xrow[iw0..iw0 + len]);
                             for (yv, &xv) in ys.iter_mut().zip(xs) {
-                                *yv = *yv + wv * act(xv, relu);
+                                *yv = *yv + wv * act(xv, RELU);
                             }
                         } else {
                             for (i, ow) in cols.clone().enumerate() {
-                                yrow[ow] = yrow[ow] + wv * act(xrow[iw0 + i * s], relu);
+                                yrow[ow] = yrow[ow] + wv * act(xrow[iw0 + i * s], RELU);
                             }
                         }
                     }
@@ -249,10 +259,18 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
 }
 
 fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+    if g.cfg.relu_input {
+        weight_grad_impl::<T, true>(g, dy, x)
+    } else {
+        weight_grad_impl::<T, false>(g, dy, x)
+    }
+}
+
+fn weight_grad_impl<T: Elem, const RELU: bool>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
     let plane_in = g.h * g.w;
     let plane_out = g.oh * g.ow;
     let kk = g.k * g.k;
-    let (s, relu) = (g.cfg.stride, g.cfg.relu_input);
+    let s = g.cfg.stride;
     // Per-plane partial sums, reduced over the batch in a fixed order (deterministic).
     let mut partial = vec![T::zero(); g.n * g.c * kk];
     partial
@@ -275,11 +293,11 @@ fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
                         let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
                         if s == 1 {
                             for (&gv, &xv) in dyrow.iter().zip(&xrow[iw0..iw0 + dyrow.len()]) {
-                                acc = acc + gv * act(xv, relu);
+                                acc = acc + gv * act(xv, RELU);
                             }
                         } else {
                             for (i, &gv) in dyrow.iter().enumerate() {
-                                acc = acc + gv * act(xrow[iw0 + i * s], relu);
+                                acc = acc + gv * act(xrow[iw0 + i * s], RELU);
                             }
                         }
                     }

@@ -518,7 +518,7 @@ mod tests {
     }
 
     #[test]
-    fn layout_of_cells_with_many_paths_is_fast() {
+    fn layout_of_cells_with_many_paths_finishes() {
         // Found while setting up the fuzz targets, which draw what they read: node k of
         // each cell reads state k - 2 twice, so the number of paths doubles every second
         // node, and layout-rs's validation walked them all (50 nodes per cell: 283 s).
@@ -530,11 +530,10 @@ mod tests {
         }
         let g = Genotype::from_arc(crate::GenotypeKind::EnasMicro, &arc).unwrap();
         let normal = &panels(&g)[0];
-        let start = std::time::Instant::now();
+        // Before the fix this call took minutes; it is not timed here (speed belongs in
+        // benchmarks), but a regression makes the test suite visibly hang.
         let (body, _, _) = render_one(&layout_dot(normal)).unwrap();
         assert!(body.contains("sep_conv_3x3"));
-        let elapsed = start.elapsed();
-        assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
         // Through to_svg, such a cell is over the size limit.
         assert!(to_svg(&g).is_err());
     }
@@ -549,7 +548,7 @@ mod tests {
             "svg layout: the recurrent cell has 25 operations, more than the 24 that can be laid out in reasonable time; write DOT and use Graphviz instead"
         );
         // The costliest CNN shape found: every node reads c_{k-2} and the node before it,
-        // and the output concatenates every state. At the limit it is still quick.
+        // and the output concatenates every state. At the limit it is still drawn.
         let cnn = |nodes: usize| {
             let edges: Vec<String> = (0..nodes)
                 .map(|i| format!("('sep_conv_3x3', 0), ('skip_connect', {})", i + 1))
@@ -561,10 +560,7 @@ mod tests {
             ))
             .unwrap()
         };
-        let start = std::time::Instant::now();
         assert!(to_svg(&cnn(MAX_SVG_OPS_PER_CELL / 2)).is_ok());
-        let elapsed = start.elapsed();
-        assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
         assert!(to_svg(&cnn(MAX_SVG_OPS_PER_CELL / 2 + 1)).is_err());
         // DOT has no such limit.
         assert!(to_dot(&enas_rnn(1000, |i| i / 2)).contains("\"499\" -> \"1000\""));
