@@ -102,10 +102,7 @@ impl CustomOp2 for WeightedSum {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
         let dw = dy.apply_op2_no_bwd(outputs, &WeightedSumWeightGrad)?;
-        let k = outputs.dim(0)?;
-        let mut shape = vec![1usize; outputs.rank()];
-        shape[0] = k;
-        let d_outputs = weights.reshape(shape)?.broadcast_mul(&dy.unsqueeze(0)?)?;
+        let d_outputs = dy.apply_op2_no_bwd(weights, &WeightedSumOutputGrad)?;
         Ok((Some(d_outputs), Some(dw)))
     }
 }
@@ -128,6 +125,37 @@ impl CustomOp2 for WeightedSumWeightGrad {
         let k = l2.dims()[0];
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => o], |T| {
             Ok((T::storage(weight_grad::<T>(dy, o)), Shape::from(k)))
+        })
+    }
+}
+
+/// `(dy, w) -> [k, ...]` with `d_outputs[k] = w[k] * dy`.
+struct WeightedSumOutputGrad;
+
+impl CustomOp2 for WeightedSumOutputGrad {
+    fn name(&self) -> &'static str {
+        "weighted_sum_output_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let k = l2.dims()[0];
+        let mut dims = vec![k];
+        dims.extend_from_slice(l1.dims());
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => w], |T| {
+            let size = dy.len();
+            let mut out = vec![T::of_f64(0.0); k * size];
+            out.par_chunks_mut(size).zip(w.par_iter()).for_each(|(oc, &wk)| {
+                for (o, &d) in oc.iter_mut().zip(dy) {
+                    *o = wk * d;
+                }
+            });
+            Ok((T::storage(out), Shape::from(dims)))
         })
     }
 }
