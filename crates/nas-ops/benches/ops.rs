@@ -3,6 +3,10 @@
 
 use criterion::{criterion_main, Criterion};
 
+/// The caching allocator the `nas` binary and the ratio printer use.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "workloads.rs"]
 mod workloads;
 

@@ -1,9 +1,15 @@
 //! Times every op workload (forward + backward) and prints one JSON object of median
 //! milliseconds per workload, for `cargo xtask bench ops` to compare with PyTorch.
 //!
-//! Usage: `bench_ops [N C SIZE [REPEATS]]` (default 16 16 32 20).
+//! Usage: `bench_ops [N C SIZE [REPEATS]] [FILTER]` (default 16 16 32 20; FILTER keeps
+//! the workloads whose name contains it, for profiling one of them).
 
 use std::time::Instant;
+
+/// A caching allocator, as the `nas` binary uses: the system allocator returns large
+/// blocks to the kernel and pays page faults to get them back on every step.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../benches/workloads.rs"]
 mod workloads;
@@ -13,6 +19,9 @@ fn main() -> candle_core::Result<()> {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| a.parse::<usize>().is_err());
     let (n, c, size, repeats) = match args[..] {
         [n, c, s, r] => (n, c, s, r),
         [n, c, s] => (n, c, s, 20),
@@ -20,6 +29,12 @@ fn main() -> candle_core::Result<()> {
     };
     let mut results = Vec::new();
     for w in workloads::workloads(n, c, size)? {
+        if filter
+            .as_ref()
+            .is_some_and(|f| !w.name.contains(f.as_str()))
+        {
+            continue;
+        }
         for _ in 0..3 {
             (w.run)()?;
         }
