@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// A caching allocator: training steps allocate and free the same large blocks over and
+/// over, which the system allocator hands back to the kernel (page faults every step).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod alphas;
 mod genotype;
 mod output;
