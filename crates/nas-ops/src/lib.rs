@@ -9,6 +9,7 @@ mod cpu;
 mod darts_op;
 mod depthwise;
 mod drop_path;
+mod enas_op;
 mod error;
 mod factorized_reduce;
 mod pool;
@@ -25,6 +26,7 @@ pub use conv::{conv2d, global_avg_pool, pointwise, subsample, Conv2d, Conv2dConf
 pub use darts_op::{darts_op, mixed_op, Conv7x1x7, DartsOp, MixedOp, OpContext};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_slow, DepthwiseConfig};
 pub use drop_path::drop_path;
+pub use enas_op::{enas_macro_op, enas_micro_op, EnasMacroLayerOp};
 pub use error::{Error, Result};
 pub use factorized_reduce::{factorized_reduce, FactorizedReduce};
 pub use pool::{pool2d, pool2d_slow, PoolConfig, PoolKind};
