@@ -156,6 +156,40 @@ impl Geometry {
     }
 }
 
+/// One kernel tap (`kh`, `kw`) with the output rows and columns whose input it reaches.
+struct Tap {
+    /// `kh * k + kw`.
+    index: usize,
+    kh: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    /// Input column of the first output column in `cols`.
+    iw0: usize,
+}
+
+impl Geometry {
+    /// Every tap that reaches the input at all.
+    fn taps(&self) -> impl Iterator<Item = Tap> + '_ {
+        (0..self.k).flat_map(move |kh| {
+            let rows = self.valid(kh, self.h, self.oh);
+            (0..self.k).filter_map(move |kw| {
+                let cols = self.valid(kw, self.w, self.ow);
+                if rows.is_empty() || cols.is_empty() {
+                    return None;
+                }
+                let iw0 = self.input_index(cols.start, kw);
+                Some(Tap {
+                    index: kh * self.k + kw,
+                    kh,
+                    rows: rows.clone(),
+                    cols,
+                    iw0,
+                })
+            })
+        })
+    }
+}
+
 fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     // One monomorphised loop nest with and one without the ReLU, so neither branches
     // per element.
@@ -167,40 +201,26 @@ fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
 }
 
 fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
-    let plane_in = g.h * g.w;
-    let plane_out = g.oh * g.ow;
-    let kk = g.k * g.k;
+    let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
     let mut y = vec![T::zero(); g.n * g.c * plane_out];
-    let s = g.cfg.stride;
     y.par_chunks_mut(plane_out)
         .enumerate()
         .for_each(|(plane, yp)| {
-            let c = plane % g.c;
             let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            let wp = &w[c * kk..(c + 1) * kk];
-            for kh in 0..g.k {
-                let rows = g.valid(kh, g.h, g.oh);
-                for kw in 0..g.k {
-                    let cols = g.valid(kw, g.w, g.ow);
-                    let wv = wp[kh * g.k + kw];
-                    for oh in rows.clone() {
-                        let xrow = &xp[g.input_index(oh, kh) * g.w..];
-                        let yrow = &mut yp[oh * g.ow..(oh + 1) * g.ow];
-                        let iw0 = if cols.is_empty() {
-                            0
-                        } else {
-                            g.input_index(cols.start, kw)
-                        };
-                        if s == 1 {
-                            let len = cols.len();
-                            let (ys, xs) = (&mut yrow[cols.start..cols.end], &xrow[iw0..iw0 + len]);
-                            for (yv, &xv) in ys.iter_mut().zip(xs) {
-                                *yv = *yv + wv * act(xv, RELU);
-                            }
-                        } else {
-                            for (i, ow) in cols.clone().enumerate() {
-                                yrow[ow] = yrow[ow] + wv * act(xrow[iw0 + i * s], RELU);
-                            }
+            let wp = &w[(plane % g.c) * kk..(plane % g.c + 1) * kk];
+            for tap in g.taps() {
+                let wv = wp[tap.index];
+                for oh in tap.rows.clone() {
+                    let xrow = &xp[g.input_index(oh, tap.kh) * g.w..];
+                    let ys = &mut yp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
+                    if s == 1 {
+                        let xs = &xrow[tap.iw0..tap.iw0 + tap.cols.len()];
+                        for (yv, &xv) in ys.iter_mut().zip(xs) {
+                            *yv = *yv + wv * act(xv, RELU);
+                        }
+                    } else {
+                        for (i, yv) in ys.iter_mut().enumerate() {
+                            *yv = *yv + wv * act(xrow[tap.iw0 + i * s], RELU);
                         }
                     }
                 }
@@ -210,38 +230,27 @@ fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Ve
 }
 
 fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
-    let plane_in = g.h * g.w;
-    let plane_out = g.oh * g.ow;
-    let kk = g.k * g.k;
-    let s = g.cfg.stride;
+    let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
     dx.par_chunks_mut(plane_in)
         .enumerate()
         .for_each(|(plane, dxp)| {
-            let c = plane % g.c;
             let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-            let wp = &w[c * kk..(c + 1) * kk];
-            for kh in 0..g.k {
-                let rows = g.valid(kh, g.h, g.oh);
-                for kw in 0..g.k {
-                    let cols = g.valid(kw, g.w, g.ow);
-                    if cols.is_empty() {
-                        continue;
-                    }
-                    let wv = wp[kh * g.k + kw];
-                    let iw0 = g.input_index(cols.start, kw);
-                    for oh in rows.clone() {
-                        let ih = g.input_index(oh, kh);
-                        let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
-                        let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
-                        if s == 1 {
-                            for (d, &gv) in dxrow[iw0..iw0 + dyrow.len()].iter_mut().zip(dyrow) {
-                                *d = *d + wv * gv;
-                            }
-                        } else {
-                            for (i, &gv) in dyrow.iter().enumerate() {
-                                dxrow[iw0 + i * s] = dxrow[iw0 + i * s] + wv * gv;
-                            }
+            let wp = &w[(plane % g.c) * kk..(plane % g.c + 1) * kk];
+            for tap in g.taps() {
+                let wv = wp[tap.index];
+                for oh in tap.rows.clone() {
+                    let ih = g.input_index(oh, tap.kh);
+                    let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
+                    let dyrow = &dyp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
+                    if s == 1 {
+                        for (d, &gv) in dxrow[tap.iw0..tap.iw0 + dyrow.len()].iter_mut().zip(dyrow)
+                        {
+                            *d = *d + wv * gv;
+                        }
+                    } else {
+                        for (i, &gv) in dyrow.iter().enumerate() {
+                            dxrow[tap.iw0 + i * s] = dxrow[tap.iw0 + i * s] + wv * gv;
                         }
                     }
                 }
@@ -267,10 +276,7 @@ fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
 }
 
 fn weight_grad_impl<T: Elem, const RELU: bool>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
-    let plane_in = g.h * g.w;
-    let plane_out = g.oh * g.ow;
-    let kk = g.k * g.k;
-    let s = g.cfg.stride;
+    let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
     // Per-plane partial sums, reduced over the batch in a fixed order (deterministic).
     let mut partial = vec![T::zero(); g.n * g.c * kk];
     partial
@@ -279,30 +285,22 @@ fn weight_grad_impl<T: Elem, const RELU: bool>(g: &Geometry, dy: &[T], x: &[T]) 
         .for_each(|(plane, pp)| {
             let xp = &x[plane * plane_in..(plane + 1) * plane_in];
             let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-            for kh in 0..g.k {
-                let rows = g.valid(kh, g.h, g.oh);
-                for kw in 0..g.k {
-                    let cols = g.valid(kw, g.w, g.ow);
-                    if cols.is_empty() {
-                        continue;
-                    }
-                    let iw0 = g.input_index(cols.start, kw);
-                    let mut acc = T::zero();
-                    for oh in rows.clone() {
-                        let xrow = &xp[g.input_index(oh, kh) * g.w..];
-                        let dyrow = &dyp[oh * g.ow + cols.start..oh * g.ow + cols.end];
-                        if s == 1 {
-                            for (&gv, &xv) in dyrow.iter().zip(&xrow[iw0..iw0 + dyrow.len()]) {
-                                acc = acc + gv * act(xv, RELU);
-                            }
-                        } else {
-                            for (i, &gv) in dyrow.iter().enumerate() {
-                                acc = acc + gv * act(xrow[iw0 + i * s], RELU);
-                            }
+            for tap in g.taps() {
+                let mut acc = T::zero();
+                for oh in tap.rows.clone() {
+                    let xrow = &xp[g.input_index(oh, tap.kh) * g.w..];
+                    let dyrow = &dyp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
+                    if s == 1 {
+                        for (&gv, &xv) in dyrow.iter().zip(&xrow[tap.iw0..tap.iw0 + dyrow.len()]) {
+                            acc = acc + gv * act(xv, RELU);
+                        }
+                    } else {
+                        for (i, &gv) in dyrow.iter().enumerate() {
+                            acc = acc + gv * act(xrow[tap.iw0 + i * s], RELU);
                         }
                     }
-                    pp[kh * g.k + kw] = acc;
                 }
+                pp[tap.index] = acc;
             }
         });
     let mut dw = vec![T::zero(); g.c * kk];
