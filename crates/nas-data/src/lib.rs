@@ -1,0 +1,16 @@
+//! The data sets of DARTS and ENAS, read from their genuine file formats with every
+//! field checked: CIFAR-10/100 (binary), MNIST and Fashion-MNIST (IDX), the embedded
+//! digits, and word-level corpora (PTB, WikiText-2); plus the papers' splits.
+//!
+//! This crate knows nothing about models or genotypes.
+
+pub mod cifar;
+pub mod digits;
+mod error;
+pub mod idx;
+mod image;
+pub mod ptb;
+pub mod split;
+
+pub use error::{Error, Result};
+pub use image::ImageSet;
