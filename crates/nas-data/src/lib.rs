@@ -4,13 +4,17 @@
 //!
 //! This crate knows nothing about models or genotypes.
 
+pub mod augment;
 pub mod cifar;
 pub mod digits;
 mod error;
 pub mod idx;
 mod image;
+pub mod loader;
 pub mod ptb;
 pub mod split;
 
+pub use augment::{Augment, Normalize};
 pub use error::{Error, Result};
 pub use image::ImageSet;
+pub use loader::{epoch, Batch, LoaderConfig};
