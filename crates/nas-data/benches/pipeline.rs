@@ -11,7 +11,7 @@ use nas_data::{epoch, Augment, ImageSet, LoaderConfig, Normalize};
 fn pipeline(c: &mut Criterion) {
     let n = 10_000;
     let pixels: Vec<u8> = (0..n * 3072)
-        .map(|i| (i * 2_654_435_761usize >> 13) as u8)
+        .map(|i| ((i * 2_654_435_761usize) >> 13) as u8)
         .collect();
     let labels: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
     let set = Arc::new(ImageSet::new(pixels, labels, [3, 32, 32], 10, 255).expect("valid set"));
