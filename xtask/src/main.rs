@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 
 mod bench;
 mod docs;
+mod download;
 mod fuzz;
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -16,15 +17,28 @@ commands:
   bench ops [--python PY] [--shape N,C,SIZE] [--repeats R]
                          time each op (forward + backward) against candle and PyTorch
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
+  download <dataset> [--dir DIR] [--mirror DIR]
+                         put a data set into the data directory, verified (mirror only for now)
   fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)
   help                   this text";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match dispatch(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&rest),
         Some("docs") => docs::run(&rest),
+        Some("download") => download::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod alphas;
+mod data;
 mod genotype;
 mod output;
 
@@ -31,6 +32,9 @@ enum Command {
     /// List, show, convert, derive and draw genotypes.
     #[command(subcommand)]
     Genotype(genotype::GenotypeCommand),
+    /// Inspect the data sets.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Genotype(cmd) => genotype::run(cmd),
+        Command::Data(cmd) => data::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! This crate knows nothing about models or genotypes.
 
 pub mod augment;
+mod catalog;
 pub mod cifar;
 pub mod digits;
 mod error;
@@ -15,6 +16,7 @@ pub mod ptb;
 pub mod split;
 
 pub use augment::{Augment, Normalize};
+pub use catalog::{checksum_status, checksum_status_as, md5_hex, Dataset, Info};
 pub use error::{Error, Result};
 pub use image::ImageSet;
 pub use loader::{epoch, Batch, LoaderConfig};

@@ -1,0 +1,323 @@
+//! The data sets by name: where each lives under the data directory, how to load it,
+//! what it holds, and the published checksums of its files.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+use crate::cifar::{self, Cifar};
+use crate::error::{Error, Result};
+use crate::image::ImageSet;
+use crate::ptb::Corpus;
+use crate::{digits, idx};
+
+/// A data set the project knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataset {
+    /// CIFAR-10, binary version.
+    Cifar10,
+    /// CIFAR-100, binary version.
+    Cifar100,
+    /// MNIST.
+    Mnist,
+    /// Fashion-MNIST.
+    FashionMnist,
+    /// The embedded 8x8 digits.
+    Digits,
+    /// Penn Treebank, Mikolov's word-level split.
+    Ptb,
+    /// WikiText-2, in the same format.
+    Wikitext2,
+}
+
+/// What `nas data info` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Info {
+    /// The data set's name.
+    pub name: &'static str,
+    /// Where it was read from.
+    pub location: String,
+    /// `(split, examples)`; tokens for corpora.
+    pub splits: Vec<(&'static str, usize)>,
+    /// Classes, or the vocabulary size for corpora.
+    pub classes: usize,
+    /// `[c, h, w]` for images.
+    pub shape: Option<[usize; 3]>,
+    /// `(file, status)`: "ok", "mismatch (md5 ...)" or "no published checksum".
+    pub checksums: Vec<(String, String)>,
+}
+
+/// Published md5 sums of files as they sit in the data set's folder (decompressed sizes
+/// for the IDX files are checked after gunzip).
+const MD5: &[(&str, &str)] = &[
+    ("ptb.train.txt", "f26c4b92c5fdc7b3f8c7cdcb991d8420"),
+    ("ptb.valid.txt", "aa0affc06ff7c36e977d7cd49e3839bf"),
+    ("ptb.test.txt", "8b80168b89c18661a38ef683c0dc3721"),
+    (
+        "train-images-idx3-ubyte",
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    ),
+    (
+        "train-labels-idx1-ubyte",
+        "9018921c3c673c538a1fc5bad174d6f9",
+    ),
+    ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
+    ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
+    ("digits.csv.gz", "ca09b38354112f159cd554f69e213828"),
+];
+
+impl Dataset {
+    /// Every data set.
+    pub const ALL: &'static [Dataset] = &[
+        Dataset::Cifar10,
+        Dataset::Cifar100,
+        Dataset::Mnist,
+        Dataset::FashionMnist,
+        Dataset::Digits,
+        Dataset::Ptb,
+        Dataset::Wikitext2,
+    ];
+
+    /// The name used on the command line and as the folder under the data directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Cifar10 => "cifar10",
+            Dataset::Cifar100 => "cifar100",
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+            Dataset::Digits => "digits",
+            Dataset::Ptb => "ptb",
+            Dataset::Wikitext2 => "wikitext2",
+        }
+    }
+
+    /// Looks a data set up by name.
+    pub fn from_name(name: &str) -> Result<Self> {
+        Dataset::ALL
+            .iter()
+            .copied()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Dataset::ALL.iter().map(|d| d.name()).collect();
+                Error::Invalid(format!(
+                    "unknown data set {name:?}; expected one of: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// The folder holding the data set's files under `data_dir`.
+    pub fn folder(self, data_dir: &Path) -> PathBuf {
+        let base = data_dir.join(self.name());
+        match self {
+            Dataset::Cifar10 => base.join("cifar-10-batches-bin"),
+            Dataset::Cifar100 => base.join("cifar-100-binary"),
+            _ => base,
+        }
+    }
+
+    /// Loads an image data set's split (`train` or `test`). The digits come from the data
+    /// directory when a copy is there, else from the embedded file (both splits: digits
+    /// has no official split).
+    pub fn load_images(self, data_dir: &Path, train: bool) -> Result<ImageSet> {
+        let dir = self.folder(data_dir);
+        match self {
+            Dataset::Cifar10 => cifar::load(Cifar::Ten, &dir, train),
+            Dataset::Cifar100 => cifar::load(Cifar::Hundred, &dir, train),
+            Dataset::Mnist => idx::load("mnist", &dir, train),
+            Dataset::FashionMnist => idx::load("fashion-mnist", &dir, train),
+            Dataset::Digits => {
+                let file = dir.join("digits.csv.gz");
+                if file.exists() {
+                    digits::read(&file)
+                } else {
+                    digits::embedded()
+                }
+            }
+            Dataset::Ptb | Dataset::Wikitext2 => Err(Error::Invalid(format!(
+                "{} is a text corpus, not an image data set",
+                self.name()
+            ))),
+        }
+    }
+
+    /// Loads a text corpus.
+    pub fn load_corpus(self, data_dir: &Path) -> Result<Corpus> {
+        match self {
+            Dataset::Ptb => Corpus::load("ptb", &self.folder(data_dir), "ptb"),
+            Dataset::Wikitext2 => Corpus::load("wikitext2", &self.folder(data_dir), "wiki"),
+            other => Err(Error::Invalid(format!(
+                "{} is an image data set, not a text corpus",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Loads everything and reports counts, shapes and checksums.
+    pub fn info(self, data_dir: &Path) -> Result<Info> {
+        let dir = self.folder(data_dir);
+        let mut info = Info {
+            name: self.name(),
+            location: dir.display().to_string(),
+            splits: Vec::new(),
+            classes: 0,
+            shape: None,
+            checksums: Vec::new(),
+        };
+        match self {
+            Dataset::Ptb | Dataset::Wikitext2 => {
+                let c = self.load_corpus(data_dir)?;
+                info.splits = vec![
+                    ("train", c.train().len()),
+                    ("valid", c.valid().len()),
+                    ("test", c.test().len()),
+                ];
+                info.classes = c.vocab_size();
+            }
+            Dataset::Digits => {
+                let set = self.load_images(data_dir, true)?;
+                if !dir.join("digits.csv.gz").exists() {
+                    info.location = "embedded".to_string();
+                }
+                info.splits = vec![("all", set.len())];
+                info.classes = set.classes();
+                info.shape = Some(set.shape());
+            }
+            _ => {
+                let train = self.load_images(data_dir, true)?;
+                let test = self.load_images(data_dir, false)?;
+                info.splits = vec![("train", train.len()), ("test", test.len())];
+                info.classes = train.classes();
+                info.shape = Some(train.shape());
+            }
+        }
+        if dir.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| Error::io(&dir, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for file in files {
+                info.checksums
+                    .push((file.display().to_string(), checksum_status(&file)?));
+            }
+        }
+        Ok(info)
+    }
+}
+
+/// The md5 of a file's contents; for a gzip'd IDX file (named by `name`), of the
+/// decompressed contents, as the published sums are.
+pub fn md5_hex(path: &Path, name: &str) -> Result<String> {
+    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = if name.ends_with("-ubyte.gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                Error::format(path, "gzip stream", format!("a valid gzip stream ({e})"))
+            })?;
+        out
+    } else {
+        raw
+    };
+    Ok(Md5::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Compares a file with the published checksum of its own name.
+pub fn checksum_status(path: &Path) -> Result<String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    checksum_status_as(path, &name)
+}
+
+/// Compares the contents of `path` with the published checksum of the file `name`
+/// (for a file still under a temporary name): "ok", "mismatch (...)" or "no published checksum".
+pub fn checksum_status_as(path: &Path, name: &str) -> Result<String> {
+    let key = name
+        .strip_suffix(".gz")
+        .filter(|k| k.ends_with("-ubyte"))
+        .unwrap_or(name);
+    match MD5.iter().find(|(file, _)| *file == key) {
+        None => Ok("no published checksum".to_string()),
+        Some((_, expected)) => {
+            let got = md5_hex(path, name)?;
+            Ok(if got == *expected {
+                "ok".to_string()
+            } else {
+                format!("mismatch (md5 {got}, expected {expected})")
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets")
+    }
+
+    #[test]
+    fn real_mirror_checksums_and_info() {
+        let info = Dataset::Ptb.info(&shared()).unwrap();
+        assert_eq!(
+            info.splits,
+            vec![("train", 929_589), ("valid", 73_760), ("test", 82_430)]
+        );
+        assert_eq!(info.classes, 10_000);
+        assert!(
+            info.checksums.iter().all(|(_, s)| s == "ok"),
+            "{:?}",
+            info.checksums
+        );
+        let info = Dataset::FashionMnist.info(&shared()).unwrap();
+        assert_eq!(info.splits, vec![("train", 60_000), ("test", 10_000)]);
+        assert_eq!(info.checksums.len(), 4);
+        assert!(
+            info.checksums.iter().all(|(_, s)| s == "ok"),
+            "{:?}",
+            info.checksums
+        );
+        let info = Dataset::Digits.info(Path::new("/nonexistent")).unwrap();
+        assert_eq!(
+            (info.location.as_str(), info.splits[0].1),
+            ("embedded", 1797)
+        );
+    }
+
+    #[test]
+    fn mismatches_and_missing_sets_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let ptb = dir.path().join("ptb");
+        std::fs::create_dir_all(&ptb).unwrap();
+        for split in ["train", "valid", "test"] {
+            std::fs::write(ptb.join(format!("ptb.{split}.txt")), "a b\n").unwrap();
+        }
+        let info = Dataset::Ptb.info(dir.path()).unwrap();
+        assert!(
+            info.checksums
+                .iter()
+                .all(|(_, s)| s.starts_with("mismatch (md5")),
+            "{:?}",
+            info.checksums
+        );
+        let err = Dataset::Cifar10.info(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("cifar10 not found") && err.contains("cargo xtask download cifar10"),
+            "{err}"
+        );
+        assert!(Dataset::from_name("cifar11")
+            .unwrap_err()
+            .to_string()
+            .contains("expected one of: cifar10"));
+    }
+}
