@@ -1,6 +1,8 @@
 //! Criterion benchmark of the CIFAR-format pipeline: shuffle, random crop with padding 4,
 //! flip, normalise, Cutout 16, batches of 96 on the background thread (target: at least
-//! 20,000 images/s on the project's 2-core machine).
+//! 20,000 images/s on the project's 2-core machine); and the ImageNet pipeline, JPEG
+//! decoding plus the training transform, on the 20 real sample JPEGs (target: at least
+//! 150 images/s per core; run with RAYON_NUM_THREADS=1 for the per-core figure).
 
 use std::sync::Arc;
 
@@ -38,6 +40,17 @@ fn pipeline(c: &mut Criterion) {
                 .iter()
                 .count()
         })
+    });
+    let folder = nas_data::imagenet::ImageFolder::scan(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/datasets/imagenet-sample/val"),
+    )
+    .expect("the ImageNet sample in ../shared/datasets");
+    let idx: Vec<usize> = (0..folder.samples().len()).collect();
+    let seeds: Vec<u64> = (0..idx.len() as u64).collect();
+    group.throughput(Throughput::Elements(idx.len() as u64));
+    group.bench_function("imagenet_decode_train_transform", |b| {
+        b.iter(|| folder.batch(&idx, true, &seeds).expect("batch").len())
     });
     group.finish();
 }

@@ -11,6 +11,7 @@ pub mod digits;
 mod error;
 pub mod idx;
 mod image;
+pub mod imagenet;
 pub mod loader;
 pub mod ptb;
 pub mod split;
