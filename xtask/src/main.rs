@@ -18,7 +18,7 @@ commands:
                          time each op (forward + backward) against candle and PyTorch
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
   download <dataset> [--dir DIR] [--mirror DIR]
-                         put a data set into the data directory, verified (mirror only for now)
+                         fetch (or import from a mirror) a data set, verified
   fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)
   help                   this text";
 

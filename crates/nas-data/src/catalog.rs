@@ -48,23 +48,105 @@ pub struct Info {
     pub checksums: Vec<(String, String)>,
 }
 
-/// Published md5 sums of files as they sit in the data set's folder (decompressed sizes
-/// for the IDX files are checked after gunzip).
-const MD5: &[(&str, &str)] = &[
-    ("ptb.train.txt", "f26c4b92c5fdc7b3f8c7cdcb991d8420"),
-    ("ptb.valid.txt", "aa0affc06ff7c36e977d7cd49e3839bf"),
-    ("ptb.test.txt", "8b80168b89c18661a38ef683c0dc3721"),
+/// Published md5 sums: `(data set, file, md5, of the gunzipped contents)`. Fashion-MNIST
+/// publishes sums of the decompressed IDX files, MNIST's sources of the `.gz` files.
+const MD5: &[(Dataset, &str, &str, bool)] = &[
     (
+        Dataset::Ptb,
+        "ptb.train.txt",
+        "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+        false,
+    ),
+    (
+        Dataset::Ptb,
+        "ptb.valid.txt",
+        "aa0affc06ff7c36e977d7cd49e3839bf",
+        false,
+    ),
+    (
+        Dataset::Ptb,
+        "ptb.test.txt",
+        "8b80168b89c18661a38ef683c0dc3721",
+        false,
+    ),
+    (
+        Dataset::FashionMnist,
+        "train-images-idx3-ubyte.gz",
+        "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        true,
+    ),
+    (
+        Dataset::FashionMnist,
+        "train-labels-idx1-ubyte.gz",
+        "9018921c3c673c538a1fc5bad174d6f9",
+        true,
+    ),
+    (
+        Dataset::FashionMnist,
+        "t10k-images-idx3-ubyte.gz",
+        "8181f5470baa50b63fa0f6fddb340f0a",
+        true,
+    ),
+    (
+        Dataset::FashionMnist,
+        "t10k-labels-idx1-ubyte.gz",
+        "15d484375f8d13e6eb1aabb0c3f46965",
+        true,
+    ),
+    (
+        Dataset::FashionMnist,
         "train-images-idx3-ubyte",
         "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        false,
     ),
     (
+        Dataset::FashionMnist,
         "train-labels-idx1-ubyte",
         "9018921c3c673c538a1fc5bad174d6f9",
+        false,
     ),
-    ("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
-    ("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
-    ("digits.csv.gz", "ca09b38354112f159cd554f69e213828"),
+    (
+        Dataset::FashionMnist,
+        "t10k-images-idx3-ubyte",
+        "8181f5470baa50b63fa0f6fddb340f0a",
+        false,
+    ),
+    (
+        Dataset::FashionMnist,
+        "t10k-labels-idx1-ubyte",
+        "15d484375f8d13e6eb1aabb0c3f46965",
+        false,
+    ),
+    (
+        Dataset::Mnist,
+        "train-images-idx3-ubyte.gz",
+        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        false,
+    ),
+    (
+        Dataset::Mnist,
+        "train-labels-idx1-ubyte.gz",
+        "d53e105ee54ea40749a09fcbcd1e9432",
+        false,
+    ),
+    (
+        Dataset::Mnist,
+        "t10k-images-idx3-ubyte.gz",
+        "9fb629c4189551a2d022fa330f9573f3",
+        false,
+    ),
+    (
+        Dataset::Mnist,
+        "t10k-labels-idx1-ubyte.gz",
+        "ec29112dd5afa0611ce80d1b7f02629c",
+        false,
+    ),
+    (
+        Dataset::Digits,
+        "digits.csv.gz",
+        "ca09b38354112f159cd554f69e213828",
+        false,
+    ),
 ];
 
 impl Dataset {
@@ -200,19 +282,24 @@ impl Dataset {
                 .collect();
             files.sort();
             for file in files {
-                info.checksums
-                    .push((file.display().to_string(), checksum_status(&file)?));
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                info.checksums.push((
+                    file.display().to_string(),
+                    self.checksum_status(&file, &name)?,
+                ));
             }
         }
         Ok(info)
     }
 }
 
-/// The md5 of a file's contents; for a gzip'd IDX file (named by `name`), of the
-/// decompressed contents, as the published sums are.
-pub fn md5_hex(path: &Path, name: &str) -> Result<String> {
+/// The md5 of a file's contents, or of its gunzipped contents.
+pub fn md5_hex(path: &Path, gunzip: bool) -> Result<String> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bytes = if name.ends_with("-ubyte.gz") {
+    let bytes = if gunzip {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
@@ -229,31 +316,24 @@ pub fn md5_hex(path: &Path, name: &str) -> Result<String> {
         .collect())
 }
 
-/// Compares a file with the published checksum of its own name.
-pub fn checksum_status(path: &Path) -> Result<String> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    checksum_status_as(path, &name)
-}
-
-/// Compares the contents of `path` with the published checksum of the file `name`
-/// (for a file still under a temporary name): "ok", "mismatch (...)" or "no published checksum".
-pub fn checksum_status_as(path: &Path, name: &str) -> Result<String> {
-    let key = name
-        .strip_suffix(".gz")
-        .filter(|k| k.ends_with("-ubyte"))
-        .unwrap_or(name);
-    match MD5.iter().find(|(file, _)| *file == key) {
-        None => Ok("no published checksum".to_string()),
-        Some((_, expected)) => {
-            let got = md5_hex(path, name)?;
-            Ok(if got == *expected {
-                "ok".to_string()
-            } else {
-                format!("mismatch (md5 {got}, expected {expected})")
-            })
+impl Dataset {
+    /// Compares the contents of `path` with the published checksum of this data set's file
+    /// `name` (the file may still sit under a temporary name): "ok", "mismatch (...)" or
+    /// "no published checksum".
+    pub fn checksum_status(self, path: &Path, name: &str) -> Result<String> {
+        match MD5
+            .iter()
+            .find(|(d, file, _, _)| *d == self && *file == name)
+        {
+            None => Ok("no published checksum".to_string()),
+            Some((_, _, expected, gunzip)) => {
+                let got = md5_hex(path, *gunzip)?;
+                Ok(if got == *expected {
+                    "ok".to_string()
+                } else {
+                    format!("mismatch (md5 {got}, expected {expected})")
+                })
+            }
         }
     }
 }

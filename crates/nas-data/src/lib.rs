@@ -17,7 +17,7 @@ pub mod ptb;
 pub mod split;
 
 pub use augment::{Augment, Normalize};
-pub use catalog::{checksum_status, checksum_status_as, md5_hex, Dataset, Info};
+pub use catalog::{md5_hex, Dataset, Info};
 pub use error::{Error, Result};
 pub use image::ImageSet;
 pub use loader::{epoch, Batch, LoaderConfig};
