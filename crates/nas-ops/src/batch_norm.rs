@@ -276,7 +276,7 @@ fn normalise<T: Elem>(g: &Geometry, x: &[T], scale: &[f64], shift: &[f64]) -> Ve
 }
 
 impl BatchNormTrain {
-    fn run<T: Elem>(&self, x: &[T], affine: Option<(&[T], &[T])>) -> Result<(CpuStorage, Shape)> {
+    fn run<T: Elem>(&self, x: &[T], affine: Option<(&[T], &[T])>) -> Result<CpuStorage> {
         let g = &self.geom;
         let (mean, var) = channel_stats(g, x);
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
@@ -295,7 +295,7 @@ impl BatchNormTrain {
             message: "statistics lock poisoned".into(),
         })?;
         *saved = Some(Saved { mean, var, inv_std });
-        Ok((T::storage(y), Shape::from((g.n, g.c, g.hw))))
+        Ok(T::storage(y))
     }
 
     fn saved(&self) -> Result<Saved> {
@@ -354,8 +354,9 @@ impl CustomOp1 for BatchNormTrain {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (st, shape) = dispatch!(OP, [(s, l) => x], |T| self.run::<T>(x, None))?;
-        Ok((st, reshape4(&self.geom, shape, l)))
+        // The output keeps the input's shape.
+        let st = dispatch!(OP, [(s, l) => x], |T| self.run::<T>(x, None))?;
+        Ok((st, l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -377,10 +378,10 @@ impl CustomOp3 for BatchNormTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (st, shape) = dispatch!(OP, [(s1, l1) => x, (s2, l2) => gamma, (s3, l3) => beta], |T| {
+        let st = dispatch!(OP, [(s1, l1) => x, (s2, l2) => gamma, (s3, l3) => beta], |T| {
             self.run::<T>(x, Some((gamma, beta)))
         })?;
-        Ok((st, reshape4(&self.geom, shape, l1)))
+        Ok((st, l1.shape().clone()))
     }
 
     fn bwd(
@@ -394,11 +395,6 @@ impl CustomOp3 for BatchNormTrain {
         let (dx, dgamma, dbeta) = self.backward(x, Some(gamma), dy)?;
         Ok((Some(dx), Some(dgamma), Some(dbeta)))
     }
-}
-
-/// The output keeps the input's 4-D shape.
-fn reshape4(_g: &Geometry, _flat: Shape, input: &Layout) -> Shape {
-    input.shape().clone()
 }
 
 /// `(dy, x) -> [2, c]`: per channel `sum(dy)` and `sum(dy * xhat)`.
