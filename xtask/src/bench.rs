@@ -19,6 +19,7 @@ pub fn run(args: &[&str]) -> Result<()> {
     let mut rest = args.iter();
     match rest.next() {
         Some(&"ops") => {}
+        Some(&"darts-step") => return crate::bench_step::run(&args[1..]),
         other => bail!("usage: cargo xtask bench ops [--python PY] [--shape N,C,SIZE] [--repeats R], got {other:?}"),
     }
     while let Some(flag) = rest.next() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 mod bench;
+mod bench_step;
 mod docs;
 mod download;
 mod fuzz;
@@ -15,6 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   bench ops [--python PY] [--shape N,C,SIZE] [--repeats R]
+  bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]
                          time each op (forward + backward) against candle and PyTorch
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
   download <dataset> [--dir DIR] [--mirror DIR]

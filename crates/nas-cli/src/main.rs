@@ -12,9 +12,12 @@ use clap::{Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod alphas;
+mod count;
 mod data;
 mod genotype;
 mod output;
+mod progress;
+mod search;
 
 /// Neural architecture search (DARTS, ENAS) on candle.
 #[derive(Debug, Parser)]
@@ -35,14 +38,27 @@ enum Command {
     /// Inspect the data sets.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Run an architecture search.
+    #[command(subcommand, after_help = search_after_help())]
+    Search(search::SearchCommand),
+    /// Count a network's parameters.
+    Count(count::CountArgs),
+}
+
+fn search_after_help() -> String {
+    format!("Presets of `search darts`:\n{}", search::presets_help())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    // Training commands log their epochs by default; the others only warnings.
+    let trains = matches!(cli.command, Command::Search(_));
+    init_tracing(cli.verbose + u8::from(trains));
     let result = match cli.command {
         Command::Genotype(cmd) => genotype::run(cmd),
         Command::Data(cmd) => data::run(cmd),
+        Command::Search(cmd) => search::run(cmd),
+        Command::Count(args) => count::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,7 +80,8 @@ fn init_tracing(verbose: u8) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter::default)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

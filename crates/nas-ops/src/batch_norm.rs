@@ -122,8 +122,10 @@ impl Default for BatchNormConfig {
 /// Batch norm with running statistics. In training it normalises with the batch (fused
 /// op) and updates the running mean and unbiased variance; in evaluation it uses them.
 ///
-/// Parameters are `weight` and `bias` (PyTorch's names); the running statistics are
-/// buffers owned by the module, not trainable variables.
+/// Parameters are `weight` and `bias`, the running statistics `running_mean` and
+/// `running_var` (PyTorch's names). The statistics come from the same [`VarBuilder`]:
+/// stores that train must keep them apart from the trainable parameters (they never get a
+/// gradient).
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     affine: Option<(Tensor, Tensor)>,
@@ -201,12 +203,16 @@ pub fn batch_norm(channels: usize, cfg: BatchNormConfig, vb: VarBuilder) -> Resu
     } else {
         None
     };
-    let dtype = vb.dtype();
-    let dev = vb.device();
+    // The running statistics are requested from `vb` under PyTorch's buffer names, so
+    // that a store which keeps them (checkpoints, reference state dicts) sees them. A
+    // tensor from a `VarMap`-like store is a variable, and `Var::from_tensor` then shares
+    // its storage; from a read-only store it is a copy, which is all evaluation needs.
+    let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
+    let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
     Ok(BatchNorm {
         affine,
-        running_mean: Var::zeros(channels, dtype, dev)?,
-        running_var: Var::ones(channels, dtype, dev)?,
+        running_mean: Var::from_tensor(&running_mean)?,
+        running_var: Var::from_tensor(&running_var)?,
         cfg,
     })
 }
@@ -547,6 +553,11 @@ mod tests {
         let rv: Vec<f64> = bn.running_var().to_vec1()?;
         assert!((rm[0] - 0.3).abs() < 1e-12, "{rm:?}");
         assert!((rv[0] - (0.9 + 0.1 * 14.0 / 3.0)).abs() < 1e-12, "{rv:?}");
+        // The store sees the update: it holds the statistics under PyTorch's names.
+        let stored: Vec<f64> = varmap.data().lock().expect("lock")["running_mean"]
+            .as_tensor()
+            .to_vec1()?;
+        assert_eq!(stored, rm);
         let first: f64 = y.flatten_all()?.to_vec1::<f64>()?[0];
         assert!((first - (1.0 - 3.0) / (3.5f64 + 1e-5).sqrt()).abs() < 1e-9);
         // Evaluation uses the running statistics.

@@ -256,7 +256,7 @@ mod tests {
                 bn_after_pool: false,
             };
             let module = darts_op(op, ctx, vb)?;
-            let count: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+            let count = crate::testing::trainable_count(&varmap);
             assert_eq!(count, params, "{op} stride {stride}");
             let x = randn(&[2, c, 8, 8], DType::F32, &dev)?;
             let y = module.forward_t(&x, true)?;
@@ -274,14 +274,7 @@ mod tests {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let _ = mixed_op(4, 2, vb)?;
-        let mut names: Vec<String> = varmap
-            .data()
-            .lock()
-            .expect("lock")
-            .keys()
-            .cloned()
-            .collect();
-        names.sort();
+        let names = crate::testing::trainable_names(&varmap);
         assert_eq!(
             names,
             [

@@ -175,7 +175,7 @@ mod tests {
                 c,
                 VarBuilder::from_varmap(&varmap, DType::F32, &dev),
             )?;
-            let count: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+            let count = crate::testing::trainable_count(&varmap);
             assert_eq!(count, params, "{op}");
             let y = layer.forward_t(&randn(&[2, c_in, 7, 9], DType::F32, &dev)?, true)?;
             assert_eq!(y.dims(), [2, c, 7, 9], "{op}");

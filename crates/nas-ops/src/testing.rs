@@ -79,3 +79,33 @@ pub fn grad_check(
     }
     Ok(())
 }
+
+/// True for batch-norm running statistics, which a `VarMap` holds next to the parameters.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with(".running_mean")
+        || name.ends_with(".running_var")
+        || name == "running_mean"
+        || name == "running_var"
+}
+
+/// The number of trainable scalars in `varmap` (running statistics apart).
+pub fn trainable_count(varmap: &candle_nn::VarMap) -> usize {
+    trainable_names(varmap)
+        .iter()
+        .map(|n| varmap.data().lock().expect("lock")[n].elem_count())
+        .sum()
+}
+
+/// The sorted names of the trainable variables in `varmap`.
+pub fn trainable_names(varmap: &candle_nn::VarMap) -> Vec<String> {
+    let mut names: Vec<String> = varmap
+        .data()
+        .lock()
+        .expect("lock")
+        .keys()
+        .filter(|n| !is_buffer(n))
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}

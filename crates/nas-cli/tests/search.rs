@@ -1,0 +1,274 @@
+//! `nas search darts` and `nas count` as a user runs them: a search to the end, a run
+//! killed with SIGKILL and resumed, a loss that becomes NaN, bad configurations.
+
+// Test helpers may panic on a broken fixture: that is a failed test, not a bug to handle.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small search on the embedded digits: 48 + 48 images, 3 steps per epoch.
+const TINY: &[&str] = &[
+    "--set",
+    "model.channels=2",
+    "--set",
+    "model.layers=3",
+    "--set",
+    "data.max_train_images=96",
+    "--set",
+    "data.batch_size=16",
+    "--set",
+    "run.epochs=4",
+    "--set",
+    "run.keep_checkpoints=1",
+];
+
+fn nas(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nas"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env("CANDLE_NUM_THREADS", "1")
+        .env(
+            "NAS_DATA_DIR",
+            "/nonexistent-so-the-embedded-digits-are-used",
+        );
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    nas(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "nas failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Status 2, and the last stderr line is the one-line error containing `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: "), "{stderr}");
+    assert!(last.contains(needle), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn search(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["search", "darts", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
+    String::from_utf8(read(&run.join("metrics.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .collect()
+}
+
+#[test]
+fn a_search_killed_with_sigkill_resumes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let stdout = ok(&search(&a, &[]));
+    assert!(stdout.starts_with("Genotype(normal=["), "{stdout}");
+    for file in [
+        "genotype.json",
+        "genotype.py",
+        "genotype.svg",
+        "alphas.safetensors",
+        "config.toml",
+    ] {
+        assert!(a.join(file).is_file(), "{file} missing");
+    }
+    let config = String::from_utf8(read(&a.join("config.toml"))).unwrap();
+    assert!(
+        config.contains("channels = 2") && config.contains("epochs = 4"),
+        "{config}"
+    );
+    let epochs = epoch_lines(&a);
+    assert_eq!(epochs.len(), 4);
+    // The alphas moved away from their 1e-3 N(0, 1) start and were saved every epoch.
+    assert!(a.join("alphas/epoch-0004.safetensors").is_file());
+
+    // The same search, killed once its second checkpoint exists, then resumed.
+    let b = dir.path().join("b");
+    let mut args: Vec<&str> = vec!["search", "darts", "--out", b.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    let mut child = nas(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !b.join("checkpoints/epoch-0002").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint appeared"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the search ended before it was killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !b.join("genotype.json").exists(),
+        "the run finished before the kill"
+    );
+    let resumed = ok(&run(&["search", "darts", "--resume", b.to_str().unwrap()]));
+    let first = |s: &str| s.lines().next().unwrap_or_default().to_string();
+    assert_eq!(
+        first(&resumed),
+        first(&stdout),
+        "the resumed run found another genotype"
+    );
+    for file in ["alphas.safetensors", "genotype.json", "genotype.py"] {
+        assert_eq!(read(&a.join(file)), read(&b.join(file)), "{file} differs");
+    }
+    let (ea, eb) = (epoch_lines(&a), epoch_lines(&b));
+    assert_eq!(
+        eb.len(),
+        4,
+        "metrics.jsonl has duplicated or missing epochs"
+    );
+    for (x, y) in ea.iter().zip(&eb) {
+        for key in ["train_loss", "val_loss", "val_accuracy", "genotype"] {
+            assert_eq!(x[key], y[key], "{key} of epoch {}", x["epoch"]);
+        }
+    }
+    // A finished run resumes to the same outputs without training again.
+    let again = ok(&run(&["search", "darts", "--resume", b.to_str().unwrap()]));
+    assert_eq!(first(&again), first(&stdout));
+}
+
+#[test]
+fn a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ok(&search(&a, &["--set", "run.epochs=1"]));
+    let ckpt = a.join("checkpoints/epoch-0001");
+    let before = read(&ckpt.join("weights.safetensors"));
+    // Continue the run with a learning rate that blows the weights up.
+    let config = String::from_utf8(read(&a.join("config.toml"))).unwrap();
+    let config = config
+        .replace("epochs = 1", "epochs = 2")
+        .replace("lr = 0.025", "lr = 1e30");
+    assert!(config.contains("lr = 1e30"), "{config}");
+    std::fs::write(a.join("config.toml"), config).unwrap();
+    let out = run(&["search", "darts", "--resume", a.to_str().unwrap()]);
+    fails_with(&out, "is not finite");
+    assert_eq!(read(&ckpt.join("weights.safetensors")), before);
+    assert!(!a.join("checkpoints/epoch-0002").exists());
+}
+
+#[test]
+fn bad_configurations_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    fails_with(
+        &search(&out, &["--set", "model.chanels=4"]),
+        "model.chanels",
+    );
+    fails_with(&search(&out, &["--preset", "cifar"]), "unknown preset");
+    fails_with(
+        &search(&out, &["--dataset", "imagenet"]),
+        "unknown data set",
+    );
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[data]\nsurprise = 1\n").unwrap();
+    let cfg_arg = cfg.to_str().unwrap();
+    fails_with(&run(&["search", "darts", "--config", cfg_arg]), "c.toml");
+    // Missing data names the data set and how to fetch it.
+    let out = run(&[
+        "search",
+        "darts",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--out",
+        dir.path().join("y").to_str().unwrap(),
+    ]);
+    fails_with(&out, "cifar10");
+    // Resuming something that is not a run.
+    fails_with(
+        &run(&["search", "darts", "--resume", dir.path().to_str().unwrap()]),
+        "config.toml",
+    );
+    // A second search into a used folder is refused (the first run is not overwritten).
+    ok(&search(&out_dir(dir.path()), &["--set", "run.epochs=1"]));
+    fails_with(&search(&out_dir(dir.path()), &[]), "--resume");
+}
+
+fn out_dir(root: &Path) -> std::path::PathBuf {
+    root.join("used")
+}
+
+#[test]
+fn dry_run_prints_the_resolved_configuration() {
+    let out = ok(&run(&[
+        "search",
+        "darts",
+        "--dry-run",
+        "--order",
+        "second",
+        "--seed",
+        "7",
+    ]));
+    assert!(out.contains("dataset = \"digits\""), "{out}");
+    assert!(out.contains("order = \"second\""), "{out}");
+    assert!(out.contains("seed = 7"), "{out}");
+    let paper = ok(&run(&["search", "darts", "--dry-run", "--preset", "paper"]));
+    assert!(
+        paper.contains("channels = 16") && paper.contains("epochs = 50"),
+        "{paper}"
+    );
+}
+
+#[test]
+fn count_prints_the_reference_parameter_count() {
+    // The reference search network at the paper's size: "param size = 1.930618MB".
+    let out = ok(&run(&[
+        "count",
+        "--model",
+        "search-cnn",
+        "--channels",
+        "16",
+        "--layers",
+        "8",
+        "--classes",
+        "10",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["parameters"], 1_930_618);
+    let text = ok(&run(&[
+        "count",
+        "--model",
+        "search-cnn",
+        "--channels",
+        "8",
+        "--layers",
+        "5",
+    ]));
+    assert!(text.contains("394210 parameters"), "{text}");
+    fails_with(
+        &run(&["count", "--model", "search-cnn", "--channels", "5"]),
+        "channels must be even",
+    );
+}

@@ -1,0 +1,113 @@
+//! One DARTS search step, timed: `cargo run --release -p nas-darts --example bench_step --
+//! [first|second] [C] [layers] [batch] [repeats]`. Prints one JSON line with the median
+//! seconds per step and the peak resident memory of this process (VmHWM).
+//!
+//! The workload is the search issue's: random 3x32x32 images, 10 classes, one
+//! architecture step and one weight step (SGD, clip 5) per step. `cargo xtask bench
+//! darts-step` runs it next to the same step written in PyTorch.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use nas_darts::{Alphas, Architect, Objective, Order, SearchCnn, SearchCnnConfig, SearchConfig};
+use nas_train::{grads, ParamStore, Sgd};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Model<'a> {
+    net: &'a SearchCnn,
+    alphas: &'a Alphas,
+}
+
+impl Objective for Model<'_> {
+    type Batch = (Tensor, Tensor);
+    fn loss(&self, (x, y): &(Tensor, Tensor)) -> nas_darts::Result<Tensor> {
+        let logits = self.net.forward(x, self.alphas, true)?;
+        Ok(candle_nn::loss::cross_entropy(&logits, y)?)
+    }
+}
+
+fn batch(n: usize, seed: u64, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    // A fixed pseudo-random batch (SplitMix64), so runs are comparable.
+    let mut s = seed;
+    let mut next = || {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let x: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
+        .collect();
+    let y: Vec<u32> = (0..n).map(|_| (next() % 10) as u32).collect();
+    Ok((
+        Tensor::from_vec(x, (n, 3, 32, 32), dev)?,
+        Tensor::from_vec(y, n, dev)?,
+    ))
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> nas_darts::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    let order: Order = args
+        .first()
+        .map_or(Ok(Order::First), |a| a.parse())
+        .map_err(nas_darts::Error::Config)?;
+    let (c, layers, n, repeats) = (arg(1, 8), arg(2, 5), arg(3, 16), arg(4, 5));
+    let dev = Device::Cpu;
+    let cfg = SearchConfig::preset("paper")?;
+    let net_cfg = SearchCnnConfig {
+        channels: c,
+        layers,
+        ..SearchCnnConfig::paper()
+    };
+    let store = ParamStore::new(0);
+    let net = SearchCnn::new(net_cfg, store.var_builder(DType::F32, &dev))?;
+    let alphas = Alphas::new(4, 1, &dev)?;
+    let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
+    let mut arch = Architect::new(alphas.store().trainable(), cfg.adam(), order)?;
+    let model = Model {
+        net: &net,
+        alphas: &alphas,
+    };
+    let train = batch(n, 1, &dev)?;
+    let val = batch(n, 2, &dev)?;
+    let mut times = Vec::new();
+    for _ in 0..repeats + 1 {
+        let t = Instant::now();
+        arch.step(&model, &train, &val, &sgd)?;
+        let loss = model.loss(&train)?;
+        let mut g = grads::collect(&loss.backward()?, sgd.vars());
+        grads::clip_global_norm(&mut g, 5.0)?;
+        sgd.step(&g)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    // The first step warms up allocations; report the median of the rest.
+    let mut rest = times[1..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let median = rest[rest.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "candle-nas", "order": format!("{order:?}").to_lowercase(),
+            "channels": c, "layers": layers, "batch": n,
+            "seconds_per_step": median, "steps": rest, "peak_rss_mb": peak_rss_mb(),
+        })
+    );
+    Ok(())
+}

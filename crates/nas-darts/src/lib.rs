@@ -1,0 +1,19 @@
+//! DARTS (Liu, Simonyan, Yang 2018) on candle: the continuous relaxation of a cell search
+//! space, the bilevel search with a first- or second-order architect, and the search
+//! loop with resumable run directories.
+
+mod architect;
+mod config;
+mod error;
+mod search;
+mod search_cell;
+mod search_network;
+
+pub use architect::{ArchStep, Architect, Objective, Order};
+pub use config::{
+    ArchConfig, DataConfig, ModelConfig, RunConfig, SearchConfig, WeightsConfig, PRESETS,
+};
+pub use error::{Error, Result};
+pub use search::{resume, search, SearchOptions, SearchOutcome};
+pub use search_cell::{edge_count, CellShape, SearchCell};
+pub use search_network::{count_parameters, Alphas, SearchCnn, SearchCnnConfig};

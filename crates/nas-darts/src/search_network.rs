@@ -1,0 +1,324 @@
+//! The DARTS search network (`Network` in the reference `cnn/model_search.py`): a stem,
+//! `layers` search cells with reductions at `layers / 3` and `2 layers / 3` that double
+//! the channels, global average pooling and a linear classifier. The architecture
+//! weights are inputs of the forward pass, kept in their own store.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Init, ModuleT, VarBuilder};
+use nas_ops::{
+    batch_norm, conv2d, global_avg_pool, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig,
+};
+use nas_search_space::{derive_cnn, ArchWeights, CnnGenotype, DARTS_CNN_PRIMITIVES};
+use nas_train::ParamStore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::search_cell::{edge_count, CellShape, SearchCell};
+
+/// Sizes of a search network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchCnnConfig {
+    /// Image channels (3 for CIFAR, 1 for MNIST-like data).
+    pub in_channels: usize,
+    /// Channels of the first cells' nodes (`C`, 16 in the paper).
+    pub channels: usize,
+    /// Number of cells (8 in the paper).
+    pub layers: usize,
+    /// Number of classes.
+    pub classes: usize,
+    /// Intermediate nodes per cell (4).
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// Nodes concatenated into a cell's output (4).
+    #[serde(default = "default_steps")]
+    pub multiplier: usize,
+    /// The stem outputs `stem_multiplier * C` channels (3).
+    #[serde(default = "default_stem_multiplier")]
+    pub stem_multiplier: usize,
+}
+
+fn default_steps() -> usize {
+    4
+}
+
+fn default_stem_multiplier() -> usize {
+    3
+}
+
+impl SearchCnnConfig {
+    /// The paper's CIFAR-10 search network: C = 16, 8 layers, 10 classes.
+    pub fn paper() -> Self {
+        SearchCnnConfig {
+            in_channels: 3,
+            channels: 16,
+            layers: 8,
+            classes: 10,
+            steps: 4,
+            multiplier: 4,
+            stem_multiplier: 3,
+        }
+    }
+
+    /// Checks that the sizes make a network.
+    pub fn validate(&self) -> Result<()> {
+        let checks = [
+            (self.in_channels > 0, "in_channels must be positive"),
+            (
+                self.channels >= 2 && self.channels % 2 == 0,
+                "channels must be even and at least 2 (FactorizedReduce halves them)",
+            ),
+            (
+                self.layers >= 3,
+                "layers must be at least 3 (two reduction cells and a normal one)",
+            ),
+            (self.classes >= 2, "classes must be at least 2"),
+            (self.steps >= 1, "steps must be at least 1"),
+            (
+                self.multiplier >= 1 && self.multiplier <= self.steps + 2,
+                "multiplier must be between 1 and steps + 2",
+            ),
+            (
+                self.stem_multiplier >= 1,
+                "stem_multiplier must be positive",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(Error::Config(format!("model: {message}, got {self:?}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The indices of the reduction cells.
+    pub fn reductions(&self) -> [usize; 2] {
+        [self.layers / 3, 2 * self.layers / 3]
+    }
+}
+
+/// The search network.
+#[derive(Debug, Clone)]
+pub struct SearchCnn {
+    stem_conv: Conv2d,
+    stem_bn: BatchNorm,
+    cells: Vec<SearchCell>,
+    classifier: candle_nn::Linear,
+    cfg: SearchCnnConfig,
+}
+
+impl SearchCnn {
+    /// Builds the network under `vb` with the reference's parameter names (`stem.0`,
+    /// `stem.1`, `cells.{i}`, `classifier`).
+    pub fn new(cfg: SearchCnnConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let c_stem = cfg.stem_multiplier * cfg.channels;
+        let stem_conv = conv2d(
+            cfg.in_channels,
+            c_stem,
+            Conv2dConfig::same(3),
+            vb.pp("stem.0"),
+        )?;
+        let stem_bn = batch_norm(c_stem, BatchNormConfig::default(), vb.pp("stem.1"))?;
+        let (mut c_prev_prev, mut c_prev, mut c) = (c_stem, c_stem, cfg.channels);
+        let mut cells = Vec::with_capacity(cfg.layers);
+        let mut reduction_prev = false;
+        for i in 0..cfg.layers {
+            let reduction = cfg.reductions().contains(&i);
+            if reduction {
+                c *= 2;
+            }
+            let shape = CellShape {
+                c_prev_prev,
+                c_prev,
+                c,
+                steps: cfg.steps,
+                multiplier: cfg.multiplier,
+                reduction,
+                reduction_prev,
+            };
+            cells.push(SearchCell::new(shape, vb.pp(format!("cells.{i}")))?);
+            reduction_prev = reduction;
+            (c_prev_prev, c_prev) = (c_prev, cfg.multiplier * c);
+        }
+        let bound = 1.0 / (c_prev as f64).sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let vb_cls = vb.pp("classifier");
+        let classifier = candle_nn::Linear::new(
+            vb_cls.get_with_hints((cfg.classes, c_prev), "weight", init)?,
+            Some(vb_cls.get_with_hints(cfg.classes, "bias", init)?),
+        );
+        Ok(SearchCnn {
+            stem_conv,
+            stem_bn,
+            cells,
+            classifier,
+            cfg,
+        })
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> SearchCnnConfig {
+        self.cfg
+    }
+
+    /// Logits `[n, classes]` for images `x` `[n, in_channels, h, w]`, with the raw
+    /// architecture weights (softmaxed here, per edge).
+    pub fn forward(&self, x: &Tensor, alphas: &Alphas, train: bool) -> Result<Tensor> {
+        let normal = candle_nn::ops::softmax_last_dim(alphas.normal.as_tensor())?;
+        let reduce = candle_nn::ops::softmax_last_dim(alphas.reduce.as_tensor())?;
+        let stem = self
+            .stem_bn
+            .forward_t(&self.stem_conv.forward_t(x, train)?, train)?;
+        let (mut s0, mut s1) = (stem.clone(), stem);
+        for cell in &self.cells {
+            let w = if cell.shape().reduction {
+                &reduce
+            } else {
+                &normal
+            };
+            let out = cell.forward(&s0, &s1, w, train)?;
+            (s0, s1) = (s1, out);
+        }
+        let pooled = global_avg_pool(&s1)?;
+        Ok(self.classifier.forward_t(&pooled, train)?)
+    }
+}
+
+/// The architecture weights: `alphas_normal` and `alphas_reduce`, each
+/// `[edges, primitives]`, in a store of their own.
+#[derive(Debug, Clone)]
+pub struct Alphas {
+    store: ParamStore,
+    normal: Var,
+    reduce: Var,
+}
+
+impl Alphas {
+    /// New weights drawn from `1e-3 N(0, 1)` with `seed`, for cells of `steps` nodes.
+    pub fn new(steps: usize, seed: u64, device: &Device) -> Result<Self> {
+        let store = ParamStore::new(seed);
+        let vb = store.var_builder(DType::F32, device);
+        let shape = (edge_count(steps), DARTS_CNN_PRIMITIVES.len());
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 1e-3,
+        };
+        vb.get_with_hints(shape, "alphas_normal", init)?;
+        vb.get_with_hints(shape, "alphas_reduce", init)?;
+        let vars = store.all();
+        let find = |name: &str| {
+            vars.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| Error::Config(format!("{name} was not created")))
+        };
+        Ok(Alphas {
+            normal: find("alphas_normal")?,
+            reduce: find("alphas_reduce")?,
+            store,
+        })
+    }
+
+    /// The store holding both matrices (for optimizers and checkpoints).
+    pub fn store(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// `alphas_normal`.
+    pub fn normal(&self) -> &Var {
+        &self.normal
+    }
+
+    /// `alphas_reduce`.
+    pub fn reduce(&self) -> &Var {
+        &self.reduce
+    }
+
+    /// The genotype these weights derive (2 inputs per node, the strongest op that is not
+    /// `none` on each).
+    pub fn genotype(&self) -> Result<CnnGenotype> {
+        Ok(derive_cnn(
+            &to_arch_weights("alphas_normal", &self.normal)?,
+            &to_arch_weights("alphas_reduce", &self.reduce)?,
+            2,
+        )?)
+    }
+}
+
+fn to_arch_weights(name: &str, var: &Var) -> Result<ArchWeights> {
+    let rows: Vec<Vec<f32>> = var.as_tensor().to_dtype(DType::F32)?.to_vec2()?;
+    Ok(ArchWeights::from_rows(name, &rows)?)
+}
+
+/// The number of trainable weights of a search network (architecture weights apart).
+pub fn count_parameters(cfg: SearchCnnConfig) -> Result<usize> {
+    let store = ParamStore::new(0);
+    SearchCnn::new(cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+    Ok(store.count(|_| true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_through_the_network() {
+        let cfg = SearchCnnConfig {
+            in_channels: 1,
+            channels: 4,
+            layers: 3,
+            classes: 5,
+            ..SearchCnnConfig::paper()
+        };
+        let store = ParamStore::new(1);
+        let net = SearchCnn::new(cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let alphas = Alphas::new(4, 1, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((2, 1, 8, 8), DType::F32, &Device::Cpu).unwrap();
+        let y = net.forward(&x, &alphas, true).unwrap();
+        assert_eq!(y.dims(), [2, 5]);
+        assert_eq!(alphas.normal().dims(), [14, 8]);
+        // Reduction cells at 1 and 2; cell 2 follows a reduction.
+        assert_eq!(cfg.reductions(), [1, 2]);
+        let names: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"cells.2.preprocess0.conv_1.weight".to_string()));
+        assert!(names.contains(&"cells.1.preprocess0.op.1.weight".to_string()));
+        assert!(names.contains(&"cells.0._ops.13._ops.4.op.1.weight".to_string()));
+        assert!(names.contains(&"stem.1.weight".to_string()));
+        assert!(names.iter().all(|n| !n.contains("running")));
+    }
+
+    /// Counts of the reference `model_search.Network(C, classes, layers)` under PyTorch
+    /// (the sum of `p.numel()` over `parameters()`, 3 input channels); the first is the
+    /// paper's search log line "param size = 1.930618MB".
+    #[test]
+    fn parameter_counts_match_the_reference() {
+        for (channels, layers, classes, want) in [
+            (16, 8, 10, 1_930_618),
+            (8, 5, 10, 394_210),
+            (4, 3, 5, 72_529),
+            (16, 8, 100, 1_953_748),
+        ] {
+            let cfg = SearchCnnConfig {
+                channels,
+                layers,
+                classes,
+                ..SearchCnnConfig::paper()
+            };
+            assert_eq!(count_parameters(cfg).unwrap(), want, "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_named() {
+        let err = SearchCnnConfig {
+            channels: 5,
+            ..SearchCnnConfig::paper()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("channels must be even"), "{err}");
+    }
+}

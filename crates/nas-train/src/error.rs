@@ -1,0 +1,61 @@
+//! Errors of the training machinery.
+
+use std::path::PathBuf;
+
+/// What can go wrong while training, checkpointing or resuming.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file's content is not what was expected.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was expected and what was found.
+        message: String,
+    },
+    /// A loss or gradient became NaN or infinite.
+    #[error("{what} is not finite ({value}) at epoch {epoch}, step {step}; the last checkpoint is kept as it was")]
+    NonFinite {
+        /// The quantity, e.g. "training loss".
+        what: String,
+        /// Its value.
+        value: f64,
+        /// The epoch (0-based).
+        epoch: usize,
+        /// The step within the epoch (0-based).
+        step: usize,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
