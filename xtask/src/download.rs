@@ -1,25 +1,33 @@
-//! `cargo xtask download <dataset> [--dir DIR] [--mirror DIR]`: puts a data set into the
-//! data directory's layout, verified against the published checksums.
+//! `cargo xtask download <dataset> [--dir DIR] [--mirror DIR] [--from PATH]`: puts a data
+//! set into the data directory's layout, verified against the published checksums.
 //!
-//! Sources: a local mirror folder (`--mirror`, or `NAS_DATA_MIRROR`) laid out as
-//! `datasets/README.md` describes. Files are copied (or extracted) to `*.part` names,
-//! verified, then renamed, so an interrupted run leaves nothing that looks complete.
+//! Sources: the official URLs of `datasets/manifest.json` (downloaded here, through
+//! resumable `*.part` files), a local mirror folder (`--mirror`, or `NAS_DATA_MIRROR`)
+//! laid out as `datasets/README.md` describes, or, for ImageNet, which cannot be
+//! downloaded, an ImageFolder tree or a tar of one (`--from`). Extraction, mirror copies
+//! and the ImageNet import are `nas_data::import` (shared with `nas data fetch`); only the
+//! network code lives here.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use nas_data::import::{self, part_name};
 use nas_data::Dataset;
+
+const USAGE: &str =
+    "usage: cargo xtask download <dataset> [--dir DIR] [--mirror DIR] [--from PATH]";
 
 pub fn run(args: &[&str]) -> Result<()> {
     let mut rest = args.iter();
     let Some(name) = rest.next() else {
-        bail!("usage: cargo xtask download <dataset> [--dir DIR] [--mirror DIR]");
+        bail!("{USAGE}");
     };
     let dataset = Dataset::from_name(name)?;
     let mut dir = std::env::var_os("NAS_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("datasets"));
     let mut mirror = std::env::var_os("NAS_DATA_MIRROR").map(PathBuf::from);
+    let mut from = None;
     while let Some(flag) = rest.next() {
         let value = rest
             .next()
@@ -27,82 +35,62 @@ pub fn run(args: &[&str]) -> Result<()> {
         match *flag {
             "--dir" => dir = PathBuf::from(value),
             "--mirror" => mirror = Some(PathBuf::from(value)),
-            other => bail!("unknown flag {other:?}; expected --dir or --mirror"),
+            "--from" => from = Some(PathBuf::from(value)),
+            other => bail!("unknown flag {other:?}; {USAGE}"),
         }
     }
-    let Some(mirror) = mirror else {
-        let manifest = crate::project_root().join("datasets/manifest.json");
-        let text =
-            std::fs::read_to_string(&manifest).with_context(|| format!("reading {manifest:?}"))?;
-        let manifest: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {manifest:?}"))?;
-        let entry = manifest.get(dataset.name()).with_context(|| {
-            format!(
-                "{} has no download source in datasets/manifest.json; import it with --mirror DIR",
-                dataset.name()
-            )
-        })?;
-        from_network(dataset, entry, &dir)?;
-        let info = dataset
-            .info(&dir)
-            .with_context(|| format!("checking {} in {dir:?}", dataset.name()))?;
-        println!("{} is in {}: {:?}", info.name, info.location, info.splits);
+    if dataset == Dataset::Imagenet {
+        let Some(from) = from else {
+            bail!(
+                "ImageNet cannot be downloaded (image-net.org hands it out only to registered \
+                 users): get ILSVRC 2012 there, lay it out as an ImageFolder tree \
+                 (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG), then pass that folder or a .tar of \
+                 it with --from: `cargo xtask download imagenet --from <folder or .tar> [--dir DIR]`"
+            );
+        };
+        let found = import::import_imagenet(&from, &dir)
+            .with_context(|| format!("importing ImageNet from {from:?}"))?;
+        println!(
+            "imagenet is in {}: {} classes, train {} images, val {} images ({} other files left out)",
+            Dataset::Imagenet.folder(&dir).display(),
+            found.classes,
+            found.train,
+            found.val,
+            found.skipped
+        );
         return Ok(());
-    };
-    let source = mirror.join(dataset.name());
-    let target = dataset.folder(&dir);
-    std::fs::create_dir_all(&target).with_context(|| format!("creating {target:?}"))?;
-    match dataset {
-        Dataset::Cifar10 | Dataset::Cifar100 => {
-            let archive = source.join(match dataset {
-                Dataset::Cifar10 => "cifar-10-binary.tar.gz",
-                _ => "cifar-100-binary.tar.gz",
-            });
-            extract(&archive, &target, None)?;
-        }
-        _ => {
-            let files: &[&str] = match dataset {
-                Dataset::Ptb => &["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"],
-                Dataset::Wikitext2 => &["wiki.train.txt", "wiki.valid.txt", "wiki.test.txt"],
-                Dataset::Digits => &["digits.csv.gz"],
-                _ => &[
-                    "train-images-idx3-ubyte.gz",
-                    "train-labels-idx1-ubyte.gz",
-                    "t10k-images-idx3-ubyte.gz",
-                    "t10k-labels-idx1-ubyte.gz",
-                ],
-            };
-            for file in files {
-                copy_verified(dataset, &source.join(file), &target.join(file))?;
-            }
+    }
+    if from.is_some() {
+        bail!("--from is for imagenet only; {name} comes from its official source or --mirror DIR");
+    }
+    match mirror {
+        Some(mirror) => import::from_mirror(dataset, &mirror, &dir)
+            .with_context(|| format!("importing {name} from the mirror {mirror:?}"))?,
+        None => {
+            let manifest = crate::project_root().join("datasets/manifest.json");
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("reading {manifest:?}"))?;
+            let manifest: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("parsing {manifest:?}"))?;
+            let entry = manifest.get(dataset.name()).with_context(|| {
+                format!(
+                    "{name} has no download source in datasets/manifest.json; import it with --mirror DIR"
+                )
+            })?;
+            from_network(dataset, entry, &dir)?;
         }
     }
     // Read everything back: counts, labels and formats are checked on the way.
     let info = dataset
         .info(&dir)
-        .with_context(|| format!("checking {} in {dir:?}", dataset.name()))?;
+        .with_context(|| format!("checking {name} in {dir:?}"))?;
     println!("{} is in {}: {:?}", info.name, info.location, info.splits);
     Ok(())
 }
 
-/// Copies `from` to `to` through `to.part`, refusing a file whose checksum mismatches.
-fn copy_verified(dataset: Dataset, from: &Path, to: &Path) -> Result<()> {
-    if !from.exists() {
-        bail!("the mirror has no {from:?}");
-    }
-    let part = part_name(to);
-    std::fs::copy(from, &part).with_context(|| format!("copying {from:?} to {part:?}"))?;
-    let status = dataset.checksum_status(&part, &file_name(to))?;
-    if status.starts_with("mismatch") {
-        let _ = std::fs::remove_file(&part);
-        bail!("{from:?}: {status}");
-    }
-    std::fs::rename(&part, to).with_context(|| format!("renaming {part:?} to {to:?}"))?;
-    Ok(())
-}
-
 /// Downloads a manifest entry (`files`, or an `archive` to extract) into the data set's
-/// folder under `dir`.
+/// folder under `dir`. An `md5` that is absent or null is not checked (the members'
+/// own published checksums, and reading the set back, still are).
 fn from_network(dataset: Dataset, entry: &serde_json::Value, dir: &Path) -> Result<()> {
     let target = dataset.folder(dir);
     let downloads = dir.join(".downloads");
@@ -117,18 +105,16 @@ fn from_network(dataset: Dataset, entry: &serde_json::Value, dir: &Path) -> Resu
         let (url, name) = (field(archive, "url")?, field(archive, "name")?);
         let file = downloads.join(&name);
         fetch(&url, &file, archive.get("md5").and_then(|m| m.as_str()))?;
-        let members: Option<Vec<String>> =
-            archive.get("members").and_then(|m| m.as_array()).map(|m| {
-                m.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            });
-        extract(&file, &target, members.as_deref())?;
+        let members: Option<Vec<&str>> = archive
+            .get("members")
+            .and_then(|m| m.as_array())
+            .map(|m| m.iter().filter_map(|x| x.as_str()).collect());
+        import::extract_archive(&file, &target, members.as_deref())
+            .with_context(|| format!("extracting {file:?}"))?;
         for member in members.iter().flatten() {
-            let status = dataset.checksum_status(&target.join(member), member)?;
-            if status.starts_with("mismatch") {
-                bail!("{member} from {url}: {status}");
-            }
+            dataset
+                .verify(&target.join(member), member)
+                .with_context(|| format!("{member} from {url}"))?;
         }
         Ok(())
     } else {
@@ -141,10 +127,9 @@ fn from_network(dataset: Dataset, entry: &serde_json::Value, dir: &Path) -> Resu
             let (url, name) = (field(f, "url")?, field(f, "name")?);
             let to = target.join(&name);
             fetch(&url, &part_name(&to), f.get("md5").and_then(|m| m.as_str()))?;
-            let status = dataset.checksum_status(&part_name(&to), &name)?;
-            if status.starts_with("mismatch") {
+            if let Err(e) = dataset.verify(&part_name(&to), &name) {
                 let _ = std::fs::remove_file(part_name(&to));
-                bail!("{url}: {status}");
+                return Err(e).with_context(|| format!("downloaded from {url}"));
             }
             std::fs::rename(part_name(&to), &to)
                 .with_context(|| format!("renaming into {to:?}"))?;
@@ -196,51 +181,6 @@ fn fetch(url: &str, dest: &Path, md5: Option<&str>) -> Result<()> {
     }
     std::fs::rename(&part, dest).with_context(|| format!("renaming {part:?} to {dest:?}"))?;
     Ok(())
-}
-
-/// Extracts a `.tar.gz` into `target` (the archive's top folder stripped), through a
-/// `.part` folder renamed at the end.
-fn extract(archive: &Path, target: &Path, members: Option<&[String]>) -> Result<()> {
-    if !archive.exists() {
-        bail!("the mirror has no {archive:?}");
-    }
-    let part = part_name(target);
-    let _ = std::fs::remove_dir_all(&part);
-    std::fs::create_dir_all(&part)?;
-    let file = std::fs::File::open(archive).with_context(|| format!("opening {archive:?}"))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    for entry in tar
-        .entries()
-        .with_context(|| format!("reading {archive:?}"))?
-    {
-        let mut entry = entry.with_context(|| format!("reading {archive:?}"))?;
-        let path = entry.path()?.into_owned();
-        let Some(name) = path
-            .file_name()
-            .filter(|_| entry.header().entry_type().is_file())
-        else {
-            continue;
-        };
-        if members.is_some_and(|m| !m.iter().any(|k| name.to_string_lossy() == k.as_str())) {
-            continue;
-        }
-        entry
-            .unpack(part.join(name))
-            .with_context(|| format!("extracting {path:?} from {archive:?}"))?;
-    }
-    let _ = std::fs::remove_dir_all(target);
-    std::fs::rename(&part, target).with_context(|| format!("renaming {part:?} to {target:?}"))?;
-    Ok(())
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default()
-}
-
-fn part_name(p: &Path) -> PathBuf {
-    p.with_file_name(format!("{}.part", file_name(p)))
 }
 
 #[cfg(test)]
@@ -373,9 +313,10 @@ mod tests {
         for split in ["train", "valid", "test"] {
             std::fs::write(bad.path().join(format!("ptb/ptb.{split}.txt")), "x\n").unwrap();
         }
-        let err = run(&["ptb", "--dir", d, "--mirror", bad.path().to_str().unwrap()])
-            .unwrap_err()
-            .to_string();
+        let err = format!(
+            "{:#}",
+            run(&["ptb", "--dir", d, "--mirror", bad.path().to_str().unwrap()]).unwrap_err()
+        );
         assert!(err.contains("mismatch (md5"), "{err}");
         let left: Vec<_> = std::fs::read_dir(data.path().join("ptb"))
             .unwrap()
@@ -431,5 +372,143 @@ mod tests {
             Dataset::Ptb.load_corpus(dir.path()).unwrap().train().len(),
             929_589
         );
+    }
+
+    /// `wikitext-2-v1.zip` as published (a `wikitext-2/` folder with the three token
+    /// files, plus the other members of the real archive's kind), with PTB's text.
+    fn wikitext_zip() -> Vec<u8> {
+        use std::io::Write;
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/ptb");
+        let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.add_directory("wikitext-2/", opts).unwrap();
+        for split in ["train", "valid", "test"] {
+            zip.start_file(format!("wikitext-2/wiki.{split}.tokens"), opts)
+                .unwrap();
+            zip.write_all(&std::fs::read(shared.join(format!("ptb.{split}.txt"))).unwrap())
+                .unwrap();
+        }
+        zip.start_file("wikitext-2/README", opts).unwrap();
+        zip.write_all(b"not a member").unwrap();
+        zip.finish().unwrap().into_inner()
+    }
+
+    fn md5_of(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, bytes).unwrap();
+        nas_data::md5_hex(&p, false).unwrap()
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn imports_wikitext2_zip_from_a_mirror_and_over_loopback() {
+        let zip = wikitext_zip();
+        let want = ["wiki.test.tokens", "wiki.train.tokens", "wiki.valid.tokens"];
+        // From a mirror.
+        let mirror = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(mirror.path().join("wikitext2")).unwrap();
+        std::fs::write(mirror.path().join("wikitext2/wikitext-2-v1.zip"), &zip).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let d = data.path().to_str().unwrap();
+        run(&[
+            "wikitext2",
+            "--dir",
+            d,
+            "--mirror",
+            mirror.path().to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(names(&data.path().join("wikitext2")), want);
+        let c = Dataset::Wikitext2.load_corpus(data.path()).unwrap();
+        assert_eq!((c.vocab_size(), c.train().len()), (10_000, 929_589));
+        // Over HTTP, with the manifest's entry pointed at a loopback server.
+        let text =
+            std::fs::read_to_string(crate::project_root().join("datasets/manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut entry = manifest["wikitext2"].clone();
+        assert_eq!(
+            entry["archive"]["url"],
+            "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-2-v1.zip"
+        );
+        assert_eq!(entry["archive"]["members"], serde_json::json!(want_order()));
+        entry["archive"]["url"] = serde_json::json!(serve(zip.clone(), 1, None));
+        entry["archive"]["md5"] = serde_json::json!(md5_of(&zip));
+        let net = tempfile::tempdir().unwrap();
+        from_network(Dataset::Wikitext2, &entry, net.path()).unwrap();
+        assert_eq!(names(&net.path().join("wikitext2")), want);
+        assert_eq!(
+            Dataset::Wikitext2
+                .load_corpus(net.path())
+                .unwrap()
+                .test()
+                .len(),
+            82_430
+        );
+        // A download whose md5 is not the manifest's is removed, and extracts nothing.
+        entry["archive"]["url"] = serde_json::json!(serve(zip.clone(), 1, None));
+        entry["archive"]["md5"] = serde_json::json!("542ccefacc6c27f945fb54453812b3cd");
+        let other = tempfile::tempdir().unwrap();
+        let err = format!(
+            "{:#}",
+            from_network(Dataset::Wikitext2, &entry, other.path()).unwrap_err()
+        );
+        assert!(err.contains("is not the published"), "{err}");
+        assert!(!other.path().join("wikitext2").exists());
+        assert!(names(&other.path().join(".downloads")).is_empty());
+        // A null md5 is not checked: the archive is verified by its format only.
+        entry["archive"]["url"] = serde_json::json!(serve(zip, 1, None));
+        entry["archive"]["md5"] = serde_json::Value::Null;
+        from_network(Dataset::Wikitext2, &entry, other.path()).unwrap();
+        assert_eq!(names(&other.path().join("wikitext2")), want);
+    }
+
+    fn want_order() -> [&'static str; 3] {
+        ["wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"]
+    }
+
+    #[test]
+    fn imagenet_needs_from_and_imports_a_tree() {
+        let data = tempfile::tempdir().unwrap();
+        let d = data.path().to_str().unwrap();
+        let err = format!("{:#}", run(&["imagenet", "--dir", d]).unwrap_err());
+        assert!(
+            err.contains("ImageNet cannot be downloaded")
+                && err.contains("cargo xtask download imagenet --from <folder or .tar>"),
+            "{err}"
+        );
+        assert!(names(data.path()).is_empty());
+        // Two real sample classes, one image each in train and val.
+        let sample =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/datasets/imagenet-sample/val");
+        let tree = tempfile::tempdir().unwrap();
+        for (class, file) in [
+            ("n0022", "imagenet_17_22.jpg"),
+            ("n0099", "imagenet_15_99.jpg"),
+        ] {
+            for split in ["train", "val"] {
+                let dir = tree.path().join(split).join(class);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(sample.join(class).join(file), dir.join(file)).unwrap();
+            }
+        }
+        let t = tree.path().to_str().unwrap();
+        run(&["imagenet", "--dir", d, "--from", t]).unwrap();
+        let info = Dataset::Imagenet.info(data.path()).unwrap();
+        assert_eq!(
+            (info.splits, info.classes),
+            (vec![("train", 2), ("val", 2)], 2)
+        );
+        let err = format!("{:#}", run(&["ptb", "--dir", d, "--from", t]).unwrap_err());
+        assert!(err.contains("--from is for imagenet only"), "{err}");
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask`: project automation (generated docs, fuzzing).
+//! `cargo xtask`: project automation (generated docs, fuzzing, benchmarks, data downloads).
 //!
 //! One module per subcommand; run `cargo xtask help` for the list.
 
@@ -19,8 +19,9 @@ commands:
   bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]
                          time each op (forward + backward) against candle and PyTorch
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
-  download <dataset> [--dir DIR] [--mirror DIR]
-                         fetch (or import from a mirror) a data set, verified
+  download <dataset> [--dir DIR] [--mirror DIR] [--from PATH]
+                         fetch (or import from a mirror) a data set, verified;
+                         imagenet: --from an ImageFolder tree or a .tar of one
   fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)
   help                   this text";
 

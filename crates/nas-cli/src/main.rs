@@ -35,7 +35,7 @@ enum Command {
     /// List, show, convert, derive and draw genotypes.
     #[command(subcommand)]
     Genotype(genotype::GenotypeCommand),
-    /// Inspect the data sets.
+    /// Inspect the data sets, and import them from a mirror or an ImageNet tree.
     #[command(subcommand)]
     Data(data::DataCommand),
     /// Run an architecture search.

@@ -12,6 +12,8 @@ fn nas(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_nas"))
         .args(args)
         .env_remove("RUST_LOG")
+        .env_remove("NAS_DATA_DIR")
+        .env_remove("NAS_DATA_MIRROR")
         .output()
         .expect("running nas")
 }
@@ -345,5 +347,168 @@ fn bad_input_is_one_line_and_status_2() {
             "/nonexistent/a.json",
         ],
         "reading alphas \"/nonexistent/a.json\"",
+    );
+}
+
+fn shared_datasets() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets")
+}
+
+#[test]
+fn data_fetch_imports_from_a_mirror_and_info_reads_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mirror = shared_datasets();
+    let m = mirror.to_str().unwrap();
+    // Missing data names the exact command that fetches it, with this data directory.
+    fails_with(
+        &["data", "info", "ptb", "--data-dir", d],
+        &format!("ptb not found: looked for \"{d}/ptb/ptb.train.txt\"; fetch it with `cargo xtask download ptb --dir {d}`"),
+    );
+    let text = stdout(&nas(&[
+        "data",
+        "fetch",
+        "ptb",
+        "--data-dir",
+        d,
+        "--mirror",
+        m,
+    ]));
+    assert_eq!(
+        text,
+        format!("ptb is in {d}/ptb: train 929589, valid 73760, test 82430\n")
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&nas(&[
+        "data",
+        "info",
+        "ptb",
+        "--data-dir",
+        d,
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(json["classes_or_vocab"], 10_000);
+    assert_eq!(json["shape"], serde_json::Value::Null);
+    let statuses: Vec<&str> = json["checksums"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["ok", "ok", "ok"]);
+    // NAS_DATA_MIRROR stands in for --mirror.
+    let out = Command::new(env!("CARGO_BIN_EXE_nas"))
+        .args(["data", "fetch", "fashion-mnist", "--data-dir", d])
+        .env("NAS_DATA_MIRROR", m)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("train 60000, test 10000"));
+    // No mirror: the command says it is mirror-only and names the download command.
+    fails_with(
+        &["data", "fetch", "cifar10", "--data-dir", d],
+        &format!("imports from a local mirror only: pass --mirror DIR or set NAS_DATA_MIRROR; to download cifar10 from its official source run `cargo xtask download cifar10 --dir {d}`"),
+    );
+    // A mirror without the set's files.
+    fails_with(
+        &["data", "fetch", "cifar10", "--data-dir", d, "--mirror", m],
+        "cifar10/cifar-10-binary.tar.gz",
+    );
+    fails_with(
+        &["data", "fetch", "ptb", "--data-dir", d, "--from", m],
+        "--from is for imagenet only",
+    );
+}
+
+#[test]
+fn data_fetch_imports_an_imagenet_tree_and_info_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    fails_with(
+        &["data", "info", "imagenet", "--data-dir", d],
+        &format!("fetch it with `cargo xtask download imagenet --from <ImageFolder tree or .tar> --dir {d}`"),
+    );
+    fails_with(
+        &["data", "fetch", "imagenet", "--data-dir", d],
+        "imagenet cannot be downloaded: pass an ImageFolder tree",
+    );
+    // Three real sample classes: train gets every image, val the first of each class.
+    let sample = shared_datasets().join("imagenet-sample/val");
+    let tree = dir.path().join("tree");
+    for class in ["n0022", "n0099", "n0609"] {
+        let mut files: Vec<_> = std::fs::read_dir(sample.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for (k, file) in files.iter().enumerate() {
+            for split in ["train", "val"] {
+                if split == "val" && k > 0 {
+                    continue;
+                }
+                let to = tree.join(split).join(class);
+                std::fs::create_dir_all(&to).unwrap();
+                std::fs::copy(file, to.join(file.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let data = dir.path().join("data");
+    let dd = data.to_str().unwrap();
+    let text = stdout(&nas(&[
+        "data",
+        "fetch",
+        "imagenet",
+        "--data-dir",
+        dd,
+        "--from",
+        tree.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        text,
+        format!("imagenet is in {dd}/imagenet: 3 classes, train 4 images, val 3 images (0 other files left out)\n")
+    );
+    let text = stdout(&nas(&["data", "info", "imagenet", "--data-dir", dd]));
+    assert_eq!(
+        text,
+        format!(
+            "imagenet ({dd}/imagenet)\n  train  4 images\n  val    3 images\n  classes 3, images variable (decoded JPEG, RGB; batches 3x224x224)\n  {dd}/imagenet: n/a (imported, no published checksums)\n"
+        )
+    );
+    let json: serde_json::Value = serde_json::from_str(&stdout(&nas(&[
+        "data",
+        "info",
+        "imagenet",
+        "--data-dir",
+        dd,
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        json["splits"][1],
+        serde_json::json!({"split": "val", "examples": 3})
+    );
+    assert_eq!(
+        json["shape"],
+        "variable (decoded JPEG, RGB; batches 3x224x224)"
+    );
+    assert_eq!(
+        json["checksums"][0]["status"],
+        "n/a (imported, no published checksums)"
+    );
+    // A tree whose splits disagree is refused; the earlier import stays.
+    std::fs::remove_dir_all(tree.join("val/n0609")).unwrap();
+    fails_with(
+        &[
+            "data",
+            "fetch",
+            "imagenet",
+            "--data-dir",
+            dd,
+            "--from",
+            tree.to_str().unwrap(),
+        ],
+        "only in train/: n0609",
+    );
+    assert!(
+        stdout(&nas(&["data", "info", "imagenet", "--data-dir", dd])).contains("val    3 images")
     );
 }

@@ -1,5 +1,5 @@
 //! The data sets by name: where each lives under the data directory, how to load it,
-//! what it holds, and the published checksums of its files.
+//! what it holds, the published checksums of its files, and the command that fetches it.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use md5::{Digest, Md5};
 use crate::cifar::{self, Cifar};
 use crate::error::{Error, Result};
 use crate::image::ImageSet;
+use crate::imagenet::ImageFolder;
 use crate::ptb::Corpus;
 use crate::{digits, idx};
 
@@ -29,6 +30,29 @@ pub enum Dataset {
     Ptb,
     /// WikiText-2, in the same format.
     Wikitext2,
+    /// ImageNet (ILSVRC 2012) as an ImageFolder tree; imported, never downloaded.
+    Imagenet,
+}
+
+/// The image shape a data set reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Every image is `[c, h, w]`.
+    Fixed([usize; 3]),
+    /// Images of their own sizes, decoded from JPEG; batches are transformed to 224x224.
+    VariableJpeg,
+    /// A text corpus: no images.
+    Text,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Fixed([c, h, w]) => write!(f, "{c}x{h}x{w}"),
+            Shape::VariableJpeg => write!(f, "variable (decoded JPEG, RGB; batches 3x224x224)"),
+            Shape::Text => write!(f, "n/a (text)"),
+        }
+    }
 }
 
 /// What `nas data info` reports.
@@ -42,9 +66,10 @@ pub struct Info {
     pub splits: Vec<(&'static str, usize)>,
     /// Classes, or the vocabulary size for corpora.
     pub classes: usize,
-    /// `[c, h, w]` for images.
-    pub shape: Option<[usize; 3]>,
-    /// `(file, status)`: "ok", "mismatch (md5 ...)" or "no published checksum".
+    /// The images' shape.
+    pub shape: Shape,
+    /// `(file, status)`: "ok", "mismatch (md5 ...)" or "no published checksum"; for
+    /// ImageNet one entry for the whole tree, "n/a".
     pub checksums: Vec<(String, String)>,
 }
 
@@ -159,6 +184,7 @@ impl Dataset {
         Dataset::Digits,
         Dataset::Ptb,
         Dataset::Wikitext2,
+        Dataset::Imagenet,
     ];
 
     /// The name used on the command line and as the folder under the data directory.
@@ -171,7 +197,36 @@ impl Dataset {
             Dataset::Digits => "digits",
             Dataset::Ptb => "ptb",
             Dataset::Wikitext2 => "wikitext2",
+            Dataset::Imagenet => "imagenet",
         }
+    }
+
+    /// The command that puts this data set into `data_dir` (named in "not found" errors).
+    /// `data_dir` is left out when it is the default `datasets`.
+    pub fn fetch_command(self, data_dir: &Path) -> String {
+        let mut cmd = format!("cargo xtask download {}", self.name());
+        if self == Dataset::Imagenet {
+            cmd.push_str(" --from <ImageFolder tree or .tar>");
+        }
+        if data_dir != Path::new("datasets") {
+            cmd.push_str(" --dir ");
+            cmd.push_str(&shell_word(&data_dir.display().to_string()));
+        }
+        cmd
+    }
+
+    /// Puts the command that fetches this data set into a "not found" error.
+    fn with_fetch<T>(self, data_dir: &Path, result: Result<T>) -> Result<T> {
+        result.map_err(|e| match e {
+            Error::Missing {
+                dataset, looked, ..
+            } => Error::Missing {
+                dataset,
+                looked,
+                fetch: self.fetch_command(data_dir),
+            },
+            other => other,
+        })
     }
 
     /// Looks a data set up by name.
@@ -204,7 +259,7 @@ impl Dataset {
     /// has no official split).
     pub fn load_images(self, data_dir: &Path, train: bool) -> Result<ImageSet> {
         let dir = self.folder(data_dir);
-        match self {
+        let set = match self {
             Dataset::Cifar10 => cifar::load(Cifar::Ten, &dir, train),
             Dataset::Cifar100 => cifar::load(Cifar::Hundred, &dir, train),
             Dataset::Mnist => idx::load("mnist", &dir, train),
@@ -221,19 +276,52 @@ impl Dataset {
                 "{} is a text corpus, not an image data set",
                 self.name()
             ))),
+            Dataset::Imagenet => Err(Error::Invalid(
+                "imagenet is decoded batch by batch, not held in memory: use Dataset::image_folder"
+                    .to_string(),
+            )),
+        };
+        self.with_fetch(data_dir, set)
+    }
+
+    /// The ImageFolder of an ImageNet split (`train` or `val`) under `data_dir`.
+    pub fn image_folder(self, data_dir: &Path, train: bool) -> Result<ImageFolder> {
+        if self != Dataset::Imagenet {
+            return Err(Error::Invalid(format!(
+                "{} is not an ImageFolder tree; only imagenet is",
+                self.name()
+            )));
         }
+        let dir = self
+            .folder(data_dir)
+            .join(if train { "train" } else { "val" });
+        if !dir.is_dir() {
+            return Err(Error::Missing {
+                dataset: self.name(),
+                looked: dir,
+                fetch: self.fetch_command(data_dir),
+            });
+        }
+        ImageFolder::scan(&dir)
     }
 
     /// Loads a text corpus.
     pub fn load_corpus(self, data_dir: &Path) -> Result<Corpus> {
-        match self {
-            Dataset::Ptb => Corpus::load("ptb", &self.folder(data_dir), "ptb"),
-            Dataset::Wikitext2 => Corpus::load("wikitext2", &self.folder(data_dir), "wiki"),
+        let dir = self.folder(data_dir);
+        let corpus = match self {
+            Dataset::Ptb => Corpus::load("ptb", &dir, "ptb"),
+            // The published names (wikitext-2-v1.zip): wiki.{train,valid,test}.tokens.
+            Dataset::Wikitext2 => Corpus::load_files(
+                "wikitext2",
+                &dir,
+                ["wiki.train.tokens", "wiki.valid.tokens", "wiki.test.tokens"],
+            ),
             other => Err(Error::Invalid(format!(
                 "{} is an image data set, not a text corpus",
                 other.name()
             ))),
-        }
+        };
+        self.with_fetch(data_dir, corpus)
     }
 
     /// Loads everything and reports counts, shapes and checksums.
@@ -244,10 +332,25 @@ impl Dataset {
             location: dir.display().to_string(),
             splits: Vec::new(),
             classes: 0,
-            shape: None,
+            shape: Shape::Text,
             checksums: Vec::new(),
         };
         match self {
+            Dataset::Imagenet => {
+                let train = self.image_folder(data_dir, true)?;
+                let val = self.image_folder(data_dir, false)?;
+                info.splits = vec![
+                    ("train", train.samples().len()),
+                    ("val", val.samples().len()),
+                ];
+                info.classes = train.classes().len();
+                info.shape = Shape::VariableJpeg;
+                info.checksums = vec![(
+                    info.location.clone(),
+                    "n/a (imported, no published checksums)".to_string(),
+                )];
+                return Ok(info);
+            }
             Dataset::Ptb | Dataset::Wikitext2 => {
                 let c = self.load_corpus(data_dir)?;
                 info.splits = vec![
@@ -264,14 +367,14 @@ impl Dataset {
                 }
                 info.splits = vec![("all", set.len())];
                 info.classes = set.classes();
-                info.shape = Some(set.shape());
+                info.shape = Shape::Fixed(set.shape());
             }
             _ => {
                 let train = self.load_images(data_dir, true)?;
                 let test = self.load_images(data_dir, false)?;
                 info.splits = vec![("train", train.len()), ("test", test.len())];
                 info.classes = train.classes();
-                info.shape = Some(train.shape());
+                info.shape = Shape::Fixed(train.shape());
             }
         }
         if dir.is_dir() {
@@ -296,6 +399,19 @@ impl Dataset {
     }
 }
 
+/// `word` quoted for a POSIX shell when it needs quoting.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// The md5 of a file's contents, or of its gunzipped contents.
 pub fn md5_hex(path: &Path, gunzip: bool) -> Result<String> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -317,18 +433,35 @@ pub fn md5_hex(path: &Path, gunzip: bool) -> Result<String> {
 }
 
 impl Dataset {
+    /// Checks `path` against the published checksum of this data set's file `name`: an
+    /// [`Error::Checksum`] on a mismatch; a file without a published checksum passes.
+    pub fn verify(self, path: &Path, name: &str) -> Result<()> {
+        match published_md5(self, name) {
+            None => Ok(()),
+            Some((expected, gunzip)) => {
+                let got = md5_hex(path, gunzip)?;
+                if got == expected {
+                    Ok(())
+                } else {
+                    Err(Error::Checksum {
+                        path: path.to_path_buf(),
+                        got,
+                        expected: expected.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
     /// Compares the contents of `path` with the published checksum of this data set's file
     /// `name` (the file may still sit under a temporary name): "ok", "mismatch (...)" or
     /// "no published checksum".
     pub fn checksum_status(self, path: &Path, name: &str) -> Result<String> {
-        match MD5
-            .iter()
-            .find(|(d, file, _, _)| *d == self && *file == name)
-        {
+        match published_md5(self, name) {
             None => Ok("no published checksum".to_string()),
-            Some((_, _, expected, gunzip)) => {
-                let got = md5_hex(path, *gunzip)?;
-                Ok(if got == *expected {
+            Some((expected, gunzip)) => {
+                let got = md5_hex(path, gunzip)?;
+                Ok(if got == expected {
                     "ok".to_string()
                 } else {
                     format!("mismatch (md5 {got}, expected {expected})")
@@ -336,6 +469,13 @@ impl Dataset {
             }
         }
     }
+}
+
+/// The published md5 of a data set's file, and whether it is of the gunzipped contents.
+fn published_md5(dataset: Dataset, name: &str) -> Option<(&'static str, bool)> {
+    MD5.iter()
+        .find(|(d, file, _, _)| *d == dataset && *file == name)
+        .map(|&(_, _, md5, gunzip)| (md5, gunzip))
 }
 
 #[cfg(test)]
@@ -375,6 +515,50 @@ mod tests {
     }
 
     #[test]
+    fn wikitext2_reads_its_published_names_through_the_ptb_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let wiki = dir.path().join("wikitext2");
+        std::fs::create_dir_all(&wiki).unwrap();
+        // WikiText-2's look: headings, blank lines, `@-@` and `<unk>` tokens.
+        let train = " \n = Valkyria Chronicles III = \n \n Senjō no <unk> 3 @-@ 1 \n";
+        std::fs::write(wiki.join("wiki.train.tokens"), train).unwrap();
+        std::fs::write(wiki.join("wiki.valid.tokens"), " = III = \n").unwrap();
+        let err = Dataset::Wikitext2
+            .load_corpus(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wiki.test.tokens")
+                && err.contains(&format!(
+                    "`cargo xtask download wikitext2 --dir {}`",
+                    dir.path().display()
+                )),
+            "{err}"
+        );
+        std::fs::write(wiki.join("wiki.test.tokens"), "zebra <unk>\n").unwrap();
+        let err = Dataset::Wikitext2
+            .load_corpus(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("wiki.test.tokens") && err.contains("line 1") && err.contains("\"zebra\""),
+            "{err}"
+        );
+        std::fs::write(wiki.join("wiki.test.tokens"), "<unk> 3\n\n").unwrap();
+        let c = Dataset::Wikitext2.load_corpus(dir.path()).unwrap();
+        // Every line, blank ones too, ends with <eos>: 4 lines, 11 words, 11 kinds.
+        assert_eq!(c.train().len(), 15);
+        assert_eq!(c.vocab_size(), 11);
+        assert_eq!((c.valid().len(), c.test().len()), (4, 4));
+        let info = Dataset::Wikitext2.info(dir.path()).unwrap();
+        assert_eq!(info.shape, Shape::Text);
+        assert!(info
+            .checksums
+            .iter()
+            .all(|(_, s)| s == "no published checksum"));
+    }
+
+    #[test]
     fn mismatches_and_missing_sets_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let ptb = dir.path().join("ptb");
@@ -394,6 +578,23 @@ mod tests {
         assert!(
             err.contains("cifar10 not found") && err.contains("cargo xtask download cifar10"),
             "{err}"
+        );
+        let err = Dataset::Imagenet.info(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("imagenet not found")
+                && err.contains(&format!(
+                    "`cargo xtask download imagenet --from <ImageFolder tree or .tar> --dir {}`",
+                    dir.path().display()
+                )),
+            "{err}"
+        );
+        assert_eq!(
+            Dataset::Ptb.fetch_command(Path::new("datasets")),
+            "cargo xtask download ptb"
+        );
+        assert_eq!(
+            Dataset::Ptb.fetch_command(Path::new("my data/it's")),
+            r"cargo xtask download ptb --dir 'my data/it'\''s'"
         );
         assert!(Dataset::from_name("cifar11")
             .unwrap_err()

@@ -35,6 +35,24 @@ pub enum Error {
         /// The command that fetches it.
         fetch: String,
     },
+    /// A file whose md5 is not the published one.
+    #[error("{path:?}: mismatch (md5 {got}, expected {expected})")]
+    Checksum {
+        /// The file (possibly under its temporary `.part` name).
+        path: PathBuf,
+        /// Its md5.
+        got: String,
+        /// The published md5.
+        expected: String,
+    },
+    /// A folder tree (or an archive of one) that is not laid out as expected.
+    #[error("{path:?}: expected {expected}")]
+    Layout {
+        /// The folder or archive.
+        path: PathBuf,
+        /// What was expected, and what was found.
+        expected: String,
+    },
     /// A request that does not fit the data.
     #[error("{0}")]
     Invalid(String),

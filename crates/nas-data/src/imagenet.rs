@@ -56,11 +56,7 @@ impl ImageFolder {
         for (label, class) in classes.iter().enumerate() {
             let mut files: Vec<PathBuf> = read(&root.join(class))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().is_some_and(|x| {
-                        ["jpg", "jpeg"].contains(&x.to_string_lossy().to_lowercase().as_str())
-                    })
-                })
+                .filter(|p| is_jpeg(p))
                 .collect();
             files.sort();
             samples.extend(files.into_iter().map(|f| (f, label as u32)));
@@ -104,6 +100,21 @@ impl ImageFolder {
             })?;
         Ok(out)
     }
+}
+
+/// Which of the papers' transforms a batch gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// RandomResizedCrop 224, horizontal flip, colour jitter, normalisation.
+    Train,
+    /// Resize the shorter side to 256, centre crop 224, normalisation.
+    Eval,
+}
+
+/// True for a file name with a JPEG extension (`.jpg`, `.jpeg`, any case).
+pub(crate) fn is_jpeg(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|x| ["jpg", "jpeg"].contains(&x.to_string_lossy().to_lowercase().as_str()))
 }
 
 /// Decodes a JPEG file to RGB.

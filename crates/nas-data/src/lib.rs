@@ -1,6 +1,8 @@
 //! The data sets of DARTS and ENAS, read from their genuine file formats with every
 //! field checked: CIFAR-10/100 (binary), MNIST and Fashion-MNIST (IDX), the embedded
-//! digits, and word-level corpora (PTB, WikiText-2); plus the papers' splits.
+//! digits, word-level corpora (PTB, WikiText-2) and ImageNet (ImageFolder JPEGs); the
+//! papers' splits, augmentation and a prefetching batch loader; and imports from local
+//! mirrors, downloaded archives and ImageNet trees (no network code: xtask downloads).
 //!
 //! This crate knows nothing about models or genotypes.
 
@@ -12,12 +14,13 @@ mod error;
 pub mod idx;
 mod image;
 pub mod imagenet;
+pub mod import;
 pub mod loader;
 pub mod ptb;
 pub mod split;
 
 pub use augment::{Augment, Normalize};
-pub use catalog::{md5_hex, Dataset, Info};
+pub use catalog::{md5_hex, Dataset, Info, Shape};
 pub use error::{Error, Result};
 pub use image::ImageSet;
-pub use loader::{epoch, Batch, LoaderConfig};
+pub use loader::{epoch, imagenet_epoch, Batch, ImagenetLoaderConfig, LoaderConfig};

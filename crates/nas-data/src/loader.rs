@@ -1,6 +1,8 @@
 //! Batches for training: seeded shuffling, `drop_last`, augmentation, and a background
 //! thread that prepares the next batches while the current one trains. The same seed
-//! gives the same batches, whatever the thread timing.
+//! gives the same batches, whatever the thread timing. In-memory sets ([`epoch`]) and
+//! ImageNet's JPEGs, decoded and transformed batch by batch ([`imagenet_epoch`]), go
+//! through the same thread and the same per-image seeds.
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use rand::SeedableRng;
 use crate::augment::{preprocess, Augment, Normalize};
 use crate::error::{Error, Result};
 use crate::image::ImageSet;
+use crate::imagenet::{ImageFolder, Transform};
 
 /// How batches are drawn.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +31,24 @@ pub struct LoaderConfig {
     pub augment: Option<Augment>,
     /// Normalisation.
     pub normalize: Normalize,
+    /// Batches prepared ahead.
+    pub prefetch: usize,
+}
+
+/// How ImageNet batches are drawn: normalised `[n, 3, 224, 224]` with the papers'
+/// training or evaluation transform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagenetLoaderConfig {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Shuffle the indices every epoch.
+    pub shuffle: bool,
+    /// Drop a last, smaller batch.
+    pub drop_last: bool,
+    /// Seed of shuffling and of the training transform.
+    pub seed: u64,
+    /// Training (random crop, flip, jitter) or evaluation (resize, centre crop).
+    pub transform: Transform,
     /// Batches prepared ahead.
     pub prefetch: usize,
 }
@@ -75,30 +96,20 @@ pub fn epoch(
             set.len()
         )));
     }
-    let mut order: Vec<usize> = indices.to_vec();
-    if cfg.shuffle {
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(mix(
-            cfg.seed,
-            epoch,
-            u64::MAX,
-        )));
-    }
+    let order = shuffled(&indices, cfg.shuffle, cfg.seed, epoch);
     let cfg = cfg.clone();
-    let (tx, rx) = sync_channel(cfg.prefetch.max(1));
-    std::thread::spawn(move || {
-        let size = c * h * w;
-        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            if cfg.drop_last && chunk.len() < cfg.batch_size {
-                break;
-            }
+    let size = c * h * w;
+    Ok(spawn_batches(
+        order,
+        cfg.batch_size,
+        cfg.drop_last,
+        cfg.prefetch,
+        move |first, chunk| {
             let mut images = vec![0f32; chunk.len() * size];
             for (k, (&i, out)) in chunk.iter().zip(images.chunks_mut(size)).enumerate() {
                 // One generator per image position: the result does not depend on timing.
-                let mut rng = rand::rngs::StdRng::seed_from_u64(mix(
-                    cfg.seed,
-                    epoch,
-                    (b * cfg.batch_size + k) as u64,
-                ));
+                let mut rng =
+                    rand::rngs::StdRng::seed_from_u64(mix(cfg.seed, epoch, (first + k) as u64));
                 preprocess(
                     set.image(i),
                     [c, h, w],
@@ -115,13 +126,96 @@ pub fn epoch(
                 labels,
                 shape: [chunk.len(), c, h, w],
             };
-            if tx.send(batch).is_err() {
-                // The consumer stopped early; nothing more to do.
+            (batch, false)
+        },
+    ))
+}
+
+/// The batches of one epoch over `indices` of an ImageNet split, decoded (in parallel)
+/// and transformed on a background thread. A file that cannot be read or decoded ends
+/// the epoch with its error.
+pub fn imagenet_epoch(
+    folder: Arc<ImageFolder>,
+    indices: Arc<Vec<usize>>,
+    cfg: &ImagenetLoaderConfig,
+    epoch: u64,
+) -> Result<Receiver<Result<Batch>>> {
+    if cfg.batch_size == 0 {
+        return Err(Error::Invalid(
+            "a batch size above 0 is needed, got 0".to_string(),
+        ));
+    }
+    let n = folder.samples().len();
+    if let Some(&bad) = indices.iter().find(|&&i| i >= n) {
+        return Err(Error::Invalid(format!(
+            "index {bad} is out of range for {n} images"
+        )));
+    }
+    let order = shuffled(&indices, cfg.shuffle, cfg.seed, epoch);
+    let cfg = cfg.clone();
+    Ok(spawn_batches(
+        order,
+        cfg.batch_size,
+        cfg.drop_last,
+        cfg.prefetch,
+        move |first, chunk| {
+            let seeds: Vec<u64> = (0..chunk.len())
+                .map(|k| mix(cfg.seed, epoch, (first + k) as u64))
+                .collect();
+            let batch = folder
+                .batch(chunk, cfg.transform == Transform::Train, &seeds)
+                .map(|images| Batch {
+                    images,
+                    labels: chunk.iter().map(|&i| folder.samples()[i].1).collect(),
+                    shape: [chunk.len(), 3, 224, 224],
+                });
+            let failed = batch.is_err();
+            (batch, failed)
+        },
+    ))
+}
+
+/// `indices`, shuffled by a generator drawn from `(seed, epoch)` when asked.
+fn shuffled(indices: &[usize], shuffle: bool, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order = indices.to_vec();
+    if shuffle {
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(mix(
+            seed,
+            epoch,
+            u64::MAX,
+        )));
+    }
+    order
+}
+
+/// Cuts `order` into batches and makes each on a background thread with
+/// `make(position of its first image in the epoch, its indices)`, which also says whether
+/// it is the last one to send (after an error). At most `prefetch` batches wait.
+fn spawn_batches<T, F>(
+    order: Vec<usize>,
+    batch_size: usize,
+    drop_last: bool,
+    prefetch: usize,
+    mut make: F,
+) -> Receiver<T>
+where
+    T: Send + 'static,
+    F: FnMut(usize, &[usize]) -> (T, bool) + Send + 'static,
+{
+    let (tx, rx) = sync_channel(prefetch.max(1));
+    std::thread::spawn(move || {
+        for (b, chunk) in order.chunks(batch_size).enumerate() {
+            if drop_last && chunk.len() < batch_size {
+                break;
+            }
+            let (item, last) = make(b * batch_size, chunk);
+            // A send fails when the consumer stopped early; nothing more to do then.
+            if tx.send(item).is_err() || last {
                 return;
             }
         }
     });
-    Ok(rx)
+    rx
 }
 
 /// A well-mixed 64-bit seed from three numbers (SplitMix64 finaliser).
@@ -190,6 +284,94 @@ mod tests {
         assert_eq!(counts, set.class_counts());
         let (x, y) = all[0].to_tensors(&Device::Cpu).unwrap();
         assert_eq!((x.dims(), y.dims()), (&[64, 1, 8, 8][..], &[64][..]));
+    }
+
+    fn imagenet_sample() -> Arc<ImageFolder> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/datasets/imagenet-sample/val");
+        Arc::new(ImageFolder::scan(&root).unwrap())
+    }
+
+    fn imagenet_cfg(transform: Transform) -> ImagenetLoaderConfig {
+        ImagenetLoaderConfig {
+            batch_size: 8,
+            shuffle: true,
+            drop_last: true,
+            seed: 11,
+            transform,
+            prefetch: 1,
+        }
+    }
+
+    fn collect(rx: Receiver<Result<Batch>>) -> Vec<Batch> {
+        rx.iter().map(|b| b.unwrap()).collect()
+    }
+
+    #[test]
+    fn imagenet_batches_of_the_real_sample_are_seeded() {
+        let folder = imagenet_sample();
+        let idx = Arc::new((0..folder.samples().len()).collect::<Vec<_>>());
+        let cfg = imagenet_cfg(Transform::Train);
+        let a = collect(imagenet_epoch(folder.clone(), idx.clone(), &cfg, 0).unwrap());
+        let b = collect(imagenet_epoch(folder.clone(), idx.clone(), &cfg, 0).unwrap());
+        // 20 images, batches of 8, drop_last: two batches, the last 4 images dropped.
+        assert_eq!(a.len(), 2);
+        assert!(a.iter().all(|x| x.shape == [8, 3, 224, 224]));
+        assert_eq!(a, b);
+        let next = collect(imagenet_epoch(folder.clone(), idx.clone(), &cfg, 1).unwrap());
+        assert_ne!(a[0].labels, next[0].labels);
+        // Labels follow the shuffled files: 16 distinct images of the sample.
+        let mut seen: Vec<u32> = a.iter().flat_map(|x| x.labels.clone()).collect();
+        seen.sort_unstable();
+        assert!(seen.iter().all(|&l| (l as usize) < folder.classes().len()));
+        // The evaluation transform without shuffling gives ImageFolder::batch's pixels
+        // for the first 8 files, whatever the seed.
+        let mut eval = imagenet_cfg(Transform::Eval);
+        eval.shuffle = false;
+        eval.drop_last = false;
+        let e = collect(imagenet_epoch(folder.clone(), idx.clone(), &eval, 3).unwrap());
+        assert_eq!(
+            e.iter().map(|x| x.labels.len()).collect::<Vec<_>>(),
+            [8, 8, 4]
+        );
+        let first: Vec<usize> = (0..8).collect();
+        assert_eq!(e[0].images, folder.batch(&first, false, &[0; 8]).unwrap());
+        let want: Vec<u32> = folder.samples()[..8].iter().map(|s| s.1).collect();
+        assert_eq!(e[0].labels, want);
+        let (x, y) = e[2].to_tensors(&Device::Cpu).unwrap();
+        assert_eq!((x.dims(), y.dims()), (&[4, 3, 224, 224][..], &[4][..]));
+    }
+
+    #[test]
+    fn a_corrupt_jpeg_ends_the_imagenet_epoch_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let class = dir.path().join("n01");
+        std::fs::create_dir_all(&class).unwrap();
+        let good = imagenet_sample().samples()[0].0.clone();
+        std::fs::copy(&good, class.join("a.jpg")).unwrap();
+        std::fs::write(class.join("b.jpg"), b"not a jpeg").unwrap();
+        std::fs::copy(&good, class.join("c.jpg")).unwrap();
+        let folder = Arc::new(ImageFolder::scan(dir.path()).unwrap());
+        let mut cfg = imagenet_cfg(Transform::Eval);
+        (cfg.batch_size, cfg.shuffle) = (1, false);
+        let got: Vec<_> = imagenet_epoch(folder.clone(), Arc::new(vec![0, 1, 2]), &cfg, 0)
+            .unwrap()
+            .iter()
+            .collect();
+        assert_eq!(got.len(), 2, "the epoch stops at the error");
+        assert!(got[0].is_ok());
+        let err = got[1].as_ref().unwrap_err().to_string();
+        assert!(
+            err.contains("b.jpg") && err.contains("a decodable JPEG"),
+            "{err}"
+        );
+        cfg.batch_size = 0;
+        assert!(imagenet_epoch(folder.clone(), Arc::new(vec![0]), &cfg, 0).is_err());
+        cfg.batch_size = 1;
+        assert!(imagenet_epoch(folder, Arc::new(vec![3]), &cfg, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("index 3 is out of range for 3 images"));
     }
 
     #[test]

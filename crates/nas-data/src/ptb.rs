@@ -24,11 +24,25 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// Loads `{prefix}.train.txt`, `.valid.txt` and `.test.txt` from `dir` (prefix `ptb`
-    /// or `wiki`).
+    /// Loads `{prefix}.train.txt`, `.valid.txt` and `.test.txt` from `dir` (PTB's names,
+    /// prefix `ptb`).
     pub fn load(dataset: &'static str, dir: &Path, prefix: &str) -> Result<Self> {
+        let [train, valid, test] =
+            ["train", "valid", "test"].map(|split| format!("{prefix}.{split}.txt"));
+        Self::load_files(dataset, dir, [&train, &valid, &test])
+    }
+
+    /// Loads the files named `[train, valid, test]` from `dir`: the same format under
+    /// other names, e.g. WikiText-2's `wiki.train.tokens`, `wiki.valid.tokens`,
+    /// `wiki.test.tokens`.
+    pub fn load_files(dataset: &'static str, dir: &Path, names: [&str; 3]) -> Result<Self> {
         let path = |split: &str| -> Result<PathBuf> {
-            let p = dir.join(format!("{prefix}.{split}.txt"));
+            let name = match split {
+                "train" => names[0],
+                "valid" => names[1],
+                _ => names[2],
+            };
+            let p = dir.join(name);
             if p.exists() {
                 Ok(p)
             } else {
