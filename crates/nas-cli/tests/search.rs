@@ -185,10 +185,9 @@ fn bad_configurations_are_named() {
         "model.chanels",
     );
     fails_with(&search(&out, &["--preset", "cifar"]), "unknown preset");
-    fails_with(
-        &search(&out, &["--dataset", "imagenet"]),
-        "unknown data set",
-    );
+    fails_with(&search(&out, &["--dataset", "svhn"]), "unknown data set");
+    fails_with(&search(&out, &["--dataset", "ptb"]), "in-memory image set");
+    assert!(!out.exists(), "a search that could not start left a folder");
     let cfg = dir.path().join("c.toml");
     std::fs::write(&cfg, "[data]\nsurprise = 1\n").unwrap();
     let cfg_arg = cfg.to_str().unwrap();

@@ -55,9 +55,11 @@ pub fn search(
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     cfg.validate()?;
+    // Load the data first: a search that cannot start leaves no run folder behind.
+    let data = load_data(cfg, &opts.data_dir)?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
     tracing::info!(dir = %out.display(), "search started");
-    run_search(cfg, run, None, opts, progress)
+    run_search(cfg, run, None, data, opts, progress)
 }
 
 /// Resumes the search in `run_dir` from its newest checkpoint (or from the start if it has
@@ -70,6 +72,7 @@ pub fn resume(
     // First only check that this is a run; keep_checkpoints comes from its configuration.
     RunDir::open(run_dir, 1)?;
     let cfg = SearchConfig::from_file(&run_dir.join("config.toml"))?;
+    let data = load_data(&cfg, &opts.data_dir)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
     let ckpt = run.resume(&opts.device)?;
     tracing::info!(
@@ -77,8 +80,17 @@ pub fn resume(
         epoch = ckpt.as_ref().map_or(0, |c| c.state.epoch),
         "search resumed"
     );
-    run_search(&cfg, run, ckpt, opts, progress)
+    run_search(&cfg, run, ckpt, data, opts, progress)
 }
+
+/// The data sets a CNN search can run on.
+const IMAGE_SETS: &[Dataset] = &[
+    Dataset::Digits,
+    Dataset::Mnist,
+    Dataset::FashionMnist,
+    Dataset::Cifar10,
+    Dataset::Cifar100,
+];
 
 /// The training data of a search: the two halves and the loaders' settings.
 struct SearchData {
@@ -92,6 +104,14 @@ struct SearchData {
 
 fn load_data(cfg: &SearchConfig, data_dir: &Path) -> Result<SearchData> {
     let dataset = Dataset::from_name(&cfg.data.dataset)?;
+    if !IMAGE_SETS.contains(&dataset) {
+        let names: Vec<_> = IMAGE_SETS.iter().map(|d| d.name()).collect();
+        return Err(Error::Config(format!(
+            "data.dataset {:?}: the DARTS CNN search runs on an in-memory image set: {}",
+            dataset.name(),
+            names.join(", ")
+        )));
+    }
     let set = dataset.load_images(data_dir, true)?;
     let n = set.len();
     let seed = cfg.run.seed;
@@ -161,11 +181,11 @@ fn run_search(
     cfg: &SearchConfig,
     run: RunDir,
     ckpt: Option<LoadedCheckpoint>,
+    data: SearchData,
     opts: &SearchOptions,
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     let dev = &opts.device;
-    let data = load_data(cfg, &opts.data_dir)?;
     let [c, _, _] = data.set.shape();
     let net_cfg = SearchCnnConfig {
         in_channels: c,
