@@ -65,7 +65,7 @@ impl SearchCnnConfig {
         let checks = [
             (self.in_channels > 0, "in_channels must be positive"),
             (
-                self.channels >= 2 && self.channels % 2 == 0,
+                self.channels >= 2 && self.channels.is_multiple_of(2),
                 "channels must be even and at least 2 (FactorizedReduce halves them)",
             ),
             (

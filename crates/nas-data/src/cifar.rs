@@ -58,7 +58,7 @@ fn parse(
     labels: &mut Vec<u32>,
 ) -> Result<()> {
     let record = kind.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(Error::format(
             path,
             format!("byte {}", bytes.len() - bytes.len() % record),

@@ -40,7 +40,7 @@ pub fn factorized_reduce(
     affine: bool,
     vb: VarBuilder,
 ) -> Result<FactorizedReduce> {
-    if c_out % 2 != 0 {
+    if !c_out.is_multiple_of(2) {
         return Err(Error::Unsupported {
             op: "factorized_reduce",
             message: format!("output channels must be even, got {c_out}"),

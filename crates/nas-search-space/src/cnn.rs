@@ -65,7 +65,7 @@ impl CnnCell {
                 cell: name.to_string(),
             });
         }
-        if edges.len() % inputs_per_node != 0 {
+        if !edges.len().is_multiple_of(inputs_per_node) {
             return Err(Error::WrongInputCount {
                 cell: name.to_string(),
                 expected: inputs_per_node,
