@@ -1,8 +1,10 @@
-//! `nas count`: parameter counts of the networks, computed by building them.
+//! `nas count`: parameter and multiply-accumulate counts of the networks, computed by
+//! building them.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use nas_darts::{count_parameters, SearchCnnConfig};
+use nas_darts::{count, count_parameters, EvalNetConfig, SearchCnnConfig};
+use nas_search_space::Genotype;
 
 use crate::output::emit;
 
@@ -10,6 +12,10 @@ use crate::output::emit;
 pub enum Model {
     /// The DARTS search network (architecture weights apart).
     SearchCnn,
+    /// A genotype's CIFAR evaluation network (defaults: C=36, 20 layers, 10 classes).
+    Cifar,
+    /// A genotype's ImageNet network, mobile setting (defaults: C=48, 14 layers, 1000 classes).
+    Imagenet,
 }
 
 #[derive(Debug, Args)]
@@ -17,18 +23,24 @@ pub struct CountArgs {
     /// Which network.
     #[arg(long, value_enum)]
     model: Model,
-    /// `C`, the first cells' channels.
-    #[arg(long, default_value_t = 16)]
-    channels: usize,
-    /// Number of cells.
-    #[arg(long, default_value_t = 8)]
-    layers: usize,
-    /// Number of classes.
-    #[arg(long, default_value_t = 10)]
-    classes: usize,
+    /// A bundled genotype name or a genotype file (cifar and imagenet).
+    #[arg(long)]
+    genotype: Option<String>,
+    /// `C`, the first cells' channels [default: 16 search-cnn, 36 cifar, 48 imagenet].
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Number of cells [default: 8 search-cnn, 20 cifar, 14 imagenet].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Number of classes [default: 10, 1000 for imagenet].
+    #[arg(long)]
+    classes: Option<usize>,
     /// Image channels.
     #[arg(long, default_value_t = 3)]
     in_channels: usize,
+    /// Count the auxiliary head in `params` too (it is always in `params_with_aux`).
+    #[arg(long)]
+    auxiliary: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -37,11 +49,14 @@ pub struct CountArgs {
 pub fn run(args: CountArgs) -> Result<()> {
     match args.model {
         Model::SearchCnn => {
+            if args.genotype.is_some() {
+                bail!("--genotype does not apply to search-cnn: the search network holds every op");
+            }
             let cfg = SearchCnnConfig {
                 in_channels: args.in_channels,
-                channels: args.channels,
-                layers: args.layers,
-                classes: args.classes,
+                channels: args.channels.unwrap_or(16),
+                layers: args.layers.unwrap_or(8),
+                classes: args.classes.unwrap_or(10),
                 ..SearchCnnConfig::paper()
             };
             let n = count_parameters(cfg)?;
@@ -49,7 +64,7 @@ pub fn run(args: CountArgs) -> Result<()> {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "model": "search-cnn",
                     "config": cfg,
-                    "parameters": n,
+                    "params": n,
                 }))?
             } else {
                 format!(
@@ -58,6 +73,63 @@ pub fn run(args: CountArgs) -> Result<()> {
                     cfg.layers,
                     cfg.classes,
                     n as f64 / 1e6
+                )
+            };
+            emit(&text, None)
+        }
+        Model::Cifar | Model::Imagenet => {
+            let Some(spec) = &args.genotype else {
+                bail!(
+                    "--genotype NAME|FILE is needed for the {:?} network",
+                    args.model
+                );
+            };
+            let genotype = match crate::genotype::load(spec, None)? {
+                Genotype::DartsCnn(g) => g,
+                other => bail!(
+                    "genotype {spec:?} is a {} genotype; the evaluation networks take a DARTS CNN genotype",
+                    other.kind().name()
+                ),
+            };
+            let base = match args.model {
+                Model::Cifar => EvalNetConfig::cifar_paper(),
+                _ => EvalNetConfig::imagenet_paper(),
+            };
+            let cfg = EvalNetConfig {
+                in_channels: args.in_channels,
+                channels: args.channels.unwrap_or(base.channels),
+                layers: args.layers.unwrap_or(base.layers),
+                classes: args.classes.unwrap_or(base.classes),
+                auxiliary: args.auxiliary,
+                ..base
+            };
+            let counts = count(&genotype, cfg)?;
+            let params = if args.auxiliary {
+                counts.params_with_aux
+            } else {
+                counts.params
+            };
+            let text = if args.json {
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "model": format!("{:?}", args.model).to_lowercase(),
+                    "genotype": spec,
+                    "config": cfg,
+                    "params": params,
+                    "params_with_aux": counts.params_with_aux,
+                    "mult_adds": counts.mult_adds,
+                }))?
+            } else {
+                format!(
+                    "{spec} C={} layers={} classes={}: {params} parameters ({:.2}M), {} with the auxiliary head, {} multiply-adds ({:.0}M) at {}x{}",
+                    cfg.channels,
+                    cfg.layers,
+                    cfg.classes,
+                    params as f64 / 1e6,
+                    counts.params_with_aux,
+                    counts.mult_adds,
+                    counts.mult_adds as f64 / 1e6,
+                    cfg.input_size(),
+                    cfg.input_size()
                 )
             };
             emit(&text, None)

@@ -154,7 +154,7 @@ fn list(json: bool) -> Result<()> {
 }
 
 /// A bundled name, else a file.
-fn load(spec: &str, arc_kind: Option<GenotypeKind>) -> Result<Genotype> {
+pub fn load(spec: &str, arc_kind: Option<GenotypeKind>) -> Result<Genotype> {
     if BUNDLED.iter().any(|b| b.name == spec) {
         return Ok(bundled(spec)?);
     }

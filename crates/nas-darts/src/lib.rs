@@ -5,6 +5,8 @@
 mod architect;
 mod config;
 mod error;
+mod eval_cell;
+mod eval_network;
 mod search;
 mod search_cell;
 mod search_network;
@@ -14,6 +16,8 @@ pub use config::{
     ArchConfig, DataConfig, ModelConfig, RunConfig, SearchConfig, WeightsConfig, PRESETS,
 };
 pub use error::{Error, Result};
+pub use eval_cell::{op_mult_adds, EvalCell};
+pub use eval_network::{count, Counts, EvalKind, EvalNetConfig, EvalNetwork};
 pub use search::{resume, search, SearchOptions, SearchOutcome};
 pub use search_cell::{edge_count, CellShape, SearchCell};
 pub use search_network::{count_parameters, Alphas, SearchCnn, SearchCnnConfig};

@@ -1,0 +1,538 @@
+//! The evaluation networks of DARTS (`NetworkCIFAR` and `NetworkImageNet` in the reference
+//! `cnn/model.py`): a genotype's cells stacked into a large network trained from scratch,
+//! with an auxiliary head and drop path. Parameter names are the reference's state-dict
+//! names, so reference checkpoints map one to one.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, ModuleT, VarBuilder};
+use nas_ops::{
+    batch_norm, conv2d, global_avg_pool, pool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig,
+    PoolConfig, PoolKind,
+};
+use nas_search_space::CnnGenotype;
+use nas_train::ParamStore;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::eval_cell::{op_mult_adds, EvalCell};
+use crate::search_cell::CellShape;
+
+/// Which of the two networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalKind {
+    /// 32x32 inputs (CIFAR and the small data sets): one 3x3 stem.
+    Cifar,
+    /// 224x224 inputs: two stride-2 stems, 7x7 pooling at the end (mobile setting).
+    Imagenet,
+}
+
+/// Sizes of an evaluation network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalNetConfig {
+    /// CIFAR or ImageNet layout.
+    pub kind: EvalKind,
+    /// Image channels.
+    pub in_channels: usize,
+    /// `C` (36 on CIFAR, 48 on ImageNet in the paper).
+    pub channels: usize,
+    /// Cells (20 on CIFAR, 14 on ImageNet).
+    pub layers: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Build the auxiliary head (after cell `2 layers / 3`).
+    pub auxiliary: bool,
+}
+
+impl EvalNetConfig {
+    /// The paper's CIFAR-10 network: C = 36, 20 cells, auxiliary head.
+    pub fn cifar_paper() -> Self {
+        EvalNetConfig {
+            kind: EvalKind::Cifar,
+            in_channels: 3,
+            channels: 36,
+            layers: 20,
+            classes: 10,
+            auxiliary: true,
+        }
+    }
+
+    /// The paper's ImageNet network: C = 48, 14 cells, 1000 classes, auxiliary head.
+    pub fn imagenet_paper() -> Self {
+        EvalNetConfig {
+            kind: EvalKind::Imagenet,
+            in_channels: 3,
+            channels: 48,
+            layers: 14,
+            classes: 1000,
+            auxiliary: true,
+        }
+    }
+
+    /// The input side the network is counted at (32 or 224).
+    pub fn input_size(&self) -> usize {
+        match self.kind {
+            EvalKind::Cifar => 32,
+            EvalKind::Imagenet => 224,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = self.in_channels > 0
+            && self.channels >= 2
+            && self.channels.is_multiple_of(2)
+            && self.layers >= 3
+            && self.classes >= 2;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "model: channels must be even and >= 2, layers >= 3, classes >= 2, got {self:?}"
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Stem {
+    Cifar {
+        conv: Conv2d,
+        bn: BatchNorm,
+    },
+    Imagenet {
+        conv0a: Conv2d,
+        bn0a: BatchNorm,
+        conv0b: Conv2d,
+        bn0b: BatchNorm,
+        conv1: Conv2d,
+        bn1: BatchNorm,
+    },
+}
+
+/// The auxiliary classifier: ReLU, 5x5 average pooling (stride 3 on CIFAR, 2 on
+/// ImageNet, padding not counted), 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, BN (not on
+/// ImageNet: the reference omits it there), ReLU, linear.
+#[derive(Debug, Clone)]
+struct AuxHead {
+    pool: PoolConfig,
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: Option<BatchNorm>,
+    classifier: candle_nn::Linear,
+}
+
+impl AuxHead {
+    fn new(kind: EvalKind, c: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
+        let f = vb.pp("features");
+        Ok(AuxHead {
+            pool: PoolConfig {
+                kind: PoolKind::Avg {
+                    count_include_pad: false,
+                },
+                kernel: 5,
+                stride: if kind == EvalKind::Cifar { 3 } else { 2 },
+                padding: 0,
+            },
+            conv1: conv2d(c, 128, Conv2dConfig::pointwise(1), f.pp("2"))?,
+            bn1: batch_norm(128, BatchNormConfig::default(), f.pp("3"))?,
+            conv2: conv2d(
+                128,
+                768,
+                Conv2dConfig {
+                    kernel: 2,
+                    stride: 1,
+                    padding: 0,
+                },
+                f.pp("5"),
+            )?,
+            bn2: match kind {
+                EvalKind::Cifar => Some(batch_norm(768, BatchNormConfig::default(), f.pp("6"))?),
+                EvalKind::Imagenet => None,
+            },
+            classifier: linear(768, classes, vb.pp("classifier"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = pool2d(&x.relu()?, self.pool)?;
+        let y = self
+            .bn1
+            .forward_t(&self.conv1.forward_t(&y, train)?, train)?
+            .relu()?;
+        let mut y = self.conv2.forward_t(&y, train)?;
+        if let Some(bn) = &self.bn2 {
+            y = bn.forward_t(&y, train)?;
+        }
+        let y = y.relu()?.flatten_from(1)?;
+        self.classifier.forward_t(&y, train)
+    }
+}
+
+fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+    let bound = 1.0 / (c_in as f64).sqrt();
+    let init = Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    Ok(candle_nn::Linear::new(
+        vb.get_with_hints((c_out, c_in), "weight", init)?,
+        Some(vb.get_with_hints(c_out, "bias", init)?),
+    ))
+}
+
+/// Parameter and operation counts of an evaluation network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Trainable parameters without the auxiliary head (the papers' convention).
+    pub params: usize,
+    /// Trainable parameters with the auxiliary head.
+    pub params_with_aux: usize,
+    /// Multiply-accumulates of every convolution and linear layer for one image at the
+    /// network's input size, auxiliary head excluded.
+    pub mult_adds: usize,
+}
+
+/// An evaluation network.
+#[derive(Debug, Clone)]
+pub struct EvalNetwork {
+    stem: Stem,
+    cells: Vec<EvalCell>,
+    aux: Option<AuxHead>,
+    aux_after: usize,
+    classifier: candle_nn::Linear,
+    cfg: EvalNetConfig,
+}
+
+impl EvalNetwork {
+    /// Builds the network for `genotype` under `vb`.
+    pub fn new(genotype: &CnnGenotype, cfg: EvalNetConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()?;
+        let c = cfg.channels;
+        let same3 = Conv2dConfig::same(3);
+        let down3 = Conv2dConfig {
+            kernel: 3,
+            stride: 2,
+            padding: 1,
+        };
+        let bn = |ch: usize, vb: VarBuilder| batch_norm(ch, BatchNormConfig::default(), vb);
+        let (stem, mut c_prev_prev, mut c_prev, mut reduction_prev) = match cfg.kind {
+            EvalKind::Cifar => {
+                let cs = 3 * c;
+                let stem = Stem::Cifar {
+                    conv: conv2d(cfg.in_channels, cs, same3, vb.pp("stem.0"))?,
+                    bn: bn(cs, vb.pp("stem.1"))?,
+                };
+                (stem, cs, cs, false)
+            }
+            EvalKind::Imagenet => {
+                let stem = Stem::Imagenet {
+                    conv0a: conv2d(cfg.in_channels, c / 2, down3, vb.pp("stem0.0"))?,
+                    bn0a: bn(c / 2, vb.pp("stem0.1"))?,
+                    conv0b: conv2d(c / 2, c, down3, vb.pp("stem0.3"))?,
+                    bn0b: bn(c, vb.pp("stem0.4"))?,
+                    conv1: conv2d(c, c, down3, vb.pp("stem1.1"))?,
+                    bn1: bn(c, vb.pp("stem1.2"))?,
+                };
+                (stem, c, c, true)
+            }
+        };
+        let mut c_curr = c;
+        let aux_after = 2 * cfg.layers / 3;
+        let mut c_aux = 0;
+        let mut cells = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let reduction = i == cfg.layers / 3 || i == 2 * cfg.layers / 3;
+            if reduction {
+                c_curr *= 2;
+            }
+            let shape = CellShape {
+                c_prev_prev,
+                c_prev,
+                c: c_curr,
+                steps: 0,
+                multiplier: 0,
+                reduction,
+                reduction_prev,
+            };
+            let cell_genotype = if reduction {
+                genotype.reduce()
+            } else {
+                genotype.normal()
+            };
+            let cell = EvalCell::new(cell_genotype, shape, vb.pp(format!("cells.{i}")))?;
+            reduction_prev = reduction;
+            (c_prev_prev, c_prev) = (c_prev, cell.multiplier() * c_curr);
+            cells.push(cell);
+            if i == aux_after {
+                c_aux = c_prev;
+            }
+        }
+        let aux = if cfg.auxiliary {
+            Some(AuxHead::new(
+                cfg.kind,
+                c_aux,
+                cfg.classes,
+                vb.pp("auxiliary_head"),
+            )?)
+        } else {
+            None
+        };
+        Ok(EvalNetwork {
+            stem,
+            cells,
+            aux,
+            aux_after,
+            classifier: linear(c_prev, cfg.classes, vb.pp("classifier"))?,
+            cfg,
+        })
+    }
+
+    /// The sizes.
+    pub fn config(&self) -> EvalNetConfig {
+        self.cfg
+    }
+
+    /// Logits, and in training (with an auxiliary head) the auxiliary logits. Drop path
+    /// with probability `drop_prob` applies in training only.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        train: bool,
+        drop_prob: f64,
+        rng: &mut impl Rng,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (mut s0, mut s1) = match &self.stem {
+            Stem::Cifar { conv, bn } => {
+                let s = bn.forward_t(&conv.forward_t(x, train)?, train)?;
+                (s.clone(), s)
+            }
+            Stem::Imagenet {
+                conv0a,
+                bn0a,
+                conv0b,
+                bn0b,
+                conv1,
+                bn1,
+            } => {
+                let a = bn0a
+                    .forward_t(&conv0a.forward_t(x, train)?, train)?
+                    .relu()?;
+                let s0 = bn0b.forward_t(&conv0b.forward_t(&a, train)?, train)?;
+                let s1 = bn1.forward_t(&conv1.forward_t(&s0.relu()?, train)?, train)?;
+                (s0, s1)
+            }
+        };
+        let mut aux_logits = None;
+        for (i, cell) in self.cells.iter().enumerate() {
+            let out = cell.forward(&s0, &s1, train, drop_prob, rng)?;
+            (s0, s1) = (s1, out);
+            if i == self.aux_after && train {
+                if let Some(aux) = &self.aux {
+                    aux_logits = Some(aux.forward(&s1, train)?);
+                }
+            }
+        }
+        let logits = self.classifier.forward_t(&global_avg_pool(&s1)?, train)?;
+        Ok((logits, aux_logits))
+    }
+}
+
+/// Parameter counts (by building the network) and multiply-accumulates (by walking it)
+/// of `genotype` in the network `cfg`.
+pub fn count(genotype: &CnnGenotype, cfg: EvalNetConfig) -> Result<Counts> {
+    let store = ParamStore::new(0);
+    EvalNetwork::new(genotype, cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+    let params = store.count(|n| !n.starts_with("auxiliary_head."));
+    let params_with_aux = store.count(|_| true);
+    Ok(Counts {
+        params,
+        params_with_aux: if cfg.auxiliary {
+            params_with_aux
+        } else {
+            // The papers' second figure includes the head even when training without it.
+            let with = EvalNetConfig {
+                auxiliary: true,
+                ..cfg
+            };
+            let store = ParamStore::new(0);
+            EvalNetwork::new(genotype, with, store.var_builder(DType::F32, &Device::Cpu))?;
+            store.count(|_| true)
+        },
+        mult_adds: mult_adds(genotype, cfg),
+    })
+}
+
+fn mult_adds(genotype: &CnnGenotype, cfg: EvalNetConfig) -> usize {
+    let c = cfg.channels;
+    let side = cfg.input_size();
+    let conv = |h: usize, c_in: usize, c_out: usize, k: usize| h * h * c_in * c_out * k * k;
+    let mut total = 0;
+    // Sides of s0 and s1, and their channels.
+    let (mut h0, mut h1, mut c_pp, mut c_p, mut reduction_prev) = match cfg.kind {
+        EvalKind::Cifar => {
+            total += conv(side, cfg.in_channels, 3 * c, 3);
+            (side, side, 3 * c, 3 * c, false)
+        }
+        EvalKind::Imagenet => {
+            let (a, b, d) = (side.div_ceil(2), side.div_ceil(4), side.div_ceil(8));
+            total += conv(a, cfg.in_channels, c / 2, 3) + conv(b, c / 2, c, 3) + conv(d, c, c, 3);
+            (b, d, c, c, true)
+        }
+    };
+    let mut c_curr = c;
+    for i in 0..cfg.layers {
+        let reduction = i == cfg.layers / 3 || i == 2 * cfg.layers / 3;
+        if reduction {
+            c_curr *= 2;
+        }
+        // preprocess0: FactorizedReduce from the larger s0, else a 1x1 conv; preprocess1.
+        total += if reduction_prev {
+            2 * conv(h0.div_ceil(2), c_pp, c_curr / 2, 1)
+        } else {
+            conv(h0, c_pp, c_curr, 1)
+        };
+        total += conv(h1, c_p, c_curr, 1);
+        let cell = if reduction {
+            genotype.reduce()
+        } else {
+            genotype.normal()
+        };
+        for edge in cell.edges() {
+            let stride = if reduction && edge.input < 2 { 2 } else { 1 };
+            // Inputs 0 and 1 have side h1 after preprocessing; later states have the
+            // cell's output side, which only differs from h1 in a reduction cell.
+            let h_in = if edge.input < 2 {
+                h1
+            } else {
+                h1.div_ceil(if reduction { 2 } else { 1 })
+            };
+            total += op_mult_adds(edge.op, c_curr, h_in, h_in, stride);
+        }
+        let h_out = if reduction { h1.div_ceil(2) } else { h1 };
+        reduction_prev = reduction;
+        (h0, h1) = (h1, h_out);
+        (c_pp, c_p) = (c_p, cell.concat().indices().len() * c_curr);
+    }
+    total + c_p * cfg.classes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nas_search_space::{bundled, Genotype};
+    use rand::SeedableRng;
+
+    fn darts_v2() -> CnnGenotype {
+        match bundled("darts-v2").unwrap() {
+            Genotype::DartsCnn(g) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Counts of the reference `NetworkCIFAR(36, 10, 20, True, g)` and
+    /// `NetworkImageNet(48, 1000, 14, True, g)` under PyTorch: parameters without and with
+    /// `auxiliary*`, and conv + linear multiply-accumulates for one 32x32 or 224x224 image
+    /// from forward hooks (auxiliary head excluded). 3,349,342 is the paper's "3.3M" and
+    /// the reference log's "param size = 3.349342MB"; 4,718,752 the paper's "4.7M".
+    #[test]
+    fn counts_match_the_reference_implementation() {
+        let table = [
+            (
+                "darts-v2",
+                3_349_342,
+                3_825_768,
+                528_359_040,
+                4_718_752,
+                5_979_528,
+                529_911_552,
+            ),
+            (
+                "darts-v1",
+                3_169_414,
+                3_645_840,
+                500_987_520,
+                4_510_432,
+                5_771_208,
+                505_864_704,
+            ),
+            (
+                "nasnet-a",
+                3_830_950,
+                4_288_944,
+                603_452_448,
+                5_564_320,
+                6_800_520,
+                604_031_616,
+            ),
+            (
+                "amoebanet-a",
+                3_145_078,
+                3_603_072,
+                488_931_552,
+                4_627_360,
+                5_863_560,
+                526_746_624,
+            ),
+        ];
+        for (name, cp, cpa, cm, ip, ipa, im) in table {
+            let g = match bundled(name).unwrap() {
+                Genotype::DartsCnn(g) => g,
+                other => panic!("{other:?}"),
+            };
+            let cifar = count(&g, EvalNetConfig::cifar_paper()).unwrap();
+            assert_eq!(
+                (cifar.params, cifar.params_with_aux, cifar.mult_adds),
+                (cp, cpa, cm),
+                "{name} cifar"
+            );
+            let imagenet = count(&g, EvalNetConfig::imagenet_paper()).unwrap();
+            assert_eq!(
+                (
+                    imagenet.params,
+                    imagenet.params_with_aux,
+                    imagenet.mult_adds
+                ),
+                (ip, ipa, im),
+                "{name} imagenet"
+            );
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_auxiliary_logits() {
+        let cfg = EvalNetConfig {
+            channels: 4,
+            layers: 5,
+            ..EvalNetConfig::cifar_paper()
+        };
+        let store = ParamStore::new(1);
+        let net = EvalNetwork::new(
+            &darts_v2(),
+            cfg,
+            store.var_builder(DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let x = Tensor::ones((2, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let (y, aux) = net.forward(&x, true, 0.2, &mut rng).unwrap();
+        assert_eq!(y.dims(), [2, 10]);
+        assert_eq!(aux.unwrap().dims(), [2, 10]);
+        let (_, aux) = net.forward(&x, false, 0.2, &mut rng).unwrap();
+        assert!(aux.is_none());
+        let names: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+        for name in [
+            "stem.0.weight",
+            "cells.0.preprocess0.op.1.weight",
+            "cells.2.preprocess0.conv_1.weight",
+            "cells.0._ops.0.op.1.weight",
+            "auxiliary_head.features.5.weight",
+            "auxiliary_head.classifier.bias",
+            "classifier.weight",
+        ] {
+            assert!(names.contains(&name.to_string()), "{name} missing");
+        }
+    }
+}
