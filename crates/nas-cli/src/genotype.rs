@@ -30,6 +30,15 @@ pub enum GenotypeCommand {
         #[command(flatten)]
         out: OutputArgs,
     },
+    /// A random DARTS CNN genotype (2 inputs per node, ops other than `none`): the
+    /// baseline a search must beat.
+    Random {
+        /// The seed; the same seed gives the same genotype.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
     /// Derive a discrete genotype from raw architecture weights (before softmax).
     Derive {
         /// Which derivation rule: DARTS CNN (k inputs per node) or DARTS RNN (one per node).
@@ -111,6 +120,10 @@ pub fn run(cmd: GenotypeCommand) -> Result<()> {
             out,
         } => {
             let genotype = load(&genotype, space.map(GenotypeKind::from))?;
+            write(&genotype, &out)
+        }
+        GenotypeCommand::Random { seed, out } => {
+            let genotype = Genotype::DartsCnn(nas_search_space::random_cnn(seed, 4, 2)?);
             write(&genotype, &out)
         }
         GenotypeCommand::Derive {

@@ -18,6 +18,7 @@ mod genotype;
 mod output;
 mod progress;
 mod search;
+mod train;
 
 /// Neural architecture search (DARTS, ENAS) on candle.
 #[derive(Debug, Parser)]
@@ -41,8 +42,17 @@ enum Command {
     /// Run an architecture search.
     #[command(subcommand, after_help = search_after_help())]
     Search(search::SearchCommand),
-    /// Count a network's parameters.
+    /// Train a genotype from scratch; the test set is evaluated once, at the end.
+    #[command(after_help = train_after_help())]
+    Train(train::TrainArgs),
+    /// Evaluate a training run's checkpoint.
+    Eval(train::EvalArgs),
+    /// Count a network's parameters and multiply-adds.
     Count(count::CountArgs),
+}
+
+fn train_after_help() -> String {
+    format!("Presets:\n{}", train::presets_help())
 }
 
 fn search_after_help() -> String {
@@ -60,12 +70,14 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // Training commands log their epochs by default; the others only warnings.
-    let trains = matches!(cli.command, Command::Search(_));
+    let trains = matches!(cli.command, Command::Search(_) | Command::Train(_));
     init_tracing(cli.verbose + u8::from(trains));
     let result = match cli.command {
         Command::Genotype(cmd) => genotype::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Search(cmd) => search::run(cmd),
+        Command::Train(args) => train::run_train(args),
+        Command::Eval(args) => train::run_eval(args),
         Command::Count(args) => count::run(args),
     };
     match result {

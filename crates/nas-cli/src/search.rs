@@ -88,7 +88,7 @@ fn resolve(args: &DartsArgs) -> Result<SearchConfig> {
     Ok(cfg)
 }
 
-fn device(name: &str) -> Result<candle_core::Device> {
+pub fn device(name: &str) -> Result<candle_core::Device> {
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
         "cuda" => candle_core::Device::new_cuda(0).context(

@@ -316,3 +316,125 @@ fn count_of_evaluation_networks_matches_the_reference() {
     );
     fails_with(&run(&["count", "--model", "cifar"]), "--genotype");
 }
+
+/// A small training run on the embedded digits.
+const TINY_TRAIN: &[&str] = &[
+    "--genotype",
+    "darts-v2",
+    "--set",
+    "model.channels=4",
+    "--set",
+    "model.layers=3",
+    "--set",
+    "run.epochs=4",
+    "--set",
+    "data.batch_size=64",
+];
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&read(&dir.join("results.json"))).unwrap()
+}
+
+#[test]
+fn train_reports_test_accuracy_resumes_after_sigkill_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let mut args = vec!["train", "--out", a.to_str().unwrap()];
+    args.extend_from_slice(TINY_TRAIN);
+    let stdout = ok(&run(&args));
+    assert!(stdout.starts_with("test accuracy "), "{stdout}");
+    let ra = results(&a);
+    assert_eq!(ra["test"]["images"], 360, "{ra}");
+    assert_eq!(ra["val"]["images"], 200, "{ra}");
+    // The network learns the digits: far above the 10% of chance after 4 epochs.
+    assert!(ra["test"]["top1"].as_f64().unwrap() > 0.5, "{ra}");
+
+    let b = dir.path().join("b");
+    let mut args = vec!["train", "--out", b.to_str().unwrap()];
+    args.extend_from_slice(TINY_TRAIN);
+    let mut child = nas(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !b.join("checkpoints/epoch-0002").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no checkpoint appeared"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended before it was killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !b.join("results.json").exists(),
+        "the run finished before the kill"
+    );
+    ok(&run(&["train", "--resume", b.to_str().unwrap()]));
+    assert_eq!(results(&b)["test"]["top1"], ra["test"]["top1"]);
+    assert_eq!(results(&b)["test"]["loss"], ra["test"]["loss"]);
+
+    // `nas eval` on the newest checkpoint gives the figures the run reported.
+    let out = ok(&run(&[
+        "eval",
+        "--checkpoint",
+        a.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["top1"], ra["test"]["top1"]);
+    let out = ok(&run(&[
+        "eval",
+        "--checkpoint",
+        a.to_str().unwrap(),
+        "--split",
+        "val",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["top1"], ra["val"]["top1"]);
+    fails_with(
+        &run(&["eval", "--checkpoint", dir.path().to_str().unwrap()]),
+        "config.toml",
+    );
+}
+
+#[test]
+fn train_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let o = out.to_str().unwrap();
+    fails_with(
+        &run(&[
+            "train",
+            "--genotype",
+            "darts-v2",
+            "--out",
+            o,
+            "--set",
+            "model.auxiliary=true",
+        ]),
+        "auxiliary",
+    );
+    fails_with(
+        &run(&["train", "--genotype", "enas-micro", "--out", o]),
+        "DARTS CNN genotype",
+    );
+    fails_with(
+        &run(&[
+            "train",
+            "--genotype",
+            "darts-v2",
+            "--out",
+            o,
+            "--set",
+            "data.valid_images=5000",
+        ]),
+        "data.valid_images",
+    );
+    assert!(!out.exists());
+}

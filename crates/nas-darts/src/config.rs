@@ -253,18 +253,7 @@ impl SearchConfig {
     /// Applies `key=value` overrides; `key` is a dotted path (`run.epochs`), `value` a TOML
     /// value (a bare word is taken as a string).
     pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
-        let mut tree = toml::Value::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
-        for item in overrides {
-            let (key, raw) = item.split_once('=').ok_or_else(|| {
-                Error::Config(format!("override {item:?} is not of the form key=value"))
-            })?;
-            let key = key.trim();
-            let value = parse_value(raw.trim());
-            set_path(&mut tree, key, value)?;
-        }
-        let cfg: SearchConfig = tree
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(one_line(&e)))?;
+        let cfg: SearchConfig = apply_overrides(self, overrides, &["data.max_train_images"])?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -341,8 +330,27 @@ impl SearchConfig {
     }
 }
 
+/// Applies `key=value` overrides (dotted keys, TOML values, bare words as strings) to a
+/// serializable configuration. Keys must exist, except the `optional` ones, which may be
+/// absent from the serialized form (unset options).
+pub(crate) fn apply_overrides<T: Serialize + serde::de::DeserializeOwned>(
+    cfg: &T,
+    overrides: &[String],
+    optional: &[&str],
+) -> Result<T> {
+    let mut tree = toml::Value::try_from(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    for item in overrides {
+        let (key, raw) = item.split_once('=').ok_or_else(|| {
+            Error::Config(format!("override {item:?} is not of the form key=value"))
+        })?;
+        set_path(&mut tree, key.trim(), parse_value(raw.trim()), optional)?;
+    }
+    tree.try_into()
+        .map_err(|e: toml::de::Error| Error::Config(one_line(&e)))
+}
+
 /// A TOML error on one line: its message, without the source excerpt it draws.
-fn one_line(e: &toml::de::Error) -> String {
+pub(crate) fn one_line(e: &toml::de::Error) -> String {
     let message = e.message().trim();
     match e.span() {
         Some(span) => format!("{message} (at byte {})", span.start),
@@ -359,7 +367,12 @@ fn parse_value(raw: &str) -> toml::Value {
     }
 }
 
-fn set_path(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<()> {
+fn set_path(
+    tree: &mut toml::Value,
+    key: &str,
+    value: toml::Value,
+    optional: &[&str],
+) -> Result<()> {
     let mut node = tree;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
@@ -367,7 +380,7 @@ fn set_path(tree: &mut toml::Value, key: &str, value: toml::Value) -> Result<()>
             Error::Config(format!("{key}: {} is not a section", parts[..i].join(".")))
         })?;
         let last = i + 1 == parts.len();
-        if last && !table.contains_key(*part) && key == "data.max_train_images" {
+        if last && !table.contains_key(*part) && optional.contains(&key) {
             table.insert((*part).to_string(), value);
             return Ok(());
         }

@@ -4,20 +4,28 @@
 
 mod architect;
 mod config;
+mod data;
 mod error;
 mod eval_cell;
 mod eval_network;
 mod search;
 mod search_cell;
 mod search_network;
+mod train;
+mod train_config;
 
 pub use architect::{ArchStep, Architect, Objective, Order};
 pub use config::{
     ArchConfig, DataConfig, ModelConfig, RunConfig, SearchConfig, WeightsConfig, PRESETS,
 };
+pub use data::IMAGE_SETS;
 pub use error::{Error, Result};
 pub use eval_cell::{op_mult_adds, EvalCell};
 pub use eval_network::{count, Counts, EvalKind, EvalNetConfig, EvalNetwork};
 pub use search::{resume, search, SearchOptions, SearchOutcome};
 pub use search_cell::{edge_count, CellShape, SearchCell};
 pub use search_network::{count_parameters, Alphas, SearchCnn, SearchCnnConfig};
+pub use train::{evaluate_run, resume_training, train, EvalReport, TrainOutcome};
+pub use train_config::{
+    TrainConfig, TrainDataConfig, TrainModelConfig, TrainOptimConfig, TRAIN_PRESETS,
+};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use nas_data::{split::darts_split, Augment, Dataset, ImageSet, LoaderConfig, Normalize};
+use nas_data::{split::darts_split, Augment, ImageSet, LoaderConfig};
 use nas_search_space::{to_svg, CnnGenotype, Genotype};
 use nas_train::{
     grads, Average, CheckpointState, LoadedCheckpoint, ParamStore, Progress, RunDir, Sgd, StepStats,
@@ -22,6 +22,7 @@ use nas_train::{
 
 use crate::architect::{Architect, Objective};
 use crate::config::SearchConfig;
+use crate::data::{load_image_set, loader, normalize_for};
 use crate::error::{Error, Result};
 use crate::search_network::{Alphas, SearchCnn, SearchCnnConfig};
 
@@ -83,15 +84,6 @@ pub fn resume(
     run_search(&cfg, run, ckpt, data, opts, progress)
 }
 
-/// The data sets a CNN search can run on.
-const IMAGE_SETS: &[Dataset] = &[
-    Dataset::Digits,
-    Dataset::Mnist,
-    Dataset::FashionMnist,
-    Dataset::Cifar10,
-    Dataset::Cifar100,
-];
-
 /// The training data of a search: the two halves and the loaders' settings.
 struct SearchData {
     set: Arc<ImageSet>,
@@ -103,16 +95,7 @@ struct SearchData {
 }
 
 fn load_data(cfg: &SearchConfig, data_dir: &Path) -> Result<SearchData> {
-    let dataset = Dataset::from_name(&cfg.data.dataset)?;
-    if !IMAGE_SETS.contains(&dataset) {
-        let names: Vec<_> = IMAGE_SETS.iter().map(|d| d.name()).collect();
-        return Err(Error::Config(format!(
-            "data.dataset {:?}: the DARTS CNN search runs on an in-memory image set: {}",
-            dataset.name(),
-            names.join(", ")
-        )));
-    }
-    let set = dataset.load_images(data_dir, true)?;
+    let (_, set) = load_image_set(&cfg.data.dataset, data_dir, true)?;
     let n = set.len();
     let seed = cfg.run.seed;
     // A seeded permutation of the training set, cut to the images used.
@@ -133,33 +116,20 @@ fn load_data(cfg: &SearchConfig, data_dir: &Path) -> Result<SearchData> {
         )));
     }
     // Normalise with the statistics of the images the search trains on.
-    let stats = set.subset(&train)?.channel_stats();
-    let normalize = Normalize {
-        mean: stats.iter().map(|s| s.0 as f32).collect(),
-        std: stats.iter().map(|s| s.1.max(1e-6) as f32).collect(),
-    };
+    let normalize = normalize_for(&set, &train)?;
     let augment = Augment {
         crop_padding: cfg.data.crop_padding,
         flip: cfg.data.flip,
         cutout: cfg.data.cutout,
     };
-    let loader =
-        |stream: u64, augment: Option<Augment>, shuffle: bool, drop_last: bool| LoaderConfig {
-            batch_size: cfg.data.batch_size,
-            shuffle,
-            drop_last,
-            seed: seed.wrapping_mul(0x9e37_79b9).wrapping_add(stream),
-            augment,
-            normalize: normalize.clone(),
-            prefetch: 4,
-        };
+    let bs = cfg.data.batch_size;
     Ok(SearchData {
         set: Arc::new(set),
         train: Arc::new(train),
         val: Arc::new(val),
-        train_loader: loader(1, Some(augment), true, true),
-        val_loader: loader(2, Some(augment), true, true),
-        eval_loader: loader(3, None, false, false),
+        train_loader: loader(bs, seed, 1, Some(augment), &normalize, true),
+        val_loader: loader(bs, seed, 2, Some(augment), &normalize, true),
+        eval_loader: loader(bs, seed, 3, None, &normalize, false),
     })
 }
 
@@ -249,17 +219,17 @@ fn run_search(
             let val = vb.to_tensors(dev)?;
             // Architecture step first, at the current weights.
             let a = architect.step(&model, &train, &val, &sgd)?;
-            finite("architecture validation loss", a.val_loss, epoch, step)?;
+            nas_train::ensure_finite("architecture validation loss", a.val_loss, epoch, step)?;
             arch_loss.add(a.val_loss, batch_size);
             // Then the weight step.
             let logits = net.forward(&train.0, &alphas, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &train.1)?;
             let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            finite("training loss", loss_value, epoch, step)?;
+            nas_train::ensure_finite("training loss", loss_value, epoch, step)?;
             let store_grads = loss.backward()?;
             let mut g = grads::collect(&store_grads, sgd.vars());
             let norm = grads::clip_global_norm(&mut g, cfg.weights.grad_clip)?;
-            finite("weight gradient norm", norm, epoch, step)?;
+            nas_train::ensure_finite("weight gradient norm", norm, epoch, step)?;
             sgd.step(&g)?;
             let correct = nas_train::correct_top_k(&logits, &train.1, &[1])?[0];
             let acc = correct as f64 / batch_size as f64;
@@ -281,7 +251,7 @@ fn run_search(
             }
         }
         let (val_loss, val_acc) = evaluate(&net, &alphas, &data, dev, progress)?;
-        finite("validation loss", val_loss, epoch, steps)?;
+        nas_train::ensure_finite("validation loss", val_loss, epoch, steps)?;
         val_accuracy = val_acc;
         let genotype = alphas.genotype()?;
         let python = genotype.to_python()?;
@@ -414,20 +384,6 @@ fn evaluate(
         acc.add(correct as f64 / n as f64, n);
     }
     Ok((loss.mean(), acc.mean()))
-}
-
-fn finite(what: &str, value: f64, epoch: usize, step: usize) -> Result<()> {
-    if value.is_finite() {
-        Ok(())
-    } else {
-        Err(nas_train::Error::NonFinite {
-            what: what.to_string(),
-            value,
-            epoch,
-            step,
-        }
-        .into())
-    }
 }
 
 fn write_outputs(run: &RunDir, genotype: &CnnGenotype, alphas: &Alphas) -> Result<()> {

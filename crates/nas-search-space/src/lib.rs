@@ -28,6 +28,7 @@ mod error;
 mod genotype;
 mod primitive;
 mod python;
+mod random;
 mod rnn;
 
 pub use bundled::{bundled, Bundled, BUNDLED};
@@ -45,4 +46,5 @@ pub use primitive::{
     ENAS_RNN_ACTIVATIONS,
 };
 pub use python::parse as parse_python;
+pub use random::random_cnn;
 pub use rnn::{RnnEdge, RnnGenotype};

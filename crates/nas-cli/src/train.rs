@@ -1,0 +1,174 @@
+//! `nas train` and `nas eval`: a genotype trained from scratch, and its evaluation.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use nas_darts::{SearchOptions, TrainConfig, TRAIN_PRESETS};
+use nas_search_space::Genotype;
+
+use crate::data::resolve_data_dir;
+use crate::output::emit;
+use crate::progress::Bars;
+use crate::search::device;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// A bundled genotype name or a genotype file (e.g. a search's genotype.json).
+    #[arg(long, required_unless_present = "resume")]
+    genotype: Option<String>,
+    /// digits, fashion-mnist, mnist, cifar10 or cifar100 [default: the preset's].
+    #[arg(long)]
+    dataset: Option<String>,
+    /// digits, fashion-mnist or paper [default: by data set].
+    #[arg(long)]
+    preset: Option<String>,
+    /// A whole TOML configuration instead of a preset.
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
+    /// Override one setting by dotted key, e.g. `--set model.channels=16`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The run directory [default: runs/train-<dataset>-<unix time>].
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Resume the run in this directory.
+    #[arg(long, conflicts_with_all = ["genotype", "dataset", "preset", "config", "set", "seed"])]
+    resume: Option<PathBuf>,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The data directory [default: $NAS_DATA_DIR, else ./datasets].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the resolved configuration and stop.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A training run directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// test or val.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Use the checkpoint with the best validation accuracy instead of the newest.
+    #[arg(long)]
+    best: bool,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// The data directory [default: $NAS_DATA_DIR, else ./datasets].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn presets_help() -> String {
+    TRAIN_PRESETS
+        .iter()
+        .map(|(n, d)| format!("  {n:<14} {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
+    let cfg = match (&args.config, &args.preset) {
+        (Some(path), _) => TrainConfig::from_file(path)?,
+        (None, Some(name)) => TrainConfig::preset(name)?,
+        (None, None) => TrainConfig::preset(TrainConfig::default_preset_for(
+            args.dataset.as_deref().unwrap_or("digits"),
+        ))?,
+    };
+    let mut overrides = Vec::new();
+    if let Some(d) = &args.dataset {
+        overrides.push(format!("data.dataset=\"{d}\""));
+    }
+    overrides.extend(args.set.iter().cloned());
+    if let Some(seed) = args.seed {
+        overrides.push(format!("run.seed={seed}"));
+    }
+    Ok(cfg.with_overrides(&overrides)?)
+}
+
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let opts = SearchOptions {
+        data_dir: resolve_data_dir(args.data_dir.clone()),
+        device: device(&args.device)?,
+    };
+    let mut bars = Bars::new();
+    let outcome = if let Some(dir) = &args.resume {
+        nas_darts::resume_training(dir, &opts, &mut bars)
+            .with_context(|| format!("resuming the training run in {}", dir.display()))?
+    } else {
+        let cfg = resolve(&args)?;
+        if args.dry_run {
+            print!("{}", cfg.to_toml()?);
+            return Ok(());
+        }
+        let spec = args.genotype.as_deref().unwrap_or_default();
+        let genotype = match crate::genotype::load(spec, None)? {
+            Genotype::DartsCnn(g) => g,
+            other => bail!(
+                "genotype {spec:?} is a {} genotype; nas train takes a DARTS CNN genotype",
+                other.kind().name()
+            ),
+        };
+        let out = args.out.clone().unwrap_or_else(|| {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from(format!("runs/train-{}-{secs}", cfg.data.dataset))
+        });
+        nas_darts::train(&genotype, &cfg, &out, &opts, &mut bars)
+            .with_context(|| format!("training in {}", out.display()))?
+    };
+    println!(
+        "test accuracy {:.2}% (top-5 {:.2}%) on {} images; validation {:.2}%; {} parameters; run directory {}",
+        100.0 * outcome.test.top1,
+        100.0 * outcome.test.top5,
+        outcome.test.images,
+        100.0 * outcome.val.top1,
+        outcome.params,
+        outcome.run_dir.display()
+    );
+    Ok(())
+}
+
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let test = match args.split.as_str() {
+        "test" => true,
+        "val" => false,
+        other => bail!("unknown split {other:?}; expected test or val"),
+    };
+    let opts = SearchOptions {
+        data_dir: resolve_data_dir(args.data_dir.clone()),
+        device: device(&args.device)?,
+    };
+    let report = nas_darts::evaluate_run(&args.checkpoint, test, args.best, &opts)
+        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "split": args.split, "top1": report.top1, "top5": report.top5, "loss": report.loss,
+            "images": report.images, "images_per_second": report.images_per_second,
+        }))?
+    } else {
+        format!(
+            "{}: top-1 {:.2}%, top-5 {:.2}%, loss {:.4}, {} images, {:.0} images/s",
+            args.split,
+            100.0 * report.top1,
+            100.0 * report.top5,
+            report.loss,
+            report.images,
+            report.images_per_second
+        )
+    };
+    emit(&text, None)
+}

@@ -1,0 +1,62 @@
+//! The image data of searches and training runs: which data sets qualify, the
+//! normalisation statistics, and loader settings.
+
+use std::path::Path;
+
+use nas_data::{Augment, Dataset, ImageSet, LoaderConfig, Normalize};
+
+use crate::error::{Error, Result};
+
+/// The data sets a CNN search or training run can hold in memory.
+pub const IMAGE_SETS: &[Dataset] = &[
+    Dataset::Digits,
+    Dataset::Mnist,
+    Dataset::FashionMnist,
+    Dataset::Cifar10,
+    Dataset::Cifar100,
+];
+
+/// Loads the `train` (or test) split of an in-memory image set by name.
+pub fn load_image_set(name: &str, data_dir: &Path, train: bool) -> Result<(Dataset, ImageSet)> {
+    let dataset = Dataset::from_name(name)?;
+    if !IMAGE_SETS.contains(&dataset) {
+        let names: Vec<_> = IMAGE_SETS.iter().map(|d| d.name()).collect();
+        return Err(Error::Config(format!(
+            "data.dataset {:?}: CNN searches and training run on an in-memory image set: {}",
+            dataset.name(),
+            names.join(", ")
+        )));
+    }
+    let set = dataset.load_images(data_dir, train)?;
+    Ok((dataset, set))
+}
+
+/// Per-channel mean and standard deviation of the images at `indices`.
+pub fn normalize_for(set: &ImageSet, indices: &[usize]) -> Result<Normalize> {
+    let stats = set.subset(indices)?.channel_stats();
+    Ok(Normalize {
+        mean: stats.iter().map(|s| s.0 as f32).collect(),
+        std: stats.iter().map(|s| s.1.max(1e-6) as f32).collect(),
+    })
+}
+
+/// Loader settings for one stream of batches; `stream` separates the seeds of streams
+/// drawn from the same run seed.
+pub fn loader(
+    batch_size: usize,
+    seed: u64,
+    stream: u64,
+    augment: Option<Augment>,
+    normalize: &Normalize,
+    training: bool,
+) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        shuffle: training,
+        drop_last: training,
+        seed: seed.wrapping_mul(0x9e37_79b9).wrapping_add(stream),
+        augment,
+        normalize: normalize.clone(),
+        prefetch: 4,
+    }
+}

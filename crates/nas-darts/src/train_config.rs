@@ -1,0 +1,306 @@
+//! The configuration of training a genotype from scratch: TOML with
+//! `deny_unknown_fields`, presets, `key=value` overrides (shared with the search).
+
+use std::path::Path;
+
+use nas_train::{LrSchedule, SgdConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{apply_overrides, one_line, RunConfig};
+use crate::error::{Error, Result};
+
+/// Everything that decides a training run (the genotype is stored beside it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Data and augmentation.
+    pub data: TrainDataConfig,
+    /// Network sizes and regularisation.
+    pub model: TrainModelConfig,
+    /// SGD and its schedule.
+    pub optim: TrainOptimConfig,
+    /// Epochs, seed, checkpoints.
+    pub run: RunConfig,
+}
+
+/// Data settings of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainDataConfig {
+    /// An in-memory image set (`digits`, `mnist`, `fashion-mnist`, `cifar10`, `cifar100`).
+    pub dataset: String,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Zero padding of the random crop (0: none).
+    pub crop_padding: usize,
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Cutout side (0: none).
+    pub cutout: usize,
+    /// Training images held out (seeded) for model selection; the test set is only used
+    /// once, at the end.
+    pub valid_images: usize,
+    /// Use only this many training images (seeded subset, validation included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_train_images: Option<usize>,
+}
+
+/// Network settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainModelConfig {
+    /// `C`.
+    pub channels: usize,
+    /// Cells.
+    pub layers: usize,
+    /// Train with the auxiliary head.
+    pub auxiliary: bool,
+    /// Weight of the auxiliary loss.
+    pub auxiliary_weight: f64,
+    /// Final drop-path probability, reached linearly over the epochs.
+    pub drop_path: f64,
+}
+
+/// Optimizer settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOptimConfig {
+    /// Initial learning rate.
+    pub lr: f64,
+    /// Final rate of the cosine schedule.
+    pub lr_min: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Global-norm gradient clipping.
+    pub grad_clip: f64,
+    /// Label smoothing of the loss (0.1 on ImageNet).
+    pub label_smoothing: f64,
+}
+
+/// The presets of `nas train`.
+pub const TRAIN_PRESETS: &[(&str, &str)] = &[
+    ("digits", "the embedded digits, C=8, 5 cells, 20 epochs: minutes on 2 cores"),
+    ("fashion-mnist", "Fashion-MNIST (real), 6,000 training images (1,000 of them validate), C=8, 5 cells, 8 epochs: about 12 minutes on 2 cores"),
+    ("paper", "the paper's CIFAR-10 training: C=36, 20 cells, batch 96, 600 epochs, cutout, drop path 0.2, auxiliary 0.4"),
+];
+
+impl TrainConfig {
+    /// A preset by name.
+    pub fn preset(name: &str) -> Result<Self> {
+        let paper = TrainConfig {
+            data: TrainDataConfig {
+                dataset: "cifar10".into(),
+                batch_size: 96,
+                crop_padding: 4,
+                flip: true,
+                cutout: 16,
+                valid_images: 5_000,
+                max_train_images: None,
+            },
+            model: TrainModelConfig {
+                channels: 36,
+                layers: 20,
+                auxiliary: true,
+                auxiliary_weight: 0.4,
+                drop_path: 0.2,
+            },
+            optim: TrainOptimConfig {
+                lr: 0.025,
+                lr_min: 0.0,
+                momentum: 0.9,
+                weight_decay: 3e-4,
+                grad_clip: 5.0,
+                label_smoothing: 0.0,
+            },
+            run: RunConfig {
+                epochs: 600,
+                seed: 0,
+                keep_checkpoints: 2,
+                log_every: 50,
+            },
+        };
+        // The auxiliary head needs 8x8 features after the second reduction (32x32
+        // images); the small data sets' 8x8 and 28x28 images are too small for it.
+        let small_model = TrainModelConfig {
+            channels: 8,
+            layers: 5,
+            auxiliary: false,
+            auxiliary_weight: 0.4,
+            drop_path: 0.1,
+        };
+        match name {
+            "paper" => Ok(paper),
+            "digits" => Ok(TrainConfig {
+                data: TrainDataConfig {
+                    dataset: "digits".into(),
+                    batch_size: 32,
+                    crop_padding: 1,
+                    flip: false,
+                    cutout: 0,
+                    valid_images: 200,
+                    max_train_images: None,
+                },
+                model: small_model,
+                run: RunConfig {
+                    epochs: 20,
+                    log_every: 10,
+                    ..paper.run
+                },
+                ..paper
+            }),
+            "fashion-mnist" => Ok(TrainConfig {
+                data: TrainDataConfig {
+                    dataset: "fashion-mnist".into(),
+                    batch_size: 64,
+                    crop_padding: 2,
+                    flip: true,
+                    cutout: 0,
+                    valid_images: 1_000,
+                    max_train_images: Some(6_000),
+                },
+                model: small_model,
+                run: RunConfig {
+                    epochs: 8,
+                    log_every: 20,
+                    ..paper.run
+                },
+                ..paper
+            }),
+            other => {
+                let names: Vec<_> = TRAIN_PRESETS.iter().map(|(n, _)| *n).collect();
+                Err(Error::Config(format!(
+                    "unknown preset {other:?}; expected one of: {}",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// The preset a data set gets when none is named.
+    pub fn default_preset_for(dataset: &str) -> &'static str {
+        match dataset {
+            "digits" => "digits",
+            "fashion-mnist" | "mnist" => "fashion-mnist",
+            _ => "paper",
+        }
+    }
+
+    /// Reads a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses TOML and checks the values.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| Error::Config(one_line(&e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Applies `key=value` overrides by dotted key.
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
+        let cfg: TrainConfig = apply_overrides(self, overrides, &["data.max_train_images"])?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges; the message names the key.
+    pub fn validate(&self) -> Result<()> {
+        let (d, m, o) = (&self.data, &self.model, &self.optim);
+        let checks: [(bool, &str); 8] = [
+            (d.batch_size >= 2, "data.batch_size must be at least 2"),
+            (d.valid_images >= 1, "data.valid_images must be at least 1"),
+            (self.run.epochs >= 1, "run.epochs must be at least 1"),
+            (
+                (0.0..1.0).contains(&m.drop_path),
+                "model.drop_path must be in [0, 1)",
+            ),
+            (
+                m.auxiliary_weight >= 0.0,
+                "model.auxiliary_weight must be >= 0",
+            ),
+            (
+                o.lr >= o.lr_min && o.lr_min >= 0.0,
+                "optim.lr must be >= optim.lr_min >= 0",
+            ),
+            (
+                o.grad_clip > 0.0 && (0.0..1.0).contains(&o.momentum),
+                "optim.grad_clip must be positive and optim.momentum in [0, 1)",
+            ),
+            (
+                (0.0..1.0).contains(&o.label_smoothing),
+                "optim.label_smoothing must be in [0, 1)",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(Error::Config((*message).to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// SGD settings.
+    pub fn sgd(&self) -> SgdConfig {
+        SgdConfig {
+            lr: self.optim.lr,
+            momentum: self.optim.momentum,
+            weight_decay: self.optim.weight_decay,
+            nesterov: false,
+        }
+    }
+
+    /// Cosine from `lr` to `lr_min`.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule::Cosine {
+            lr: self.optim.lr,
+            eta_min: self.optim.lr_min,
+            epochs: self.run.epochs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_round_trip_and_overrides_apply() {
+        for (name, _) in TRAIN_PRESETS {
+            let cfg = TrainConfig::preset(name).unwrap();
+            assert_eq!(
+                TrainConfig::from_toml(&cfg.to_toml().unwrap()).unwrap(),
+                cfg
+            );
+        }
+        let paper = TrainConfig::preset("paper").unwrap();
+        assert_eq!(
+            (
+                paper.model.channels,
+                paper.model.layers,
+                paper.data.batch_size
+            ),
+            (36, 20, 96)
+        );
+        assert_eq!((paper.run.epochs, paper.data.cutout), (600, 16));
+        let cfg = paper
+            .with_overrides(&["model.drop_path=0.3".into()])
+            .unwrap();
+        assert_eq!(cfg.model.drop_path, 0.3);
+        let err = paper
+            .with_overrides(&["model.droppath=0.3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model.droppath"), "{err}");
+    }
+}

@@ -1,0 +1,87 @@
+//! Random DARTS CNN genotypes: the baseline a search must beat. Each node gets `k`
+//! distinct inputs among the earlier states, each with an op drawn uniformly from the
+//! primitives other than `none`, the shape that derivation gives.
+
+use crate::cnn::{CnnCell, CnnEdge, CnnGenotype};
+use crate::concat::Concat;
+use crate::error::Result;
+use crate::primitive::DARTS_CNN_PRIMITIVES;
+
+/// A random genotype with `nodes` intermediate nodes and `k` inputs per node, drawn from
+/// `seed` (the same seed gives the same genotype everywhere).
+pub fn random_cnn(seed: u64, nodes: usize, k: usize) -> Result<CnnGenotype> {
+    let mut rng = SplitMix64(seed);
+    let mut cell = |name: &str| -> Result<CnnCell> {
+        let mut edges = Vec::with_capacity(nodes * k);
+        for node in 0..nodes {
+            let mut inputs: Vec<usize> = (0..node + 2).collect();
+            for pick in 0..k.min(inputs.len()) {
+                let j = pick + rng.below(inputs.len() - pick);
+                inputs.swap(pick, j);
+                let op = DARTS_CNN_PRIMITIVES[1 + rng.below(DARTS_CNN_PRIMITIVES.len() - 1)];
+                edges.push(CnnEdge {
+                    op,
+                    input: inputs[pick],
+                });
+            }
+        }
+        CnnCell::new(name, edges, k, Concat::range(2, nodes + 2))
+    };
+    let normal = cell("normal cell")?;
+    let reduce = cell("reduce cell")?;
+    CnnGenotype::new(normal, reduce)
+}
+
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0), by rejection so every value is equally likely.
+    fn below(&mut self, n: usize) -> usize {
+        let n = n as u64;
+        let zone = u64::MAX - u64::MAX % n;
+        loop {
+            let v = self.next();
+            if v < zone {
+                return (v % n) as usize;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitive::CnnOp;
+
+    #[test]
+    fn random_genotypes_have_the_derived_shape_and_depend_on_the_seed() {
+        let a = random_cnn(1, 4, 2).unwrap();
+        assert_eq!(a, random_cnn(1, 4, 2).unwrap());
+        assert_ne!(a, random_cnn(2, 4, 2).unwrap());
+        for cell in [a.normal(), a.reduce()] {
+            assert_eq!(cell.edges().len(), 8);
+            for (node, edges) in cell.nodes().enumerate() {
+                assert_ne!(edges[0].input, edges[1].input);
+                assert!(edges
+                    .iter()
+                    .all(|e| e.input < node + 2 && e.op != CnnOp::None));
+            }
+        }
+        // Over many seeds every input and op shows up.
+        let mut ops = std::collections::HashSet::new();
+        for seed in 0..200 {
+            for e in random_cnn(seed, 4, 2).unwrap().normal().edges() {
+                ops.insert(e.op);
+            }
+        }
+        assert_eq!(ops.len(), 7);
+    }
+}
