@@ -15,6 +15,7 @@ mod alphas;
 mod count;
 mod data;
 mod genotype;
+mod import;
 mod output;
 mod progress;
 mod search;
@@ -49,6 +50,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Count a network's parameters and multiply-adds.
     Count(count::CountArgs),
+    /// Convert a reference DARTS checkpoint (PyTorch) into safetensors weights.
+    Import(import::ImportArgs),
 }
 
 fn train_after_help() -> String {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run_train(args),
         Command::Eval(args) => train::run_eval(args),
         Command::Count(args) => count::run(args),
+        Command::Import(args) => import::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

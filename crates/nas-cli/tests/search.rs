@@ -438,3 +438,35 @@ fn train_refuses_what_it_cannot_do() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn import_converts_a_reference_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nas-darts/tests/fixtures/darts_v2_c4_l3.pt");
+    let out = dir.path().join("w.safetensors");
+    let args = [
+        "import",
+        "--from",
+        fixture.to_str().unwrap(),
+        "--genotype",
+        "darts-v2",
+        "--model",
+        "cifar",
+        "--channels",
+        "4",
+        "--layers",
+        "3",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let stdout = ok(&run(&args));
+    // 122 entries, less the 18 `num_batches_tracked` counters.
+    assert!(stdout.starts_with("104 tensors"), "{stdout}");
+    let tensors = candle_core::safetensors::load(&out, &candle_core::Device::Cpu).unwrap();
+    assert!(tensors.contains_key("cells.2.preprocess0.conv_1.weight"));
+    assert!(tensors.contains_key("stem.1.running_var"));
+    let mut bad = args.to_vec();
+    bad[5] = "darts-v1";
+    fails_with(&run(&bad), "darts_v2_c4_l3.pt");
+}
