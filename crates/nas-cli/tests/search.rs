@@ -467,6 +467,6 @@ fn import_converts_a_reference_checkpoint() {
     assert!(tensors.contains_key("cells.2.preprocess0.conv_1.weight"));
     assert!(tensors.contains_key("stem.1.running_var"));
     let mut bad = args.to_vec();
-    bad[5] = "darts-v1";
+    bad[4] = "darts-v1";
     fails_with(&run(&bad), "darts_v2_c4_l3.pt");
 }
