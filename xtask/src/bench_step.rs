@@ -1,7 +1,8 @@
-//! `cargo xtask bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]`: one
-//! full DARTS search step (architecture step, then weight step), first and second order,
-//! in candle-nas and, when a Python with torch is there, in the same step written in
-//! PyTorch (`crates/nas-darts/benches/darts_step.py`). Each side runs in its own process,
+//! `cargo xtask bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--train-net
+//! C,LAYERS,BATCH] [--repeats R]`: one full DARTS search step (architecture step, then
+//! weight step), first and second order, and one training step of the DARTS-V2 CIFAR
+//! network, in candle-nas and, when a Python with torch is there, in the same steps
+//! written in PyTorch (`crates/nas-darts/benches/darts_step.py`). Each side runs in its own process,
 //! so its peak resident memory is its own. Prints times, memory and the ratios.
 
 use std::process::Command;
@@ -14,6 +15,7 @@ use crate::project_root;
 pub fn run(args: &[&str]) -> Result<()> {
     let mut python = std::env::var("NAS_TORCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
     let mut net = "8,5,16".to_string();
+    let mut train_net = "16,8,32".to_string();
     let mut repeats = "5".to_string();
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
@@ -23,14 +25,20 @@ pub fn run(args: &[&str]) -> Result<()> {
         match *flag {
             "--python" => python = value.to_string(),
             "--net" => net = value.to_string(),
+            "--train-net" => train_net = value.to_string(),
             "--repeats" => repeats = value.to_string(),
             other => bail!("unknown flag {other:?}; usage: cargo xtask bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]"),
         }
     }
-    let dims: Vec<String> = net.split(',').map(str::to_string).collect();
-    if dims.len() != 3 || dims.iter().any(|d| d.parse::<usize>().is_err()) {
-        bail!("--net takes C,LAYERS,BATCH, got {net:?}");
-    }
+    let parse = |flag: &str, v: &str| -> Result<Vec<String>> {
+        let dims: Vec<String> = v.split(',').map(str::to_string).collect();
+        if dims.len() != 3 || dims.iter().any(|d| d.parse::<usize>().is_err()) {
+            bail!("{flag} takes C,LAYERS,BATCH, got {v:?}");
+        }
+        Ok(dims)
+    };
+    let search_dims = parse("--net", &net)?;
+    let train_dims = parse("--train-net", &train_net)?;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".to_string());
     let root = project_root();
     let status = Command::new("cargo")
@@ -51,17 +59,22 @@ pub fn run(args: &[&str]) -> Result<()> {
     }
     let script = root.join("crates/nas-darts/benches/darts_step.py");
     println!(
-        "one DARTS search step, C={} layers={} batch={} of 3x32x32, {threads} threads, median of {repeats}",
-        dims[0], dims[1], dims[2]
+        "one DARTS search step (first, second: C={} layers={} batch={}) and one DARTS-V2 training step (train: C={} layers={} batch={}), 3x32x32, {threads} threads, median of {repeats}",
+        search_dims[0], search_dims[1], search_dims[2], train_dims[0], train_dims[1], train_dims[2]
     );
     println!(
         "{:<7} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
         "order", "ours s", "torch s", "time", "ours MB", "torch MB", "memory"
     );
-    for order in ["first", "second"] {
+    for order in ["first", "second", "train"] {
+        let dims = if order == "train" {
+            &train_dims
+        } else {
+            &search_dims
+        };
         let ours = Command::new(root.join("target/release/examples/bench_step"))
             .arg(order)
-            .args(&dims)
+            .args(dims)
             .arg(&repeats)
             .env("RAYON_NUM_THREADS", &threads)
             .env("CANDLE_NUM_THREADS", "1")
@@ -78,7 +91,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         let torch: Option<Value> = match Command::new(&python)
             .arg(&script)
             .arg(order)
-            .args(&dims)
+            .args(dims)
             .arg(&repeats)
             .env("RAYON_NUM_THREADS", &threads)
             .env("OMP_NUM_THREADS", &threads)

@@ -1,12 +1,14 @@
 """One DARTS search step in PyTorch, for `cargo xtask bench darts-step`.
 
-usage: darts_step.py ORDER C LAYERS BATCH REPEATS   (ORDER: first | second)
+usage: darts_step.py ORDER C LAYERS BATCH REPEATS   (ORDER: first | second | train)
 
 The same network and step as `examples/bench_step.rs`: the DARTS search network (stem,
 cells of MixedOps over the 8 primitives, reductions at layers/3 and 2 layers/3, global
 pooling, linear), one architecture step (Adam; first order, or the unrolled second-order
 step with the finite-difference Hessian-vector product) and one weight step (SGD with
 momentum 0.9, weight decay 3e-4, clipping at norm 5) on random 3x32x32 batches.
+`train` times a training step of the DARTS-V2 evaluation network instead (affine BN,
+auxiliary head weighted 0.4 after cell 2 layers / 3, drop path 0.2, SGD, clip 5).
 Prints one JSON line: the median seconds per step and the peak resident memory.
 Written for this project; threads follow RAYON_NUM_THREADS (default 2).
 """
@@ -184,10 +186,118 @@ def arch_grads(net, opt, train, val, second, momentum=0.9, wd=3e-4):
     return [d - xi * (p - n) / (2 * eps) for d, p, n in zip(dalpha, gp, gn)]
 
 
+DARTS_V2 = {
+    "normal": [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+               ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    "reduce": [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+               ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+}
+
+
+def eval_op(name, c, stride):
+    if name == "max_pool_3x3":
+        return nn.MaxPool2d(3, stride, 1)
+    if name == "avg_pool_3x3":
+        return nn.AvgPool2d(3, stride, 1, count_include_pad=False)
+    if name == "skip_connect":
+        return nn.Identity() if stride == 1 else Reduce(c, c, True)
+    if name.startswith("sep_conv"):
+        return Sep(c, int(name[-1]), stride, True)
+    return DwPw(c, c, int(name[-1]), stride, 2, True)
+
+
+def drop_path(x, p):
+    keep = 1.0 - p
+    mask = torch.empty(x.size(0), 1, 1, 1).bernoulli_(keep)
+    return x / keep * mask
+
+
+class EvalCell(nn.Module):
+    def __init__(self, cpp, cp, c, reduction, reduction_prev):
+        super().__init__()
+        self.pre0 = Reduce(cpp, c, True) if reduction_prev else ReluConvBn(cpp, c, 1, 1, 0, True)
+        self.pre1 = ReluConvBn(cp, c, 1, 1, 0, True)
+        edges = DARTS_V2["reduce" if reduction else "normal"]
+        self.inputs = [i for _, i in edges]
+        self.ops = nn.ModuleList(eval_op(n, c, 2 if reduction and i < 2 else 1) for n, i in edges)
+
+    def forward(self, s0, s1, p):
+        states = [self.pre0(s0), self.pre1(s1)]
+        for node in range(4):
+            s = 0
+            for k in (2 * node, 2 * node + 1):
+                h = self.ops[k](states[self.inputs[k]])
+                if self.training and p > 0 and not isinstance(self.ops[k], nn.Identity):
+                    h = drop_path(h, p)
+                s = s + h
+            states.append(s)
+        return torch.cat(states[2:], dim=1)
+
+
+class EvalNet(nn.Module):
+    def __init__(self, c, layers, classes=10):
+        super().__init__()
+        cs = 3 * c
+        self.stem = nn.Sequential(nn.Conv2d(3, cs, 3, padding=1, bias=False), nn.BatchNorm2d(cs))
+        cpp, cp, cur, red_prev = cs, cs, c, False
+        self.cells = nn.ModuleList()
+        self.aux_at = 2 * layers // 3
+        for i in range(layers):
+            red = i in (layers // 3, 2 * layers // 3)
+            if red:
+                cur *= 2
+            self.cells.append(EvalCell(cpp, cp, cur, red, red_prev))
+            red_prev = red
+            cpp, cp = cp, 4 * cur
+            if i == self.aux_at:
+                c_aux = cp
+        self.aux = nn.Sequential(
+            nn.ReLU(), nn.AvgPool2d(5, 3, 0, count_include_pad=False), nn.Conv2d(c_aux, 128, 1, bias=False),
+            nn.BatchNorm2d(128), nn.ReLU(), nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(),
+            nn.Flatten(), nn.Linear(768, classes))
+        self.classifier = nn.Linear(cp, classes)
+
+    def forward(self, x, p):
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, p)
+            if i == self.aux_at and self.training:
+                aux = self.aux(s1)
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux
+
+
+def train_bench(c, layers, batch, repeats):
+    net = EvalNet(c, layers)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    x, y = torch.rand(batch, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (batch,))
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        logits, aux = net(x, 0.2)
+        loss = F.cross_entropy(logits, y) + 0.4 * F.cross_entropy(aux, y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        times.append(time.perf_counter() - t)
+    return sorted(times[1:])
+
+
 def main():
     order, c, layers, batch, repeats = sys.argv[1], *map(int, sys.argv[2:6])
     torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", "2")))
     torch.manual_seed(0)
+    if order == "train":
+        rest = train_bench(c, layers, batch, repeats)
+        print(json.dumps({
+            "impl": "pytorch " + torch.__version__, "order": order, "channels": c, "layers": layers,
+            "batch": batch, "seconds_per_step": rest[len(rest) // 2],
+            "images_per_second": batch / rest[len(rest) // 2], "steps": rest,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        }))
+        return
     net = Net(c, layers)
     opt = torch.optim.SGD(net.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch_opt = torch.optim.Adam(net.alphas, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)

@@ -1,6 +1,8 @@
 //! One DARTS search step, timed: `cargo run --release -p nas-darts --example bench_step --
-//! [first|second] [C] [layers] [batch] [repeats]`. Prints one JSON line with the median
-//! seconds per step and the peak resident memory of this process (VmHWM).
+//! [first|second|train] [C] [layers] [batch] [repeats]`. Prints one JSON line with the
+//! median seconds per step and the peak resident memory of this process (VmHWM).
+//! `train` times a training step of the DARTS-V2 evaluation network instead (auxiliary
+//! head 0.4, drop path 0.2, SGD, clip 5).
 //!
 //! The workload is the search issue's: random 3x32x32 images, 10 classes, one
 //! architecture step and one weight step (SGD, clip 5) per step. `cargo xtask bench
@@ -9,7 +11,11 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use nas_darts::{Alphas, Architect, Objective, Order, SearchCnn, SearchCnnConfig, SearchConfig};
+use nas_darts::{
+    Alphas, Architect, EvalNetConfig, EvalNetwork, Objective, Order, SearchCnn, SearchCnnConfig,
+    SearchConfig,
+};
+use nas_search_space::{bundled, Genotype};
 use nas_train::{grads, ParamStore, Sgd};
 
 #[global_allocator]
@@ -48,6 +54,54 @@ fn batch(n: usize, seed: u64, dev: &Device) -> candle_core::Result<(Tensor, Tens
     ))
 }
 
+/// One training step of the DARTS-V2 CIFAR network.
+fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::Result<()> {
+    let dev = Device::Cpu;
+    let genotype = match bundled("darts-v2")? {
+        Genotype::DartsCnn(g) => g,
+        _ => {
+            return Err(nas_darts::Error::Config(
+                "darts-v2 is not a CNN genotype".into(),
+            ))
+        }
+    };
+    let cfg = EvalNetConfig {
+        channels: c,
+        layers,
+        ..EvalNetConfig::cifar_paper()
+    };
+    let store = ParamStore::new(0);
+    let net = EvalNetwork::new(&genotype, cfg, store.var_builder(DType::F32, &dev))?;
+    let mut sgd = Sgd::new(store.trainable(), SearchConfig::preset("paper")?.sgd())?;
+    let (x, y) = batch(n, 1, &dev)?;
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    let mut times = Vec::new();
+    for _ in 0..repeats + 1 {
+        let t = Instant::now();
+        let (logits, aux) = net.forward(&x, true, 0.2, &mut rng)?;
+        let mut loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        if let Some(aux) = aux {
+            loss = (loss + (candle_nn::loss::cross_entropy(&aux, &y)? * 0.4)?)?;
+        }
+        let mut g = grads::collect(&loss.backward()?, sgd.vars());
+        grads::clip_global_norm(&mut g, 5.0)?;
+        sgd.step(&g)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut rest = times[1..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let median = rest[rest.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "candle-nas", "order": "train", "channels": c, "layers": layers, "batch": n,
+            "seconds_per_step": median, "images_per_second": n as f64 / median,
+            "steps": rest, "peak_rss_mb": peak_rss_mb(),
+        })
+    );
+    Ok(())
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -64,6 +118,9 @@ fn peak_rss_mb() -> f64 {
 fn main() -> nas_darts::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    if args.first().map(String::as_str) == Some("train") {
+        return train_step(arg(1, 16), arg(2, 8), arg(3, 32), arg(4, 5));
+    }
     let order: Order = args
         .first()
         .map_or(Ok(Order::First), |a| a.parse())
