@@ -344,6 +344,10 @@ pub(crate) fn apply_overrides<T: Serialize + serde::de::DeserializeOwned>(
             Error::Config(format!("override {item:?} is not of the form key=value"))
         })?;
         set_path(&mut tree, key.trim(), parse_value(raw.trim()), optional)?;
+        // Check after each override, so that a wrong value is reported with its key.
+        tree.clone().try_into::<T>().map_err(|e: toml::de::Error| {
+            Error::Config(format!("{}: {}", item.trim(), one_line(&e)))
+        })?;
     }
     tree.try_into()
         .map_err(|e: toml::de::Error| Error::Config(one_line(&e)))

@@ -122,7 +122,8 @@ impl ParamStore {
     /// Sets every variable from `tensors`, which must match names and shapes exactly.
     pub fn set_all(&self, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
         let vars = self.lock();
-        if let Some(extra) = tensors.keys().find(|k| !vars.contains_key(*k)) {
+        // The first extra name in sorted order, so the message does not depend on hashing.
+        if let Some(extra) = tensors.keys().filter(|k| !vars.contains_key(*k)).min() {
             return Err(format!("tensor {extra:?} is not a variable of this model"));
         }
         for (name, var) in vars.iter() {
