@@ -470,3 +470,64 @@ fn import_converts_a_reference_checkpoint() {
     bad[4] = "darts-v1";
     fails_with(&run(&bad), "darts_v2_c4_l3.pt");
 }
+
+#[test]
+fn train_runs_on_an_imagenet_tree_of_real_jpegs() {
+    // The 20 real sample JPEGs as a 2-class ImageFolder: 16 to train/, 4 to val/.
+    let sample =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/imagenet-sample/val");
+    let mut files: Vec<_> = walk(&sample);
+    files.sort();
+    assert_eq!(files.len(), 20, "{}", sample.display());
+    let dir = tempfile::tempdir().unwrap();
+    for (i, f) in files.iter().enumerate() {
+        let split = if i < 16 { "train" } else { "val" };
+        let class = dir.path().join(format!("imagenet/{split}/n0{}", i % 2));
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::copy(f, class.join(f.file_name().unwrap())).unwrap();
+    }
+    let out = dir.path().join("run");
+    let stdout = ok(&run(&[
+        "train",
+        "--genotype",
+        "darts-v2",
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "model.channels=4",
+        "--set",
+        "model.layers=3",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.valid_images=4",
+        "--set",
+        "run.epochs=2",
+    ]));
+    assert!(stdout.contains("on 4 images"), "{stdout}");
+    let r = results(&out);
+    assert_eq!(r["val"]["images"], 4);
+    let config = String::from_utf8(read(&out.join("config.toml"))).unwrap();
+    // The ImageNet preset: step decay, label smoothing, auxiliary head.
+    assert!(
+        config.contains("schedule = \"step\"") && config.contains("label_smoothing = 0.1"),
+        "{config}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -12,7 +12,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use nas_data::{split::darts_split, Augment, Dataset, ImageSet, LoaderConfig};
+use nas_data::imagenet::ImageFolder;
+use nas_data::imagenet::Transform;
+use nas_data::{
+    split::darts_split, Augment, Batch, Dataset, ImageSet, ImagenetLoaderConfig, LoaderConfig,
+};
 use nas_search_space::{CnnGenotype, Genotype};
 use nas_train::{
     cross_entropy, ensure_finite, grads, scalar, Average, CheckpointState, ParamStore, Progress,
@@ -59,29 +63,65 @@ pub struct TrainOutcome {
     pub params: usize,
 }
 
-struct TrainData {
-    set: Arc<ImageSet>,
-    train: Arc<Vec<usize>>,
-    val: Arc<Vec<usize>>,
-    test_set: Arc<ImageSet>,
-    test: Arc<Vec<usize>>,
-    train_loader: LoaderConfig,
-    eval_loader: LoaderConfig,
+/// Where batches come from: an image set in memory, or an ImageNet folder decoded batch
+/// by batch.
+enum Source {
+    Memory {
+        set: Arc<ImageSet>,
+        train: LoaderConfig,
+        eval: LoaderConfig,
+    },
+    Folder {
+        folder: Arc<ImageFolder>,
+        train: ImagenetLoaderConfig,
+        eval: ImagenetLoaderConfig,
+    },
 }
 
-fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
-    let (dataset, set) = load_image_set(&cfg.data.dataset, data_dir, true)?;
-    let seed = cfg.run.seed;
-    let (pool, test_set, test) = if dataset == Dataset::Digits {
-        let (test, pool) = darts_split(set.len(), DIGITS_TEST_IMAGES as f64 / set.len() as f64, 0)?;
-        (pool, None, test)
-    } else {
-        let (_, test_set) = load_image_set(&cfg.data.dataset, data_dir, false)?;
-        let test = (0..test_set.len()).collect();
-        ((0..set.len()).collect::<Vec<_>>(), Some(test_set), test)
-    };
-    // A seeded permutation of the training pool; its last images validate.
-    let (perm, _) = darts_split(pool.len(), 1.0, seed)?;
+type Batches = Box<dyn Iterator<Item = Result<Batch>>>;
+
+impl Source {
+    fn batches(&self, indices: &Arc<Vec<usize>>, training: bool, epoch: u64) -> Result<Batches> {
+        Ok(match self {
+            Source::Memory { set, train, eval } => {
+                let cfg = if training { train } else { eval };
+                Box::new(
+                    nas_data::epoch(set.clone(), indices.clone(), cfg, epoch)?
+                        .into_iter()
+                        .map(Ok),
+                )
+            }
+            Source::Folder {
+                folder,
+                train,
+                eval,
+            } => {
+                let cfg = if training { train } else { eval };
+                Box::new(
+                    nas_data::imagenet_epoch(folder.clone(), indices.clone(), cfg, epoch)?
+                        .into_iter()
+                        .map(|b| b.map_err(Error::from)),
+                )
+            }
+        })
+    }
+}
+
+struct TrainData {
+    source: Source,
+    train: Arc<Vec<usize>>,
+    val: Arc<Vec<usize>>,
+    test_source: Source,
+    test: Arc<Vec<usize>>,
+    /// `[channels, height, width]` of the inputs.
+    shape: [usize; 3],
+    classes: usize,
+    kind: EvalKind,
+}
+
+/// A seeded permutation of `pool`, cut to `max`, split into (train, valid).
+fn hold_out(pool: &[usize], cfg: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)> {
+    let (perm, _) = darts_split(pool.len(), 1.0, cfg.run.seed)?;
     let mut order: Vec<usize> = perm.into_iter().map(|i| pool[i]).collect();
     if let Some(m) = cfg.data.max_train_images {
         order.truncate(m.min(order.len()));
@@ -95,7 +135,24 @@ fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
         )));
     }
     let val = order.split_off(order.len() - cfg.data.valid_images);
-    let train = order;
+    Ok((order, val))
+}
+
+fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
+    if cfg.data.dataset == Dataset::Imagenet.name() {
+        return load_imagenet(cfg, data_dir);
+    }
+    let (dataset, set) = load_image_set(&cfg.data.dataset, data_dir, true)?;
+    let seed = cfg.run.seed;
+    let (pool, test_set, test) = if dataset == Dataset::Digits {
+        let (test, pool) = darts_split(set.len(), DIGITS_TEST_IMAGES as f64 / set.len() as f64, 0)?;
+        (pool, None, test)
+    } else {
+        let (_, test_set) = load_image_set(&cfg.data.dataset, data_dir, false)?;
+        let test = (0..test_set.len()).collect();
+        ((0..set.len()).collect::<Vec<_>>(), Some(test_set), test)
+    };
+    let (train, val) = hold_out(&pool, cfg)?;
     let normalize = normalize_for(&set, &train)?;
     let augment = Augment {
         crop_padding: cfg.data.crop_padding,
@@ -103,29 +160,89 @@ fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
         cutout: cfg.data.cutout,
     };
     let bs = cfg.data.batch_size;
+    let (shape, classes) = (set.shape(), set.classes());
     let set = Arc::new(set);
     let test_set = match test_set {
         Some(t) => Arc::new(t),
         None => set.clone(),
     };
+    let train_cfg = loader(bs, seed, 1, Some(augment), &normalize, true);
+    let eval_cfg = loader(bs, seed, 3, None, &normalize, false);
     Ok(TrainData {
-        set,
+        source: Source::Memory {
+            set,
+            train: train_cfg.clone(),
+            eval: eval_cfg.clone(),
+        },
         train: Arc::new(train),
         val: Arc::new(val),
-        test_set,
+        test_source: Source::Memory {
+            set: test_set,
+            train: train_cfg,
+            eval: eval_cfg,
+        },
         test: Arc::new(test),
-        train_loader: loader(bs, seed, 1, Some(augment), &normalize, true),
-        eval_loader: loader(bs, seed, 3, None, &normalize, false),
+        shape,
+        classes,
+        kind: EvalKind::Cifar,
     })
 }
 
-fn net_config(cfg: &TrainConfig, set: &ImageSet) -> EvalNetConfig {
+/// ImageNet: `train/` minus a seeded validation hold-out trains, `val/` is the test set
+/// (as in the papers); the transforms are the papers' (see `nas_data::imagenet`).
+fn load_imagenet(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
+    let train_folder = Dataset::Imagenet.image_folder(data_dir, true)?;
+    let test_folder = Dataset::Imagenet.image_folder(data_dir, false)?;
+    if train_folder.classes() != test_folder.classes() {
+        return Err(Error::Config(format!(
+            "imagenet: train/ has {} classes and val/ {}; they must be the same folders",
+            train_folder.classes().len(),
+            test_folder.classes().len()
+        )));
+    }
+    let pool: Vec<usize> = (0..train_folder.samples().len()).collect();
+    let (train, val) = hold_out(&pool, cfg)?;
+    let test = (0..test_folder.samples().len()).collect();
+    let loader = |transform: Transform, training: bool| ImagenetLoaderConfig {
+        batch_size: cfg.data.batch_size,
+        shuffle: training,
+        drop_last: training,
+        seed: cfg
+            .run
+            .seed
+            .wrapping_mul(0x9e37_79b9)
+            .wrapping_add(if training { 1 } else { 3 }),
+        transform,
+        prefetch: 4,
+    };
+    let classes = train_folder.classes().len();
+    Ok(TrainData {
+        source: Source::Folder {
+            folder: Arc::new(train_folder),
+            train: loader(Transform::Train, true),
+            eval: loader(Transform::Eval, false),
+        },
+        train: Arc::new(train),
+        val: Arc::new(val),
+        test_source: Source::Folder {
+            folder: Arc::new(test_folder),
+            train: loader(Transform::Train, true),
+            eval: loader(Transform::Eval, false),
+        },
+        test: Arc::new(test),
+        shape: [3, 224, 224],
+        classes,
+        kind: EvalKind::Imagenet,
+    })
+}
+
+fn net_config(cfg: &TrainConfig, data: &TrainData) -> EvalNetConfig {
     EvalNetConfig {
-        kind: EvalKind::Cifar,
-        in_channels: set.shape()[0],
+        kind: data.kind,
+        in_channels: data.shape[0],
         channels: cfg.model.channels,
         layers: cfg.model.layers,
-        classes: set.classes(),
+        classes: data.classes,
         auxiliary: cfg.model.auxiliary,
     }
 }
@@ -140,9 +257,9 @@ pub fn train(
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     let data = load_data(cfg, &opts.data_dir)?;
-    let [_, h, w] = data.set.shape();
+    let [_, h, w] = data.shape;
     let aux_side = h.min(w).div_ceil(2).div_ceil(2);
-    if cfg.model.auxiliary && aux_side < 8 {
+    if cfg.model.auxiliary && data.kind == EvalKind::Cifar && aux_side < 8 {
         return Err(Error::Config(format!(
             "model.auxiliary: the auxiliary head needs at least 8x8 features after the second reduction (32x32 images); {} images are {h}x{w}: set model.auxiliary=false",
             cfg.data.dataset
@@ -151,7 +268,7 @@ pub fn train(
     // Check that the network builds before creating the folder.
     EvalNetwork::new(
         genotype,
-        net_config(cfg, &data.set),
+        net_config(cfg, &data),
         ParamStore::new(0).var_builder(DType::F32, &Device::Cpu),
     )?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
@@ -199,7 +316,7 @@ fn run_training(
 ) -> Result<TrainOutcome> {
     let dev = &opts.device;
     let store = ParamStore::new(cfg.run.seed);
-    let net_cfg = net_config(cfg, &data.set);
+    let net_cfg = net_config(cfg, &data);
     let net = EvalNetwork::new(genotype, net_cfg, store.var_builder(DType::F32, dev))?;
     let params = store.count(|n| !n.starts_with("auxiliary_head."));
     let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
@@ -236,15 +353,10 @@ fn run_training(
             cfg.run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64,
         );
         progress.epoch_start(epoch, data.train.len() / bs);
-        let rx = nas_data::epoch(
-            data.set.clone(),
-            data.train.clone(),
-            &data.train_loader,
-            epoch as u64,
-        )?;
+        let batches = data.source.batches(&data.train, true, epoch as u64)?;
         let (mut train_loss, mut train_acc) = (Average::default(), Average::default());
-        for (step, batch) in rx.iter().enumerate() {
-            let (x, y) = batch.to_tensors(dev)?;
+        for (step, batch) in batches.enumerate() {
+            let (x, y) = batch?.to_tensors(dev)?;
             let (logits, aux) = net.forward(&x, true, drop_prob, &mut rng)?;
             let mut loss = cross_entropy(&logits, &y, cfg.optim.label_smoothing)?;
             let main_loss = scalar(&loss)?;
@@ -277,7 +389,7 @@ fn run_training(
             }
         }
         progress.evaluating(data.val.len().div_ceil(bs));
-        let val = evaluate(&net, &data.set, &data.val, &data.eval_loader, dev)?;
+        let val = evaluate(&net, &data.source, &data.val, dev)?;
         ensure_finite("validation loss", val.loss, epoch, 0)?;
         let summary = serde_json::json!({
             "kind": "epoch", "epoch": epoch, "lr": lr, "drop_prob": drop_prob,
@@ -307,9 +419,9 @@ fn run_training(
         progress.epoch_end(epoch, &summary);
     }
     progress.run_end();
-    let val = evaluate(&net, &data.set, &data.val, &data.eval_loader, dev)?;
+    let val = evaluate(&net, &data.source, &data.val, dev)?;
     // The test set, once, with the final weights.
-    let test = evaluate(&net, &data.test_set, &data.test, &data.eval_loader, dev)?;
+    let test = evaluate(&net, &data.test_source, &data.test, dev)?;
     let results = serde_json::json!({
         "genotype": genotype.to_python()?,
         "params": params,
@@ -329,17 +441,17 @@ fn run_training(
 
 fn evaluate(
     net: &EvalNetwork,
-    set: &Arc<ImageSet>,
+    source: &Source,
     indices: &Arc<Vec<usize>>,
-    loader: &LoaderConfig,
     dev: &Device,
 ) -> Result<EvalReport> {
     let started = Instant::now();
-    let rx = nas_data::epoch(set.clone(), indices.clone(), loader, 0)?;
+    let batches = source.batches(indices, false, 0)?;
     let (mut loss, mut top1, mut top5) =
         (Average::default(), Average::default(), Average::default());
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    for batch in rx.iter() {
+    for batch in batches {
+        let batch = batch?;
         let (x, y) = batch.to_tensors(dev)?;
         let (logits, _) = net.forward(&x, false, 0.0, &mut rng)?;
         let logits = logits.detach();
@@ -390,7 +502,7 @@ pub fn evaluate_run(
     let store = ParamStore::new(cfg.run.seed);
     let net = EvalNetwork::new(
         &genotype,
-        net_config(&cfg, &data.set),
+        net_config(&cfg, &data),
         store.var_builder(DType::F32, &opts.device),
     )?;
     let weights = ckpt
@@ -401,14 +513,8 @@ pub fn evaluate_run(
         .set_all(weights)
         .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
     if test {
-        evaluate(
-            &net,
-            &data.test_set,
-            &data.test,
-            &data.eval_loader,
-            &opts.device,
-        )
+        evaluate(&net, &data.test_source, &data.test, &opts.device)
     } else {
-        evaluate(&net, &data.set, &data.val, &data.eval_loader, &opts.device)
+        evaluate(&net, &data.source, &data.val, &opts.device)
     }
 }

@@ -77,6 +77,28 @@ pub struct TrainOptimConfig {
     pub grad_clip: f64,
     /// Label smoothing of the loss (0.1 on ImageNet).
     pub label_smoothing: f64,
+    /// `cosine` (to `lr_min` over the epochs) or `step` (times `gamma` every epoch, the
+    /// reference's ImageNet schedule).
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// Decay per epoch of the `step` schedule.
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+}
+
+/// The learning-rate schedule of a training run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Cosine annealing from `lr` to `lr_min`.
+    #[default]
+    Cosine,
+    /// `lr * gamma^epoch`.
+    Step,
+}
+
+fn default_gamma() -> f64 {
+    0.97
 }
 
 /// The presets of `nas train`.
@@ -84,6 +106,7 @@ pub const TRAIN_PRESETS: &[(&str, &str)] = &[
     ("digits", "the embedded digits, C=8, 5 cells, 20 epochs: minutes on 2 cores"),
     ("fashion-mnist", "Fashion-MNIST (real), 6,000 training images (1,000 of them validate), C=8, 5 cells, 8 epochs: about 12 minutes on 2 cores"),
     ("paper", "the paper's CIFAR-10 training: C=36, 20 cells, batch 96, 600 epochs, cutout, drop path 0.2, auxiliary 0.4"),
+    ("imagenet", "the paper's ImageNet training (mobile setting): C=48, 14 cells, batch 128, lr 0.1 times 0.97 per epoch, 250 epochs, label smoothing 0.1, auxiliary 0.4"),
 ];
 
 impl TrainConfig {
@@ -113,6 +136,8 @@ impl TrainConfig {
                 weight_decay: 3e-4,
                 grad_clip: 5.0,
                 label_smoothing: 0.0,
+                schedule: ScheduleKind::Cosine,
+                gamma: 0.97,
             },
             run: RunConfig {
                 epochs: 600,
@@ -132,6 +157,36 @@ impl TrainConfig {
         };
         match name {
             "paper" => Ok(paper),
+            "imagenet" => Ok(TrainConfig {
+                data: TrainDataConfig {
+                    dataset: "imagenet".into(),
+                    batch_size: 128,
+                    crop_padding: 0,
+                    flip: true,
+                    cutout: 0,
+                    valid_images: 10_000,
+                    max_train_images: None,
+                },
+                model: TrainModelConfig {
+                    channels: 48,
+                    layers: 14,
+                    auxiliary: true,
+                    auxiliary_weight: 0.4,
+                    drop_path: 0.0,
+                },
+                optim: TrainOptimConfig {
+                    lr: 0.1,
+                    lr_min: 0.0,
+                    weight_decay: 3e-5,
+                    label_smoothing: 0.1,
+                    schedule: ScheduleKind::Step,
+                    ..paper.optim
+                },
+                run: RunConfig {
+                    epochs: 250,
+                    ..paper.run
+                },
+            }),
             "digits" => Ok(TrainConfig {
                 data: TrainDataConfig {
                     dataset: "digits".into(),
@@ -183,6 +238,7 @@ impl TrainConfig {
         match dataset {
             "digits" => "digits",
             "fashion-mnist" | "mnist" => "fashion-mnist",
+            "imagenet" => "imagenet",
             _ => "paper",
         }
     }
@@ -219,7 +275,11 @@ impl TrainConfig {
     /// Checks ranges; the message names the key.
     pub fn validate(&self) -> Result<()> {
         let (d, m, o) = (&self.data, &self.model, &self.optim);
-        let checks: [(bool, &str); 8] = [
+        let checks: [(bool, &str); 9] = [
+            (
+                o.gamma > 0.0 && o.gamma <= 1.0,
+                "optim.gamma must be in (0, 1]",
+            ),
             (d.batch_size >= 2, "data.batch_size must be at least 2"),
             (d.valid_images >= 1, "data.valid_images must be at least 1"),
             (self.run.epochs >= 1, "run.epochs must be at least 1"),
@@ -260,12 +320,19 @@ impl TrainConfig {
         }
     }
 
-    /// Cosine from `lr` to `lr_min`.
+    /// Cosine from `lr` to `lr_min`, or step decay by `gamma` every epoch.
     pub fn schedule(&self) -> LrSchedule {
-        LrSchedule::Cosine {
-            lr: self.optim.lr,
-            eta_min: self.optim.lr_min,
-            epochs: self.run.epochs,
+        match self.optim.schedule {
+            ScheduleKind::Cosine => LrSchedule::Cosine {
+                lr: self.optim.lr,
+                eta_min: self.optim.lr_min,
+                epochs: self.run.epochs,
+            },
+            ScheduleKind::Step => LrSchedule::Step {
+                lr: self.optim.lr,
+                step_size: 1,
+                gamma: self.optim.gamma,
+            },
         }
     }
 }
