@@ -3,7 +3,7 @@
 //! the channels, global average pooling and a linear classifier. The architecture
 //! weights are inputs of the forward pass, kept in their own store.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use nas_ops::{
     batch_norm, conv2d, global_avg_pool, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig,
@@ -166,8 +166,10 @@ impl SearchCnn {
     /// Logits `[n, classes]` for images `x` `[n, in_channels, h, w]`, with the raw
     /// architecture weights (softmaxed here, per edge).
     pub fn forward(&self, x: &Tensor, alphas: &Alphas, train: bool) -> Result<Tensor> {
-        let normal = candle_nn::ops::softmax_last_dim(alphas.normal.as_tensor())?;
-        let reduce = candle_nn::ops::softmax_last_dim(alphas.reduce.as_tensor())?;
+        // `candle_nn::ops::softmax` is built from differentiable ops; the fused
+        // `softmax_last_dim` has no backward pass and would leave the alphas untrained.
+        let normal = candle_nn::ops::softmax(alphas.normal.as_tensor(), D::Minus1)?;
+        let reduce = candle_nn::ops::softmax(alphas.reduce.as_tensor(), D::Minus1)?;
         let stem = self
             .stem_bn
             .forward_t(&self.stem_conv.forward_t(x, train)?, train)?;
@@ -198,8 +200,13 @@ pub struct Alphas {
 impl Alphas {
     /// New weights drawn from `1e-3 N(0, 1)` with `seed`, for cells of `steps` nodes.
     pub fn new(steps: usize, seed: u64, device: &Device) -> Result<Self> {
+        Self::with_dtype(steps, seed, DType::F32, device)
+    }
+
+    /// As [`Alphas::new`], in `dtype` (f64 for gradient checks).
+    pub fn with_dtype(steps: usize, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let store = ParamStore::new(seed);
-        let vb = store.var_builder(DType::F32, device);
+        let vb = store.var_builder(dtype, device);
         let shape = (edge_count(steps), DARTS_CNN_PRIMITIVES.len());
         let init = Init::Randn {
             mean: 0.0,
@@ -307,6 +314,65 @@ mod tests {
                 ..SearchCnnConfig::paper()
             };
             assert_eq!(count_parameters(cfg).unwrap(), want, "{cfg:?}");
+        }
+    }
+
+    /// The loss reaches the architecture weights: their gradient through the whole
+    /// network equals central differences of the loss (f64, training-mode BN).
+    #[test]
+    fn alpha_gradient_matches_finite_differences() {
+        let dev = Device::Cpu;
+        let cfg = SearchCnnConfig {
+            in_channels: 1,
+            channels: 2,
+            layers: 3,
+            classes: 3,
+            ..SearchCnnConfig::paper()
+        };
+        let store = ParamStore::new(3);
+        let net = SearchCnn::new(cfg, store.var_builder(DType::F64, &dev)).unwrap();
+        let alphas = Alphas::with_dtype(4, 5, DType::F64, &dev).unwrap();
+        // Larger alphas than the 1e-3 start, so the softmax is not flat.
+        let a0: Vec<f64> = (0..14 * 8)
+            .map(|i| ((i * 7 % 13) as f64 - 6.0) * 0.2)
+            .collect();
+        alphas
+            .normal()
+            .set(&Tensor::from_vec(a0.clone(), (14, 8), &dev).unwrap())
+            .unwrap();
+        let x: Vec<f64> = (0..4 * 8 * 8).map(|i| (i as f64 * 0.37).sin()).collect();
+        let x = Tensor::from_vec(x, (4, 1, 8, 8), &dev).unwrap();
+        let y = Tensor::new(&[0u32, 1, 2, 1], &dev).unwrap();
+        let loss = |a: &[f64]| -> Tensor {
+            alphas
+                .normal()
+                .set(&Tensor::from_vec(a.to_vec(), (14, 8), &dev).unwrap())
+                .unwrap();
+            let logits = net.forward(&x, &alphas, true).unwrap();
+            candle_nn::loss::cross_entropy(&logits, &y).unwrap()
+        };
+        let grads = loss(&a0).backward().unwrap();
+        let g: Vec<f64> = grads
+            .get(alphas.normal().as_tensor())
+            .expect("the alphas get a gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(g.iter().any(|v| v.abs() > 1e-6), "{g:?}");
+        let h = 1e-5;
+        for i in [0, 9, 17, 50, 77, 111] {
+            let (mut p, mut m) = (a0.clone(), a0.clone());
+            p[i] += h;
+            m[i] -= h;
+            let fp = loss(&p).to_scalar::<f64>().unwrap();
+            let fm = loss(&m).to_scalar::<f64>().unwrap();
+            let fd = (fp - fm) / (2.0 * h);
+            assert!(
+                (fd - g[i]).abs() < 1e-6 + 1e-4 * fd.abs(),
+                "alpha {i}: {} vs {fd}",
+                g[i]
+            );
         }
     }
 
