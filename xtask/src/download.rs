@@ -15,7 +15,7 @@ use nas_data::import::{self, part_name};
 use nas_data::Dataset;
 
 const USAGE: &str =
-    "usage: cargo xtask download <dataset> [--dir DIR] [--mirror DIR] [--from PATH]";
+    "usage: cargo xtask download <dataset> [--dir DIR] [--mirror DIR [--md5 HEX]] [--from PATH]";
 
 pub fn run(args: &[&str]) -> Result<()> {
     let mut rest = args.iter();
@@ -28,6 +28,7 @@ pub fn run(args: &[&str]) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("datasets"));
     let mut mirror = std::env::var_os("NAS_DATA_MIRROR").map(PathBuf::from);
     let mut from = None;
+    let mut md5 = None;
     while let Some(flag) = rest.next() {
         let value = rest
             .next()
@@ -36,6 +37,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             "--dir" => dir = PathBuf::from(value),
             "--mirror" => mirror = Some(PathBuf::from(value)),
             "--from" => from = Some(PathBuf::from(value)),
+            "--md5" => md5 = Some(value.to_string()),
             other => bail!("unknown flag {other:?}; {USAGE}"),
         }
     }
@@ -60,11 +62,14 @@ pub fn run(args: &[&str]) -> Result<()> {
         );
         return Ok(());
     }
+    if md5.is_some() && mirror.is_none() {
+        bail!("--md5 vouches for a mirror's re-packed archive; it needs --mirror DIR");
+    }
     if from.is_some() {
         bail!("--from is for imagenet only; {name} comes from its official source or --mirror DIR");
     }
     match mirror {
-        Some(mirror) => import::from_mirror(dataset, &mirror, &dir)
+        Some(mirror) => import::from_mirror_with(dataset, &mirror, &dir, md5.as_deref())
             .with_context(|| format!("importing {name} from the mirror {mirror:?}"))?,
         None => {
             let manifest = crate::project_root().join("datasets/manifest.json");
@@ -304,7 +309,16 @@ mod tests {
             mirror.path().to_str().unwrap(),
             data.path().to_str().unwrap(),
         );
-        run(&["cifar10", "--dir", d, "--mirror", m]).unwrap();
+        // Not the published archive: refused by its md5.
+        let err = format!(
+            "{:#}",
+            run(&["cifar10", "--dir", d, "--mirror", m]).unwrap_err()
+        );
+        assert!(err.contains("mismatch (md5"), "{err}");
+        // Vouched for with --md5, it imports.
+        let tarball = mirror.path().join("cifar10/cifar-10-binary.tar.gz");
+        let md5 = nas_data::md5_hex(&tarball, false).unwrap();
+        run(&["cifar10", "--dir", d, "--mirror", m, "--md5", &md5]).unwrap();
         let train = Dataset::Cifar10.load_images(data.path(), true).unwrap();
         assert_eq!((train.len(), train.labels()[4]), (15, 2));
         // A corrupt mirror file is refused and leaves nothing behind.
@@ -420,12 +434,15 @@ mod tests {
         std::fs::write(mirror.path().join("wikitext2/wikitext-2-v1.zip"), &zip).unwrap();
         let data = tempfile::tempdir().unwrap();
         let d = data.path().to_str().unwrap();
+        let zip_md5 = md5_of(&zip);
         run(&[
             "wikitext2",
             "--dir",
             d,
             "--mirror",
             mirror.path().to_str().unwrap(),
+            "--md5",
+            &zip_md5,
         ])
         .unwrap();
         assert_eq!(names(&data.path().join("wikitext2")), want);

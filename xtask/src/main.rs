@@ -19,7 +19,7 @@ commands:
   bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]
                          time each op (forward + backward) against candle and PyTorch
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
-  download <dataset> [--dir DIR] [--mirror DIR] [--from PATH]
+  download <dataset> [--dir DIR] [--mirror DIR [--md5 HEX]] [--from PATH]
                          fetch (or import from a mirror) a data set, verified;
                          imagenet: --from an ImageFolder tree or a .tar of one
   fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)

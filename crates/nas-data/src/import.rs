@@ -27,6 +27,8 @@ pub enum MirrorSource {
         name: &'static str,
         /// The file names kept.
         members: Option<&'static [&'static str]>,
+        /// The archive's published md5 (as in `datasets/manifest.json`).
+        md5: &'static str,
     },
     /// Not in mirrors (ImageNet: see [`import_imagenet`]).
     None,
@@ -51,14 +53,17 @@ impl Dataset {
             Dataset::Cifar10 => MirrorSource::Archive {
                 name: "cifar-10-binary.tar.gz",
                 members: None,
+                md5: "c32a1d4ab5d03f1284b67883e8d87530",
             },
             Dataset::Cifar100 => MirrorSource::Archive {
                 name: "cifar-100-binary.tar.gz",
                 members: None,
+                md5: "03b5dce01913d631647c71ecec9e9cb8",
             },
             Dataset::Wikitext2 => MirrorSource::Archive {
                 name: "wikitext-2-v1.zip",
                 members: Some(WIKITEXT2_MEMBERS),
+                md5: "542ccefacc6c27f945fb54453812b3cd",
             },
             Dataset::Ptb => {
                 MirrorSource::Files(&["ptb.train.txt", "ptb.valid.txt", "ptb.test.txt"])
@@ -71,18 +76,39 @@ impl Dataset {
 }
 
 /// Imports `dataset` from `mirror/<name>/` into its folder under `data_dir`. Plain files
-/// are checked against their published md5 before they get their final names (a mismatch
-/// is an [`Error::Checksum`] and leaves nothing behind); archives are extracted through a
+/// and archives are checked against their published md5 first (a mismatch is an
+/// [`Error::Checksum`] and leaves nothing behind); archives are then extracted through a
 /// `.part` folder (gzip and zip CRCs checked on the way). The caller reads the set back
 /// (e.g. [`Dataset::info`]) to check formats and counts.
 pub fn from_mirror(dataset: Dataset, mirror: &Path, data_dir: &Path) -> Result<()> {
+    from_mirror_with(dataset, mirror, data_dir, None)
+}
+
+/// As [`from_mirror`], but an archive is checked against `archive_md5` instead of the
+/// published sum: for mirrors that hold a re-packed archive whose sum the user vouches
+/// for (`cargo xtask download --mirror DIR --md5 HEX`).
+pub fn from_mirror_with(
+    dataset: Dataset,
+    mirror: &Path,
+    data_dir: &Path,
+    archive_md5: Option<&str>,
+) -> Result<()> {
     let source = mirror.join(dataset.name());
     let target = dataset.folder(data_dir);
     match dataset.mirror_source() {
-        MirrorSource::Archive { name, members } => {
+        MirrorSource::Archive { name, members, md5 } => {
             let archive = source.join(name);
             if !archive.is_file() {
                 return Err(not_in_mirror(mirror, dataset, name));
+            }
+            let expected = archive_md5.unwrap_or(md5);
+            let got = crate::md5_hex(&archive, false)?;
+            if got != expected {
+                return Err(Error::Checksum {
+                    path: archive,
+                    got,
+                    expected: expected.to_string(),
+                });
             }
             extract_archive(&archive, &target, members)
         }
@@ -569,7 +595,13 @@ mod tests {
             );
             tar.into_inner().unwrap().finish().unwrap();
         }
-        from_mirror(Dataset::Cifar100, mirror.path(), data.path()).unwrap();
+        // This archive is not the published one: refused by its md5, nothing extracted.
+        let err = from_mirror(Dataset::Cifar100, mirror.path(), data.path()).unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+        assert!(!Dataset::Cifar100.folder(data.path()).exists());
+        // With its own sum vouched for, it imports.
+        let md5 = crate::md5_hex(&archive, false).unwrap();
+        from_mirror_with(Dataset::Cifar100, mirror.path(), data.path(), Some(&md5)).unwrap();
         let folder = Dataset::Cifar100.folder(data.path());
         assert_eq!(
             names(&folder),
@@ -596,7 +628,13 @@ mod tests {
         // A truncated archive is an error that leaves the earlier import as it was.
         let bytes = std::fs::read(&archive).unwrap();
         std::fs::write(&archive, &bytes[..bytes.len() / 2]).unwrap();
-        let err = from_mirror(Dataset::Cifar100, mirror.path(), data.path()).unwrap_err();
+        let err = from_mirror_with(Dataset::Cifar100, mirror.path(), data.path(), Some(&md5))
+            .unwrap_err();
+        assert!(matches!(err, Error::Checksum { .. }), "{err}");
+        // Even with the truncated file's own sum, extraction fails and keeps nothing.
+        let md5 = crate::md5_hex(&archive, false).unwrap();
+        let err = from_mirror_with(Dataset::Cifar100, mirror.path(), data.path(), Some(&md5))
+            .unwrap_err();
         assert!(err.to_string().contains("cifar-100-binary.tar.gz"), "{err}");
         assert_eq!(
             Dataset::Cifar100
