@@ -230,12 +230,7 @@ impl SearchConfig {
 
     /// Reads a configuration file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-            other => other,
-        })
+        read_config(path, Self::from_toml)
     }
 
     /// Parses TOML and checks the values.
@@ -328,6 +323,16 @@ impl SearchConfig {
             decoupled: false,
         }
     }
+}
+
+/// Reads a configuration file with `parse`; errors name the file.
+pub(crate) fn read_config<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    parse(&text).map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+        other => other,
+    })
 }
 
 /// Applies `key=value` overrides (dotted keys, TOML values, bare words as strings) to a

@@ -4,20 +4,11 @@
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
-use nas_ops::{
-    darts_op, drop_path, factorized_reduce, relu_conv_bn, Conv2dConfig, DartsOp, FactorizedReduce,
-    OpContext, ReluConvBn,
-};
+use nas_ops::{darts_op, drop_path, DartsOp, OpContext, ReluConvBn};
 use nas_search_space::{CnnCell, CnnOp};
 use rand::Rng;
 
-use crate::search_cell::CellShape;
-
-#[derive(Debug, Clone)]
-enum Preprocess0 {
-    Reduce(FactorizedReduce),
-    Conv(ReluConvBn),
-}
+use crate::search_cell::{CellShape, Preprocess0};
 
 /// One evaluation cell.
 #[derive(Debug, Clone)]
@@ -36,32 +27,8 @@ impl EvalCell {
     /// with the reference's names (`preprocess0`, `preprocess1`, `_ops.{k}`).
     /// `shape.steps` and `shape.multiplier` are ignored: the genotype decides them.
     pub fn new(genotype: &CnnCell, shape: CellShape, vb: VarBuilder) -> candle_core::Result<Self> {
-        let CellShape {
-            c_prev_prev,
-            c_prev,
-            c,
-            reduction,
-            reduction_prev,
-            ..
-        } = shape;
-        let pw = Conv2dConfig::pointwise(1);
-        let preprocess0 = if reduction_prev {
-            Preprocess0::Reduce(factorized_reduce(
-                c_prev_prev,
-                c,
-                true,
-                vb.pp("preprocess0"),
-            )?)
-        } else {
-            Preprocess0::Conv(relu_conv_bn(
-                c_prev_prev,
-                c,
-                pw,
-                true,
-                vb.pp("preprocess0"),
-            )?)
-        };
-        let preprocess1 = relu_conv_bn(c_prev, c, pw, true, vb.pp("preprocess1"))?;
+        let CellShape { c, reduction, .. } = shape;
+        let (preprocess0, preprocess1) = Preprocess0::build(&shape, true, &vb)?;
         let vb_ops = vb.pp("_ops");
         let mut ops = Vec::new();
         let mut inputs = Vec::new();
@@ -107,10 +74,7 @@ impl EvalCell {
         drop_prob: f64,
         rng: &mut impl Rng,
     ) -> candle_core::Result<Tensor> {
-        let s0 = match &self.preprocess0 {
-            Preprocess0::Reduce(op) => op.forward_t(s0, train)?,
-            Preprocess0::Conv(op) => op.forward_t(s0, train)?,
-        };
+        let s0 = self.preprocess0.forward_t(s0, train)?;
         let s1 = self.preprocess1.forward_t(s1, train)?;
         let mut states = vec![s0, s1];
         for node in 0..self.ops.len() / self.per_node {

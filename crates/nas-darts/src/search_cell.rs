@@ -14,13 +14,38 @@ pub fn edge_count(steps: usize) -> usize {
     steps * (steps + 3) / 2
 }
 
-/// How the cell adapts its first input `s0`.
+/// How a cell adapts its first input `s0` (shared by the search and evaluation cells).
 #[derive(Debug, Clone)]
-enum Preprocess0 {
+pub(crate) enum Preprocess0 {
     /// After a reduction cell `s0` has twice the resolution of `s1`.
     Reduce(FactorizedReduce),
     /// ReLU, 1x1 convolution, BN.
     Conv(ReluConvBn),
+}
+
+impl Preprocess0 {
+    /// `preprocess0` and `preprocess1` of a cell of `shape`, under `vb`.
+    pub(crate) fn build(
+        shape: &CellShape,
+        affine: bool,
+        vb: &VarBuilder,
+    ) -> candle_core::Result<(Self, ReluConvBn)> {
+        let pw = Conv2dConfig::pointwise(1);
+        let (cpp, cp, c) = (shape.c_prev_prev, shape.c_prev, shape.c);
+        let p0 = if shape.reduction_prev {
+            Preprocess0::Reduce(factorized_reduce(cpp, c, affine, vb.pp("preprocess0"))?)
+        } else {
+            Preprocess0::Conv(relu_conv_bn(cpp, c, pw, affine, vb.pp("preprocess0"))?)
+        };
+        Ok((p0, relu_conv_bn(cp, c, pw, affine, vb.pp("preprocess1"))?))
+    }
+
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Preprocess0::Reduce(op) => op.forward_t(x, train),
+            Preprocess0::Conv(op) => op.forward_t(x, train),
+        }
+    }
 }
 
 /// Channel counts and position of one search cell.
@@ -56,32 +81,12 @@ impl SearchCell {
     /// `preprocess1`, `_ops.{edge}`), BN without affine parameters throughout.
     pub fn new(shape: CellShape, vb: VarBuilder) -> candle_core::Result<Self> {
         let CellShape {
-            c_prev_prev,
-            c_prev,
             c,
             steps,
             reduction,
-            reduction_prev,
             ..
         } = shape;
-        let pw = Conv2dConfig::pointwise(1);
-        let preprocess0 = if reduction_prev {
-            Preprocess0::Reduce(factorized_reduce(
-                c_prev_prev,
-                c,
-                false,
-                vb.pp("preprocess0"),
-            )?)
-        } else {
-            Preprocess0::Conv(relu_conv_bn(
-                c_prev_prev,
-                c,
-                pw,
-                false,
-                vb.pp("preprocess0"),
-            )?)
-        };
-        let preprocess1 = relu_conv_bn(c_prev, c, pw, false, vb.pp("preprocess1"))?;
+        let (preprocess0, preprocess1) = Preprocess0::build(&shape, false, &vb)?;
         let mut ops = Vec::with_capacity(edge_count(steps));
         let vb_ops = vb.pp("_ops");
         for i in 0..steps {
@@ -112,10 +117,7 @@ impl SearchCell {
         weights: &Tensor,
         train: bool,
     ) -> candle_core::Result<Tensor> {
-        let s0 = match &self.preprocess0 {
-            Preprocess0::Reduce(op) => op.forward_t(s0, train)?,
-            Preprocess0::Conv(op) => op.forward_t(s0, train)?,
-        };
+        let s0 = self.preprocess0.forward_t(s0, train)?;
         let s1 = self.preprocess1.forward_t(s1, train)?;
         let mut states = vec![s0, s1];
         let mut edge = 0;

@@ -6,7 +6,7 @@ use std::path::Path;
 use nas_train::{LrSchedule, SgdConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{apply_overrides, one_line, RunConfig};
+use crate::config::{apply_overrides, one_line, read_config, RunConfig};
 use crate::error::{Error, Result};
 
 /// Everything that decides a training run (the genotype is stored beside it).
@@ -245,12 +245,7 @@ impl TrainConfig {
 
     /// Reads a configuration file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| match e {
-            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-            other => other,
-        })
+        read_config(path, Self::from_toml)
     }
 
     /// Parses TOML and checks the values.
