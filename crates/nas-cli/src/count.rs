@@ -16,6 +16,10 @@ pub enum Model {
     Cifar,
     /// A genotype's ImageNet network, mobile setting (defaults: C=48, 14 layers, 1000 classes).
     Imagenet,
+    /// A recurrent genotype's PTB language model (defaults: emsize = nhid = 850, vocab 10000).
+    Ptb,
+    /// The DARTS recurrent search model (defaults: emsize = nhid = 300, vocab 10000, 8 nodes).
+    SearchRnn,
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +42,15 @@ pub struct CountArgs {
     /// Image channels.
     #[arg(long, default_value_t = 3)]
     in_channels: usize,
+    /// Embedding size (ptb, search-rnn) [default: 850 ptb, 300 search-rnn].
+    #[arg(long)]
+    emsize: Option<usize>,
+    /// Hidden size (ptb, search-rnn) [default: the embedding size].
+    #[arg(long)]
+    nhid: Option<usize>,
+    /// Vocabulary size (ptb, search-rnn).
+    #[arg(long, default_value_t = 10_000)]
+    vocab: usize,
     /// Count the auxiliary head in `params` too (it is always in `params_with_aux`).
     #[arg(long)]
     auxiliary: bool,
@@ -46,8 +59,59 @@ pub struct CountArgs {
     json: bool,
 }
 
+fn count_rnn(args: &CountArgs) -> Result<()> {
+    let (genotype, default) = match args.model {
+        Model::Ptb => {
+            let Some(spec) = &args.genotype else {
+                bail!("--genotype NAME|FILE is needed for the ptb model");
+            };
+            match crate::genotype::load(spec, None)? {
+                Genotype::DartsRnn(g) => (Some((spec.clone(), g)), 850),
+                other => bail!(
+                    "genotype {spec:?} is a {} genotype; the ptb model takes a DARTS recurrent genotype",
+                    other.kind().name()
+                ),
+            }
+        }
+        _ => {
+            if args.genotype.is_some() {
+                bail!("--genotype does not apply to search-rnn: the search cell holds every activation");
+            }
+            (None, 300)
+        }
+    };
+    let emsize = args.emsize.unwrap_or(default);
+    let nhid = args.nhid.unwrap_or(emsize);
+    let n = nas_darts::count_lm(
+        genotype.as_ref().map(|(_, g)| g),
+        emsize,
+        nhid,
+        args.vocab,
+        nas_darts::RNN_STEPS,
+    )?;
+    let model = match args.model {
+        Model::Ptb => "ptb",
+        _ => "search-rnn",
+    };
+    let name = genotype.as_ref().map_or("search cell", |(s, _)| s.as_str());
+    let text = if args.json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model": model, "genotype": genotype.as_ref().map(|(s, _)| s),
+            "emsize": emsize, "nhid": nhid, "vocab": args.vocab, "params": n,
+        }))?
+    } else {
+        format!(
+            "{model} {name} emsize={emsize} nhid={nhid} vocab={}: {n} parameters ({:.2}M)",
+            args.vocab,
+            n as f64 / 1e6
+        )
+    };
+    emit(&text, None)
+}
+
 pub fn run(args: CountArgs) -> Result<()> {
     match args.model {
+        Model::Ptb | Model::SearchRnn => count_rnn(&args),
         Model::SearchCnn => {
             if args.genotype.is_some() {
                 bail!("--genotype does not apply to search-cnn: the search network holds every op");

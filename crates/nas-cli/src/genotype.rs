@@ -30,12 +30,15 @@ pub enum GenotypeCommand {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// A random DARTS CNN genotype (2 inputs per node, ops other than `none`): the
-    /// baseline a search must beat.
+    /// A random DARTS genotype (CNN: 2 inputs per node; RNN: 8 nodes, one input each;
+    /// never `none`): the baseline a search must beat.
     Random {
         /// The seed; the same seed gives the same genotype.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// darts-cnn or darts-rnn.
+        #[arg(long, value_enum, default_value = "darts-cnn")]
+        space: DeriveSpace,
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -122,8 +125,13 @@ pub fn run(cmd: GenotypeCommand) -> Result<()> {
             let genotype = load(&genotype, space.map(GenotypeKind::from))?;
             write(&genotype, &out)
         }
-        GenotypeCommand::Random { seed, out } => {
-            let genotype = Genotype::DartsCnn(nas_search_space::random_cnn(seed, 4, 2)?);
+        GenotypeCommand::Random { seed, space, out } => {
+            let genotype = match space {
+                DeriveSpace::DartsCnn => {
+                    Genotype::DartsCnn(nas_search_space::random_cnn(seed, 4, 2)?)
+                }
+                DeriveSpace::DartsRnn => Genotype::DartsRnn(nas_search_space::random_rnn(seed, 8)?),
+            };
             write(&genotype, &out)
         }
         GenotypeCommand::Derive {

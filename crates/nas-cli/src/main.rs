@@ -16,6 +16,7 @@ mod count;
 mod data;
 mod genotype;
 mod import;
+mod lm;
 mod output;
 mod progress;
 mod search;
@@ -46,7 +47,11 @@ enum Command {
     /// Train a genotype from scratch; the test set is evaluated once, at the end.
     #[command(after_help = train_after_help())]
     Train(train::TrainArgs),
-    /// Evaluate a training run's checkpoint.
+    /// Train a recurrent cell (a language model) from scratch with NT-ASGD; the test
+    /// perplexity of the best checkpoint is measured at the end.
+    #[command(after_help = train_lm_after_help())]
+    TrainLm(lm::TrainLmArgs),
+    /// Evaluate a training run's checkpoint (accuracy, or perplexity for a recurrent run).
     Eval(train::EvalArgs),
     /// Count a network's parameters and multiply-adds.
     Count(count::CountArgs),
@@ -56,6 +61,10 @@ enum Command {
 
 fn train_after_help() -> String {
     format!("Presets:\n{}", train::presets_help())
+}
+
+fn train_lm_after_help() -> String {
+    format!("Presets:\n{}", lm::train_presets_help())
 }
 
 fn search_after_help() -> String {
@@ -73,13 +82,17 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // Training commands log their epochs by default; the others only warnings.
-    let trains = matches!(cli.command, Command::Search(_) | Command::Train(_));
+    let trains = matches!(
+        cli.command,
+        Command::Search(_) | Command::Train(_) | Command::TrainLm(_)
+    );
     init_tracing(cli.verbose + u8::from(trains));
     let result = match cli.command {
         Command::Genotype(cmd) => genotype::run(cmd),
         Command::Data(cmd) => data::run(cmd),
         Command::Search(cmd) => search::run(cmd),
         Command::Train(args) => train::run_train(args),
+        Command::TrainLm(args) => lm::run_train(args),
         Command::Eval(args) => train::run_eval(args),
         Command::Count(args) => count::run(args),
         Command::Import(args) => import::run(args),

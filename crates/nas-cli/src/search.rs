@@ -14,6 +14,13 @@ pub enum SearchCommand {
     /// DARTS on a CNN cell space; with no arguments, the `digits` preset on the embedded
     /// digits (a few minutes on 2 cores).
     Darts(DartsArgs),
+    /// DARTS on the recurrent cell space, on a text corpus (PTB); default preset `cpu`.
+    #[command(after_help = rnn_after_help())]
+    DartsRnn(crate::lm::DartsRnnArgs),
+}
+
+fn rnn_after_help() -> String {
+    format!("Presets:\n{}", crate::lm::search_presets_help())
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +64,7 @@ pub struct DartsArgs {
 pub fn run(cmd: SearchCommand) -> Result<()> {
     match cmd {
         SearchCommand::Darts(args) => darts(args),
+        SearchCommand::DartsRnn(args) => crate::lm::run_search(args),
     }
 }
 

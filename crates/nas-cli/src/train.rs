@@ -143,6 +143,13 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
+    if crate::lm::is_lm_run(&args.checkpoint) {
+        let opts = SearchOptions {
+            data_dir: resolve_data_dir(args.data_dir.clone()),
+            device: device(&args.device)?,
+        };
+        return crate::lm::eval(&args.checkpoint, &args.split, args.best, &opts, args.json);
+    }
     let test = match args.split.as_str() {
         "test" => true,
         "val" => false,

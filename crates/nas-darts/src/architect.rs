@@ -64,6 +64,7 @@ pub struct ArchStep {
 pub struct Architect {
     opt: Adam,
     order: Order,
+    unrolled_clip: Option<f64>,
 }
 
 impl Architect {
@@ -72,7 +73,17 @@ impl Architect {
         Ok(Architect {
             opt: Adam::new(arch, cfg)?,
             order,
+            unrolled_clip: None,
         })
+    }
+
+    /// Clips the gradients of the unrolled step to `max_norm`, as the reference's
+    /// recurrent architect (`rnn/architect.py`) does: the training gradient that makes
+    /// `w'` is clipped (by `clip_coef`), so is `v`, and the finite-difference term is
+    /// scaled by `xi * clip_coef`. The CNN architect does not clip.
+    pub fn with_unrolled_clip(mut self, max_norm: f64) -> Self {
+        self.unrolled_clip = Some(max_norm);
+        self
     }
 
     /// The approximation in use.
@@ -131,7 +142,8 @@ impl Architect {
                     .iter()
                     .map(|(_, v)| v.as_tensor().copy())
                     .collect::<candle_core::Result<_>>()?;
-                let result = second_order(model, train, val, w_opt, arch, &saved);
+                let result =
+                    second_order(model, train, val, w_opt, arch, &saved, self.unrolled_clip);
                 // Whatever happened, put the weights back exactly.
                 for ((_, var), w) in weights.iter().zip(&saved) {
                     var.set(w)?;
@@ -149,13 +161,18 @@ fn second_order<M: Objective>(
     w_opt: &Sgd,
     arch: &[(String, Var)],
     w: &[Tensor],
+    clip: Option<f64>,
 ) -> Result<(Vec<Tensor>, ArchStep)> {
     let weights = w_opt.vars();
     let cfg = w_opt.config();
-    let xi = cfg.lr;
-    // w' = w - xi (momentum buf + grad + wd w)
+    // w' = w - xi (momentum buf + clip_coef grad + wd w)
     let store = model.loss(train)?.backward()?;
-    let g_train = or_zeros(grads::collect(&store, weights), weights)?;
+    let mut g_train = or_zeros(grads::collect(&store, weights), weights)?;
+    let clip_coef = match clip {
+        Some(max_norm) => clip_in_place(&mut g_train, max_norm)?,
+        None => 1.0,
+    };
+    let xi = cfg.lr;
     for (i, ((_, var), (w, g))) in weights.iter().zip(w.iter().zip(&g_train)).enumerate() {
         let mut d = (g + (w * cfg.weight_decay)?)?;
         if let Some(buf) = w_opt.momentum_buffer(i) {
@@ -168,7 +185,10 @@ fn second_order<M: Objective>(
     let val_loss = scalar(&loss)?;
     let store = loss.backward()?;
     let dalpha = or_zeros(grads::collect(&store, arch), arch)?;
-    let v = or_zeros(grads::collect(&store, weights), weights)?;
+    let mut v = or_zeros(grads::collect(&store, weights), weights)?;
+    if let Some(max_norm) = clip {
+        clip_in_place(&mut v, max_norm)?;
+    }
     let norm = grads::global_norm(&v.iter().cloned().map(Some).collect::<Vec<_>>())?;
     if norm == 0.0 || xi == 0.0 {
         return Ok((dalpha, ArchStep { val_loss }));
@@ -186,9 +206,23 @@ fn second_order<M: Objective>(
     let grads = dalpha
         .iter()
         .zip(plus.iter().zip(&minus))
-        .map(|(d, (p, m))| d - ((p - m)? * (xi / (2.0 * eps)))?)
+        .map(|(d, (p, m))| d - ((p - m)? * (xi * clip_coef / (2.0 * eps)))?)
         .collect::<candle_core::Result<Vec<_>>>()?;
     Ok((grads, ArchStep { val_loss }))
+}
+
+/// Scales `grads` to global norm `max_norm` when above it, as the reference's `_clip`
+/// (`max_norm / (norm + 1e-6)`); returns the factor (at most 1).
+fn clip_in_place(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    let norm = grads::global_norm(&grads.iter().cloned().map(Some).collect::<Vec<_>>())?;
+    let coef = max_norm / (norm + 1e-6);
+    if coef >= 1.0 {
+        return Ok(1.0);
+    }
+    for g in grads.iter_mut() {
+        *g = (&*g * coef)?;
+    }
+    Ok(coef)
 }
 
 fn or_zeros(grads: Vec<Option<Tensor>>, vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
@@ -275,6 +309,19 @@ mod tests {
     /// The exact hypergradient `d/da L_val(w'(a), a)` by central differences of the whole
     /// function, with `w'(a)` written out in closed form: independent of the architect.
     fn reference(toy: &Toy, xi: f64, momentum: f64, wd: f64, buf: &Tensor) -> Vec<f64> {
+        reference_scaled(toy, xi, momentum, wd, buf, 1.0)
+    }
+
+    /// As [`reference`], with the training gradient scaled by a constant `coef` in `w'`
+    /// (the recurrent architect's `clip_coef`, a constant of the unrolled step).
+    fn reference_scaled(
+        toy: &Toy,
+        xi: f64,
+        momentum: f64,
+        wd: f64,
+        buf: &Tensor,
+        coef: f64,
+    ) -> Vec<f64> {
         let a0: Vec<f64> = toy.a.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let w = toy.w.as_tensor();
         let f = |a: &[f64]| -> f64 {
@@ -284,7 +331,9 @@ mod tests {
                 - &toy.y)
                 .unwrap();
             let g = toy.a_mat.t().unwrap().matmul(&r).unwrap();
-            let d = ((g + (w * wd).unwrap()).unwrap() + (buf * momentum).unwrap()).unwrap();
+            let d = (((g * coef).unwrap() + (w * wd).unwrap()).unwrap()
+                + (buf * momentum).unwrap())
+            .unwrap();
             let w1 = (w - (d * xi).unwrap()).unwrap();
             toy.val_loss(&w1, &a).unwrap().to_scalar::<f64>().unwrap()
         };
@@ -355,6 +404,37 @@ mod tests {
         let g1: Vec<f64> = g1[0].flatten_all().unwrap().to_vec1().unwrap();
         let dist: f64 = g1.iter().zip(&want).map(|(x, y)| (x - y).abs()).sum();
         assert!(dist > 1e-2, "first {g1:?} vs exact {want:?}");
+    }
+
+    /// With a clip below the training gradient's norm (and above `v`'s), the recurrent
+    /// architect's result is the hypergradient of `w' = w - xi (clip_coef g + ...)`.
+    #[test]
+    fn clipped_second_order_scales_the_implicit_term_by_clip_coef() {
+        let (toy, sgd, arch, buf) = setup(Order::Second);
+        let store = toy.loss(&Split::Train).unwrap().backward().unwrap();
+        let g = grads::collect(&store, sgd.vars());
+        let norm = grads::global_norm(&g).unwrap();
+        let clip = norm / 3.0;
+        let coef = clip / (norm + 1e-6);
+        let arch = arch.with_unrolled_clip(clip);
+        let (got, _) = arch
+            .gradient(&toy, &Split::Train, &Split::Val, &sgd)
+            .unwrap();
+        let got: Vec<f64> = got[0].flatten_all().unwrap().to_vec1().unwrap();
+        let want = reference_scaled(&toy, 0.05, 0.9, 0.01, &buf, coef);
+        for (x, y) in got.iter().zip(&want) {
+            assert!(
+                (x - y).abs() < 1e-6 * (1.0 + y.abs()),
+                "{got:?} vs {want:?}"
+            );
+        }
+        let unclipped = reference(&toy, 0.05, 0.9, 0.01, &buf);
+        let dist: f64 = unclipped
+            .iter()
+            .zip(&want)
+            .map(|(x, y)| (x - y).abs())
+            .sum();
+        assert!(dist > 1e-3, "clipping made no difference: {want:?}");
     }
 
     #[test]

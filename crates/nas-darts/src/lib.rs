@@ -1,6 +1,7 @@
 //! DARTS (Liu, Simonyan, Yang 2018) on candle: the continuous relaxation of a cell search
 //! space, the bilevel search with a first- or second-order architect, and the search
-//! loop with resumable run directories.
+//! loop with resumable run directories; the evaluation networks; and the recurrent
+//! cells on a text corpus (search and retraining with NT-ASGD).
 
 mod architect;
 mod config;
@@ -9,6 +10,10 @@ mod error;
 mod eval_cell;
 mod eval_network;
 mod import;
+mod lm;
+mod lm_config;
+mod rnn_cell;
+mod rnn_lm;
 mod search;
 mod search_cell;
 mod search_network;
@@ -24,6 +29,15 @@ pub use error::{Error, Result};
 pub use eval_cell::{op_mult_adds, EvalCell};
 pub use eval_network::{count, Counts, EvalKind, EvalNetConfig, EvalNetwork};
 pub use import::import_reference;
+pub use lm::{evaluate_lm_run, resume_lm, search_rnn, train_lm, LmOutcome, LmReport};
+pub use lm_config::{
+    LmArchConfig, LmConfig, LmDataConfig, LmOptimConfig, LmRunConfig, LM_SEARCH_PRESETS,
+    LM_TRAIN_PRESETS,
+};
+pub use rnn_cell::{rnn_edge_count, CellMasks, RnnCell, RNN_STEPS};
+pub use rnn_lm::{
+    ar, count_lm, nll, tar, LmBatch, LmMasks, LmOutput, RnnLm, RnnLmConfig, RnnObjective,
+};
 pub use search::{resume, search, SearchOptions, SearchOutcome};
 pub use search_cell::{edge_count, CellShape, SearchCell};
 pub use search_network::{count_parameters, Alphas, SearchCnn, SearchCnnConfig};

@@ -176,7 +176,27 @@ impl Batched {
             .collect()
     }
 
-    /// DARTS's random windows (`train_search.py`): the base length is `bptt` with
+    /// The random windows of DARTS's recurrent search (`rnn/train_search.py`, whose
+    /// normal jitter is commented out): `bptt` with probability 0.95, else `bptt / 2`
+    /// (rounded down), cut at the end of the data.
+    pub fn search_windows(&self, bptt: usize, seed: u64) -> Vec<(usize, usize)> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < self.rows - 2 {
+            let len = if rng.random::<f64>() < 0.95 {
+                bptt
+            } else {
+                bptt / 2
+            };
+            let len = len.max(1).min(self.rows - 1 - start);
+            out.push((start, len));
+            start += len;
+        }
+        out
+    }
+
+    /// DARTS's random windows for retraining (`rnn/train.py`): the base length is `bptt` with
     /// probability 0.95, else `bptt / 2`; the length is drawn from a normal around it with
     /// standard deviation 5, at least 5 and at most `bptt + max_delta`.
     pub fn darts_windows(&self, bptt: usize, max_delta: usize, seed: u64) -> Vec<(usize, usize)> {
@@ -250,6 +270,20 @@ mod tests {
         );
         let mean = covered as f64 / w.len() as f64;
         assert!((30.0..36.0).contains(&mean), "mean window {mean}");
+        let s = train.search_windows(35, 7);
+        assert!(s[..s.len() - 1]
+            .iter()
+            .all(|&(_, len)| len == 35 || len == 17));
+        let halves = s.iter().filter(|&&(_, len)| len == 17).count();
+        assert!(
+            halves > 0 && halves < s.len() / 5,
+            "{halves} of {}",
+            s.len()
+        );
+        assert_eq!(
+            s.windows(2).filter(|p| p[0].0 + p[0].1 != p[1].0).count(),
+            0
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Criterion benchmarks: each fused op, forward + backward, against candle's plain-tensor
-//! form, and the whole DARTS MixedOp, at N=16, C=16, 32x32 on the CPU.
+//! form, and the whole DARTS MixedOp, at N=16, C=16, 32x32 on the CPU; the recurrent-cell
+//! node update (`rnn_node`, fused against `rnn_node_slow`) at n=4, B=256, H=300.
 
 use criterion::{criterion_main, Criterion};
 

@@ -65,6 +65,16 @@ class MixedOp(nn.Module):
         return x.mul(0.0) * weights[0] + sum(w * op(x) for w, op in zip(weights[1:], self._ops))
 
 
+def rnn_node(states, ch, probs):
+    """DARTS's recurrent-cell node update (rnn/model_search.py), n=4 B=256 H=300."""
+    c, h = torch.split(ch, states.size(-1), dim=-1)
+    c = c.sigmoid()
+    out = torch.zeros_like(states[0])
+    for k, fn in enumerate([torch.tanh, torch.relu, torch.sigmoid, lambda t: t], start=1):
+        out = out + torch.sum(probs[:, k, None, None] * (states + c * (fn(h) - states)), dim=0)
+    return out
+
+
 def main():
     args = [int(a) for a in sys.argv[1:]]
     n, c, size, repeats = (args + [16, 16, 32, 20][len(args):])[:4]
@@ -89,6 +99,9 @@ def main():
     op = MixedOp(c)
     alpha = leaf(8)
     res["mixed_op"] = timed(lambda: op(x, F.softmax(alpha, dim=0)).sum().backward(), repeats)
+    states, ch = leaf(4, 256, 300), leaf(4, 256, 600)
+    probs = F.softmax(torch.randn(4, 5), dim=1).requires_grad_()
+    res["rnn_node"] = timed(lambda: rnn_node(states, ch, probs).sum().backward(), repeats)
     print(json.dumps(res))
 
 

@@ -1,13 +1,14 @@
 //! Shared benchmark workloads: each op forward and backward at a given shape, in the
 //! fused form and, where candle has one, in candle's own plain-tensor form. Used by the
 //! criterion bench (`benches/ops.rs`) and the ratio printer (`examples/bench_ops.rs`);
-//! `benches/torch_ops.py` runs the same workloads in PyTorch.
+//! `benches/torch_ops.py` runs the same workloads in PyTorch. The recurrent-cell node
+//! update (`rnn_node`) runs at the DARTS RNN search shape whatever the image shape.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{ModuleT, VarBuilder, VarMap};
 use nas_ops::{
     batch_norm_train, batch_norm_train_slow, darts_op, depthwise_conv2d, depthwise_conv2d_slow,
-    mixed_op, pool2d, pool2d_slow, DepthwiseConfig, OpContext, PoolConfig,
+    mixed_op, pool2d, pool2d_slow, rnn_node, rnn_node_slow, DepthwiseConfig, OpContext, PoolConfig,
 };
 use nas_search_space::CnnOp;
 
@@ -40,7 +41,12 @@ fn backward(y: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Every workload at batch `n`, channels `c`, `size x size` images.
+/// The recurrent-cell node update: `n` earlier states, batch, hidden size (DARTS's RNN
+/// search: batch 256, 300 hidden units; 4 states is a middle node of the 8-node cell).
+const RNN_NODE: (usize, usize, usize) = (4, 256, 300);
+
+/// Every workload at batch `n`, channels `c`, `size x size` images (and `rnn_node` at
+/// [`RNN_NODE`]).
 pub fn workloads(n: usize, c: usize, size: usize) -> Result<Vec<Workload>> {
     let shape = [n, c, size, size];
     let mut out = Vec::new();
@@ -131,5 +137,19 @@ pub fn workloads(n: usize, c: usize, size: usize) -> Result<Vec<Workload>> {
             backward(&op.forward_weighted(x.as_tensor(), &w, true)?)
         }),
     });
+    let (n_states, batch, hidden) = RNN_NODE;
+    for fused in [true, false] {
+        let states = input(&[n_states, batch, hidden], 10)?;
+        let ch = input(&[n_states, batch, 2 * hidden], 11)?;
+        let alpha = input(&[n_states, 5], 12)?;
+        let probs = Var::from_tensor(&candle_nn::ops::softmax(alpha.as_tensor(), 1)?)?;
+        out.push(Workload {
+            name: format!("rnn_node/{}", if fused { "fused" } else { "candle" }),
+            run: Box::new(move || {
+                let f = if fused { rnn_node } else { rnn_node_slow };
+                backward(&f(states.as_tensor(), ch.as_tensor(), probs.as_tensor())?)
+            }),
+        });
+    }
     Ok(out)
 }

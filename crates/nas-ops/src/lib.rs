@@ -14,6 +14,7 @@ mod error;
 mod factorized_reduce;
 mod pool;
 mod relu_conv_bn;
+mod rnn_node;
 mod sep_conv;
 #[cfg(test)]
 mod testing;
@@ -31,5 +32,6 @@ pub use error::{Error, Result};
 pub use factorized_reduce::{factorized_reduce, FactorizedReduce};
 pub use pool::{pool2d, pool2d_slow, PoolConfig, PoolKind};
 pub use relu_conv_bn::{relu_conv_bn, ReluConvBn};
+pub use rnn_node::{rnn_node, rnn_node_slow};
 pub use sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
 pub use weighted_sum::{weighted_sum, weighted_sum_slow};

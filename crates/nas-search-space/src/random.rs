@@ -1,11 +1,13 @@
-//! Random DARTS CNN genotypes: the baseline a search must beat. Each node gets `k`
+//! Random DARTS genotypes: the baseline a search must beat. Each CNN node gets `k`
 //! distinct inputs among the earlier states, each with an op drawn uniformly from the
-//! primitives other than `none`, the shape that derivation gives.
+//! primitives other than `none`, the shape that derivation gives; each recurrent node
+//! one earlier state and one activation other than `none`.
 
 use crate::cnn::{CnnCell, CnnEdge, CnnGenotype};
 use crate::concat::Concat;
 use crate::error::Result;
-use crate::primitive::DARTS_CNN_PRIMITIVES;
+use crate::primitive::{DARTS_CNN_PRIMITIVES, DARTS_RNN_PRIMITIVES};
+use crate::rnn::{RnnEdge, RnnGenotype};
 
 /// A random genotype with `nodes` intermediate nodes and `k` inputs per node, drawn from
 /// `seed` (the same seed gives the same genotype everywhere).
@@ -30,6 +32,20 @@ pub fn random_cnn(seed: u64, nodes: usize, k: usize) -> Result<CnnGenotype> {
     let normal = cell("normal cell")?;
     let reduce = cell("reduce cell")?;
     CnnGenotype::new(normal, reduce)
+}
+
+/// A random recurrent genotype with `nodes` nodes, every node averaged into the output
+/// (as derivation gives), drawn from `seed`.
+pub fn random_rnn(seed: u64, nodes: usize) -> Result<RnnGenotype> {
+    let mut rng = SplitMix64(seed);
+    let edges = (1..=nodes)
+        .map(|node| {
+            let input = rng.below(node);
+            let activation = DARTS_RNN_PRIMITIVES[1 + rng.below(DARTS_RNN_PRIMITIVES.len() - 1)];
+            RnnEdge { activation, input }
+        })
+        .collect();
+    RnnGenotype::new(edges, Concat::range(1, nodes + 1))
 }
 
 struct SplitMix64(u64);
@@ -83,5 +99,22 @@ mod tests {
             }
         }
         assert_eq!(ops.len(), 7);
+    }
+
+    #[test]
+    fn random_recurrent_genotypes_read_earlier_states_without_none() {
+        let a = random_rnn(1, 8).unwrap();
+        assert_eq!(a, random_rnn(1, 8).unwrap());
+        assert_ne!(a, random_rnn(2, 8).unwrap());
+        assert_eq!(a.n_nodes(), 8);
+        assert_eq!(a.concat().indices(), (1..=8).collect::<Vec<_>>());
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..100 {
+            for (i, e) in random_rnn(seed, 8).unwrap().recurrent().iter().enumerate() {
+                assert!(e.input <= i && e.activation != crate::primitive::RnnOp::None);
+                seen.insert(e.activation);
+            }
+        }
+        assert_eq!(seen.len(), 4);
     }
 }

@@ -5,6 +5,7 @@
 
 mod adam;
 mod atomic;
+mod average;
 mod error;
 pub mod grads;
 mod loss;
@@ -17,6 +18,7 @@ mod sgd;
 
 pub use adam::{Adam, AdamConfig};
 pub use atomic::{write_atomic, write_atomic_with};
+pub use average::IterateAverage;
 pub use error::{Error, Result};
 pub use loss::{cross_entropy, ensure_finite, scalar};
 pub use metrics::{argmax, correct_top_k, Average};
