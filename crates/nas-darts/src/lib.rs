@@ -29,7 +29,10 @@ pub use error::{Error, Result};
 pub use eval_cell::{op_mult_adds, EvalCell};
 pub use eval_network::{count, Counts, EvalKind, EvalNetConfig, EvalNetwork};
 pub use import::import_reference;
-pub use lm::{evaluate_lm_run, resume_lm, search_rnn, train_lm, LmOutcome, LmReport};
+pub use lm::{
+    evaluate_lm_run, lm_step, resume_lm, search_rnn, train_lm, ArchPart, LmOutcome, LmReport,
+    StepOutput,
+};
 pub use lm_config::{
     LmArchConfig, LmConfig, LmDataConfig, LmOptimConfig, LmRunConfig, LM_SEARCH_PRESETS,
     LM_TRAIN_PRESETS,

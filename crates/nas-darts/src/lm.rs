@@ -16,7 +16,6 @@
 //! - training on a NaN stops with an error and keeps the last checkpoint (the reference
 //!   reloads it and retries the epoch).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -349,70 +348,38 @@ fn run_loop(
                 DType::F32,
                 dev,
             )?;
-            let mut arch_val_loss = None;
-            if let (Some(al), Some(arch)) = (&alphas, architect.as_mut()) {
-                let (vx, vy) = window(&data.search, start % search_rows, bptt, dev)?;
-                let val_masks = LmMasks::sample(
-                    &cfg.model,
-                    data.vocab,
-                    batch,
-                    &mut mask_rng,
-                    DType::F32,
-                    dev,
-                )?;
-                let objective = RnnObjective {
-                    model: &model,
-                    alphas: al.weights.as_tensor(),
-                };
-                let train_batch = LmBatch {
-                    tokens: x.clone(),
-                    targets: y.clone(),
-                    hidden: hidden.clone(),
-                    masks: masks.clone(),
-                    next_hidden: RefCell::new(None),
-                };
-                let val_batch = LmBatch {
-                    tokens: vx,
-                    targets: vy,
-                    hidden: hidden_valid.clone(),
-                    masks: val_masks,
-                    next_hidden: RefCell::new(None),
-                };
-                let a = arch.step(&objective, &train_batch, &val_batch, &sgd)?;
-                nas_train::ensure_finite("architecture validation loss", a.val_loss, epoch, step)?;
-                arch_loss.add(a.val_loss, 1);
-                arch_val_loss = Some(a.val_loss);
-                if let Some(h) = val_batch.next_hidden.into_inner() {
-                    hidden_valid = h;
+            let arch_part = match (&alphas, architect.as_mut()) {
+                (Some(al), Some(arch)) => {
+                    let (vx, vy) = window(&data.search, start % search_rows, bptt, dev)?;
+                    let val_masks = LmMasks::sample(
+                        &cfg.model,
+                        data.vocab,
+                        batch,
+                        &mut mask_rng,
+                        DType::F32,
+                        dev,
+                    )?;
+                    Some(ArchPart {
+                        alphas: al.weights.as_tensor(),
+                        architect: arch,
+                        val: LmBatch::new(vx, vy, hidden_valid.clone(), val_masks),
+                    })
                 }
-            }
-            // The weight step.
-            let probs = match &alphas {
-                Some(al) => Some(candle_nn::ops::softmax(al.weights.as_tensor(), 1)?),
-                None => None,
+                _ => None,
             };
-            let out = model.forward(&x, &hidden, probs.as_ref(), &masks, true)?;
-            let raw_loss = nll(&out.logits, &y)?;
-            let loss_value = nas_train::scalar(&raw_loss)?;
-            nas_train::ensure_finite("training loss", loss_value, epoch, step)?;
-            let mut loss = raw_loss;
-            for extra in [
-                ar(&out.dropped, cfg.optim.ar_alpha)?,
-                tar(&out.raw, cfg.optim.tar_beta)?,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                loss = (loss + extra)?;
+            let train = LmBatch::new(x, y, hidden.clone(), masks);
+            let out = lm_step(&model, &mut sgd, &cfg.optim, &train, arch_part)
+                .map_err(|e| at_step(e, epoch, step))?;
+            hidden = out.hidden;
+            if let Some(h) = out.hidden_valid {
+                hidden_valid = h;
             }
-            hidden = out.hidden.detach();
-            let store_grads = loss.backward()?;
-            let mut g = grads::collect(&store_grads, sgd.vars());
-            let norm = grads::clip_global_norm(&mut g, cfg.optim.clip)?;
-            nas_train::ensure_finite("weight gradient norm", norm, epoch, step)?;
-            sgd.step(&g)?;
             if let Some(avg) = average.as_mut() {
                 avg.update()?;
+            }
+            let (loss_value, norm, arch_val_loss) = (out.loss, out.grad_norm, out.arch_val_loss);
+            if let Some(a) = arch_val_loss {
+                arch_loss.add(a, 1);
             }
             train_loss.add(loss_value, len);
             global_step += 1;
@@ -562,6 +529,105 @@ fn run_loop(
     }
 }
 
+/// The architecture half of a search step.
+pub struct ArchPart<'a> {
+    /// The architecture weights.
+    pub alphas: &'a Tensor,
+    /// Their optimizer.
+    pub architect: &'a mut Architect,
+    /// The validation window, with the validation stream's hidden state.
+    pub val: LmBatch,
+}
+
+/// What one step gives.
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// The training window's NLL (before AR and TAR).
+    pub loss: f64,
+    /// The weight gradient's norm before clipping.
+    pub grad_norm: f64,
+    /// The architecture step's validation loss (search only).
+    pub arch_val_loss: Option<f64>,
+    /// The training stream's next hidden state (detached).
+    pub hidden: Tensor,
+    /// The validation stream's next hidden state (search only).
+    pub hidden_valid: Option<Tensor>,
+}
+
+/// One step of a recurrent run (`train()`'s loop body in the reference): for a search,
+/// first the architecture step on the validation window, then the weight step on the
+/// training window (NLL + AR + TAR, clipping, SGD at the optimizer's current rate).
+/// Finiteness is checked; errors name the quantity (the caller adds epoch and step).
+pub fn lm_step(
+    model: &RnnLm,
+    sgd: &mut Sgd,
+    optim: &crate::lm_config::LmOptimConfig,
+    train: &LmBatch,
+    arch: Option<ArchPart<'_>>,
+) -> Result<StepOutput> {
+    let (mut arch_val_loss, mut hidden_valid, mut probs) = (None, None, None);
+    if let Some(ArchPart {
+        alphas,
+        architect,
+        val,
+    }) = arch
+    {
+        let objective = RnnObjective { model, alphas };
+        let a = architect.step(&objective, train, &val, sgd)?;
+        nas_train::ensure_finite("architecture validation loss", a.val_loss, 0, 0)?;
+        arch_val_loss = Some(a.val_loss);
+        hidden_valid = val.next_hidden.into_inner();
+        probs = Some(candle_nn::ops::softmax(alphas, 1)?);
+    }
+    let out = model.forward(
+        &train.tokens,
+        &train.hidden,
+        probs.as_ref(),
+        &train.masks,
+        true,
+    )?;
+    let raw_loss = nll(&out, &train.targets)?;
+    let loss_value = nas_train::scalar(&raw_loss)?;
+    nas_train::ensure_finite("training loss", loss_value, 0, 0)?;
+    let mut loss = raw_loss;
+    for extra in [
+        ar(&out.dropped, optim.ar_alpha)?,
+        tar(&out.raw, optim.tar_beta)?,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        loss = (loss + extra)?;
+    }
+    let store_grads = loss.backward()?;
+    let mut g = grads::collect(&store_grads, sgd.vars());
+    let norm = grads::clip_global_norm(&mut g, optim.clip)?;
+    nas_train::ensure_finite("weight gradient norm", norm, 0, 0)?;
+    sgd.step(&g)?;
+    Ok(StepOutput {
+        loss: loss_value,
+        grad_norm: norm,
+        arch_val_loss,
+        hidden: out.hidden.detach(),
+        hidden_valid,
+    })
+}
+
+/// Puts the epoch and step into a non-finite error raised inside [`lm_step`].
+fn at_step(e: Error, epoch: usize, step: usize) -> Error {
+    match e {
+        Error::Train(nas_train::Error::NonFinite { what, value, .. }) => {
+            Error::Train(nas_train::Error::NonFinite {
+                what,
+                value,
+                epoch,
+                step,
+            })
+        }
+        other => other,
+    }
+}
+
 /// Perplexity over a whole stream in evaluation mode, hidden state carried across
 /// windows of `bptt`.
 fn evaluate(
@@ -581,7 +647,7 @@ fn evaluate(
     for &(start, len) in &windows {
         let (x, y) = window(stream, start, len, dev)?;
         let out = model.forward(&x, &hidden, probs, &none, false)?;
-        let loss = nas_train::scalar(&nll(&out.logits.detach(), &y)?)?;
+        let loss = nas_train::scalar(&nll(&out, &y)?)?;
         let n = y.dim(0)?;
         total += loss * n as f64;
         tokens += n;

@@ -343,8 +343,8 @@ fn tiny(base: LmConfig) -> LmConfig {
     LmConfig {
         data: LmDataConfig {
             batch_size: 8,
-            eval_batch_size: 4,
-            test_batch_size: 2,
+            eval_batch_size: 10,
+            test_batch_size: 50,
             bptt: 10,
             max_seq_len_delta: 5,
             max_train_tokens: Some(6_000),

@@ -135,8 +135,10 @@ impl LmMasks {
 /// What one forward pass gives.
 #[derive(Debug, Clone)]
 pub struct LmOutput {
-    /// Decoder logits, `[T * B, vocab]` (row `t * B + b`).
+    /// Decoder logits before the bias, `[T * B, vocab]` (row `t * B + b`).
     pub logits: Tensor,
+    /// The decoder's bias, `[vocab]` (added inside the fused loss).
+    pub bias: Tensor,
     /// The cell's outputs before the output dropout, `[T, B, nhid]`.
     pub raw: Tensor,
     /// The same after the output dropout.
@@ -267,10 +269,10 @@ impl RnnLm {
         let dropped = locked(&raw, masks.output.as_ref())?;
         let logits = dropped
             .reshape((t_len * batch, self.cfg.nhid))?
-            .matmul(&self.encoder.t()?)?
-            .broadcast_add(&self.decoder_bias)?;
+            .matmul(&self.encoder.t()?)?;
         Ok(LmOutput {
             logits,
+            bias: self.decoder_bias.clone(),
             raw,
             dropped,
             hidden,
@@ -314,9 +316,14 @@ fn locked(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
-/// The mean negative log-likelihood of `targets` (`[T * B]`, u32) under `logits`.
-pub fn nll(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    Ok(nas_train::cross_entropy(logits, targets, 0.0)?)
+/// The mean negative log-likelihood of `targets` (`[T * B]`, u32) under the decoder's
+/// output (one fused op: bias, log-softmax and the pick of the target).
+pub fn nll(out: &LmOutput, targets: &Tensor) -> Result<Tensor> {
+    Ok(nas_ops::softmax_cross_entropy(
+        &out.logits,
+        &out.bias,
+        targets,
+    )?)
 }
 
 /// Temporal activation regularisation (Merity et al. 2017): `beta` times the mean squared
@@ -355,6 +362,19 @@ pub struct LmBatch {
     pub next_hidden: RefCell<Option<Tensor>>,
 }
 
+impl LmBatch {
+    /// A batch whose `next_hidden` is still empty.
+    pub fn new(tokens: Tensor, targets: Tensor, hidden: Tensor, masks: LmMasks) -> Self {
+        LmBatch {
+            tokens,
+            targets,
+            hidden,
+            masks,
+            next_hidden: RefCell::new(None),
+        }
+    }
+}
+
 /// The search model with its architecture weights, as the architect sees it: the
 /// training-mode NLL of a window (the reference's `_loss`, without TAR).
 #[derive(Debug)]
@@ -385,7 +405,7 @@ impl Objective for RnnObjective<'_> {
             true,
         )?;
         *batch.next_hidden.borrow_mut() = Some(out.hidden.detach());
-        nll(&out.logits, &batch.targets)
+        nll(&out, &batch.targets)
     }
 }
 
@@ -440,7 +460,7 @@ mod tests {
             let out = model
                 .forward(&x, &hidden, Some(&probs), &masks, true)
                 .unwrap();
-            let l = nll(&out.logits, &y).unwrap();
+            let l = nll(&out, &y).unwrap();
             (l + tar(&out.raw, 0.3).unwrap().unwrap()).unwrap()
         };
         // BN's running statistics change on every training pass, but the loss does not
@@ -492,7 +512,7 @@ mod tests {
         let hidden = model.init_hidden(3).unwrap();
         let loss = || -> Tensor {
             let out = model.forward(&x, &hidden, None, &masks, true).unwrap();
-            (nll(&out.logits, &y).unwrap() + tar(&out.raw, 0.5).unwrap().unwrap()).unwrap()
+            (nll(&out, &y).unwrap() + tar(&out.raw, 0.5).unwrap().unwrap()).unwrap()
         };
         let grads = loss().backward().unwrap();
         let eps = 1e-6;

@@ -6,6 +6,7 @@
 mod batch_norm;
 mod conv;
 mod cpu;
+mod cross_entropy;
 mod darts_op;
 mod depthwise;
 mod drop_path;
@@ -24,6 +25,7 @@ pub use batch_norm::{
     batch_norm, batch_norm_train, batch_norm_train_slow, BatchNorm, BatchNormConfig, BatchStats,
 };
 pub use conv::{conv2d, global_avg_pool, pointwise, subsample, Conv2d, Conv2dConfig};
+pub use cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_slow};
 pub use darts_op::{darts_op, mixed_op, Conv7x1x7, DartsOp, MixedOp, OpContext};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_slow, DepthwiseConfig};
 pub use drop_path::drop_path;

@@ -1,0 +1,120 @@
+//! One DARTS recurrent search step, timed: `cargo run --release -p nas-darts --example
+//! bench_lm_step -- [first|second] [batch] [bptt] [nhid] [vocab] [repeats]`
+//! (default: the paper's search preset, `first 256 35 300 10000 3`). Prints one JSON line
+//! with the median seconds per step and the peak resident memory of this process.
+//!
+//! The step is the recurrent search's (`nas_darts::lm_step`): an architecture step on a
+//! validation window, then a weight step on a training window (NLL + TAR, SGD lr 20,
+//! clip 0.25), with the paper's dropouts, on seeded random tokens. `cargo xtask bench
+//! darts-rnn-step` runs it next to the same step in PyTorch (`benches/darts_rnn_step.py`).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use nas_darts::{
+    lm_step, rnn_edge_count, ArchPart, Architect, LmBatch, LmConfig, LmMasks, Order, RnnLm,
+    RNN_STEPS,
+};
+use nas_train::{ParamStore, Sgd};
+use rand::{Rng, SeedableRng};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() -> nas_darts::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
+    let order: Order = args
+        .first()
+        .map(|s| s.parse())
+        .transpose()
+        .map_err(nas_darts::Error::Config)?
+        .unwrap_or(Order::First);
+    let (batch, bptt, nhid, vocab, repeats) = (
+        arg(1, 256),
+        arg(2, 35),
+        arg(3, 300),
+        arg(4, 10_000),
+        arg(5, 3),
+    );
+    let dev = Device::Cpu;
+    let mut cfg = LmConfig::paper_search();
+    cfg.model.emsize = nhid;
+    cfg.model.nhid = nhid;
+    let store = ParamStore::new(0);
+    let model = RnnLm::search(
+        cfg.model,
+        vocab,
+        RNN_STEPS,
+        store.var_builder(DType::F32, &dev),
+    )?;
+    let alphas =
+        Var::from_tensor(&(Tensor::randn(0f32, 1e-3, (rnn_edge_count(RNN_STEPS), 5), &dev)?))?;
+    let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
+    let adam = cfg.adam().expect("a search preset has [arch]");
+    let mut architect = Architect::new(vec![("weights".into(), alphas.clone())], adam, order)?
+        .with_unrolled_clip(cfg.optim.clip);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let tokens = |rng: &mut rand::rngs::StdRng| -> nas_darts::Result<(Tensor, Tensor)> {
+        let x: Vec<u32> = (0..bptt * batch)
+            .map(|_| rng.random_range(0..vocab as u32))
+            .collect();
+        let y: Vec<u32> = (0..bptt * batch)
+            .map(|_| rng.random_range(0..vocab as u32))
+            .collect();
+        Ok((
+            Tensor::from_vec(x, (bptt, batch), &dev)?,
+            Tensor::from_vec(y, bptt * batch, &dev)?,
+        ))
+    };
+    let mut hidden = model.init_hidden(batch)?;
+    let mut hidden_valid = model.init_hidden(batch)?;
+    let mut times = Vec::new();
+    for _ in 0..repeats + 1 {
+        let (x, y) = tokens(&mut rng)?;
+        let (vx, vy) = tokens(&mut rng)?;
+        let masks = LmMasks::sample(&cfg.model, vocab, batch, &mut rng, DType::F32, &dev)?;
+        let val_masks = LmMasks::sample(&cfg.model, vocab, batch, &mut rng, DType::F32, &dev)?;
+        let started = Instant::now();
+        let out = lm_step(
+            &model,
+            &mut sgd,
+            &cfg.optim,
+            &LmBatch::new(x, y, hidden.clone(), masks),
+            Some(ArchPart {
+                alphas: alphas.as_tensor(),
+                architect: &mut architect,
+                val: LmBatch::new(vx, vy, hidden_valid.clone(), val_masks),
+            }),
+        )?;
+        times.push(started.elapsed().as_secs_f64());
+        hidden = out.hidden;
+        hidden_valid = out.hidden_valid.unwrap_or(hidden_valid);
+    }
+    // The first step warms up (allocator, thread pools).
+    let mut rest = times[1..].to_vec();
+    rest.sort_by(f64::total_cmp);
+    let median = rest[rest.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "candle-nas", "order": format!("{order:?}").to_lowercase(), "batch": batch,
+            "bptt": bptt, "nhid": nhid, "vocab": vocab,
+            "seconds_per_step": median, "steps": rest, "peak_rss_mb": peak_rss_mb(),
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Softmax cross-entropy of a language model's decoder as one op: the mean over rows of
+//! `logsumexp(z_i + b) - (z_i + b)[t_i]` for logits `z` `[n, v]`, a bias `b` `[v]` and
+//! targets `t` `[n]`. Forward saves each row's log-sum-exp; backward writes
+//! `(softmax - onehot) / n` once and sums it over rows for the bias. Built from candle's
+//! generic ops the same loss takes about ten passes over `[n, v]` (bias add, max,
+//! subtract, exp, sum, log, gather, and their gradients), each with a fresh buffer: for
+//! PTB's 10,000-word vocabulary that is most of a step's memory traffic.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{dispatch, Elem};
+use crate::error::{Error, Result};
+
+const OP: &str = "softmax_cross_entropy";
+/// Rows per parallel task of the backward pass (the bias gradient is summed per task,
+/// then over tasks in order, so the result does not depend on the thread count).
+const ROWS_PER_TASK: usize = 32;
+
+/// The mean cross-entropy of `targets` (`[n]`, u32) under `softmax(logits + bias)` with
+/// `logits` `[n, v]` and `bias` `[v]`; a scalar, differentiable in `logits` and `bias`.
+pub fn softmax_cross_entropy(logits: &Tensor, bias: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, v) = check(logits, bias, targets)?;
+    let op = SoftmaxCrossEntropy {
+        n,
+        v,
+        lse: Arc::new(Mutex::new(None)),
+    };
+    logits
+        .contiguous()?
+        .apply_op3(&bias.contiguous()?, &targets.contiguous()?, op)
+}
+
+/// The plain-tensor reference of [`softmax_cross_entropy`].
+pub fn softmax_cross_entropy_slow(
+    logits: &Tensor,
+    bias: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    check(logits, bias, targets)?;
+    let z = logits.broadcast_add(bias)?;
+    let log_p = candle_nn::ops::log_softmax(&z, 1)?;
+    candle_nn::loss::nll(&log_p, targets)
+}
+
+fn check(logits: &Tensor, bias: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
+    let (n, v) = match logits.dims() {
+        &[n, v] if n > 0 && v > 0 => (n, v),
+        other => {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: "non-empty logits [n, vocab]".into(),
+                got: other.to_vec(),
+            }
+            .into())
+        }
+    };
+    if bias.dims() != [v] {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("bias [{v}]"),
+            got: bias.dims().to_vec(),
+        }
+        .into());
+    }
+    if targets.dims() != [n] || targets.dtype() != DType::U32 {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: format!("u32 targets [{n}] (got dtype {:?})", targets.dtype()),
+            got: targets.dims().to_vec(),
+        }
+        .into());
+    }
+    Ok((n, v))
+}
+
+struct SoftmaxCrossEntropy {
+    n: usize,
+    v: usize,
+    /// Each row's log-sum-exp, saved by the forward pass for the backward one.
+    lse: Arc<Mutex<Option<Vec<f64>>>>,
+}
+
+fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
+    match s {
+        CpuStorage::U32(t) => crate::cpu::contiguous(t, l, OP),
+        other => Err(Error::Unsupported {
+            op: OP,
+            message: format!("targets must be u32, got {:?}", other.dtype()),
+        }
+        .into()),
+    }
+}
+
+fn check_targets(t: &[u32], v: usize) -> candle_core::Result<()> {
+    match t.iter().position(|&x| x as usize >= v) {
+        Some(i) => Err(Error::Unsupported {
+            op: OP,
+            message: format!("target {i} is {}, outside the vocabulary of {v}", t[i]),
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+/// Per row: the log-sum-exp of `z + b` and the loss `lse - (z + b)[t]`.
+fn forward<T: Elem>(z: &[T], b: &[T], t: &[u32], v: usize) -> Vec<(f64, f64)> {
+    z.par_chunks(v)
+        .zip(t.par_iter())
+        .map(|(row, &target)| {
+            let mut max = T::neg_infinity();
+            for (&x, &bb) in row.iter().zip(b) {
+                let y = x + bb;
+                if y > max {
+                    max = y;
+                }
+            }
+            let mut sum = 0f64;
+            for (&x, &bb) in row.iter().zip(b) {
+                sum += (x + bb - max).exp().as_f64();
+            }
+            let lse = max.as_f64() + sum.ln();
+            let target = target as usize;
+            (lse, lse - (row[target] + b[target]).as_f64())
+        })
+        .collect()
+}
+
+/// `dz = scale (softmax(z + b) - onehot(t))` and `db = sum_rows dz`.
+fn backward<T: Elem>(
+    z: &[T],
+    b: &[T],
+    t: &[u32],
+    lse: &[f64],
+    v: usize,
+    scale: f64,
+) -> (Vec<T>, Vec<T>) {
+    let mut dz = vec![T::zero(); z.len()];
+    let partial: Vec<Vec<f64>> = dz
+        .par_chunks_mut(v * ROWS_PER_TASK)
+        .zip(z.par_chunks(v * ROWS_PER_TASK))
+        .enumerate()
+        .map(|(task, (dzc, zc))| {
+            let mut db = vec![0f64; v];
+            for (r, (drow, row)) in dzc.chunks_mut(v).zip(zc.chunks(v)).enumerate() {
+                let i = task * ROWS_PER_TASK + r;
+                let shift = T::of_f64(lse[i]);
+                let s = T::of_f64(scale);
+                for ((d, &x), &bb) in drow.iter_mut().zip(row).zip(b) {
+                    *d = s * (x + bb - shift).exp();
+                }
+                let target = t[i] as usize;
+                drow[target] = drow[target] - s;
+                for (acc, &d) in db.iter_mut().zip(drow.iter()) {
+                    *acc += d.as_f64();
+                }
+            }
+            db
+        })
+        .collect();
+    let mut db = vec![0f64; v];
+    for p in &partial {
+        for (acc, &x) in db.iter_mut().zip(p) {
+            *acc += x;
+        }
+    }
+    (dz, db.into_iter().map(T::of_f64).collect())
+}
+
+impl CustomOp3 for SoftmaxCrossEntropy {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let t = targets_of(s3, l3)?;
+        check_targets(t, self.v)?;
+        let v = self.v;
+        let rows = dispatch!(OP, [(s1, l1) => z, (s2, l2) => b], |T| {
+            Ok::<_, candle_core::Error>(forward::<T>(z, b, t, v))
+        })?;
+        let mean = rows.iter().map(|&(_, l)| l).sum::<f64>() / self.n as f64;
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(rows.into_iter().map(|(lse, _)| lse).collect());
+        let out = match s1 {
+            CpuStorage::F64(_) => CpuStorage::F64(vec![mean]),
+            _ => CpuStorage::F32(vec![mean as f32]),
+        };
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        bias: &Tensor,
+        targets: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let scale = grad.to_dtype(DType::F64)?.to_scalar::<f64>()? / self.n as f64;
+        let lse = self
+            .lse
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Error::Unsupported {
+                op: OP,
+                message: "backward before forward".into(),
+            })?;
+        let (sz, lz) = logits.storage_and_layout();
+        let (sb, lb) = bias.storage_and_layout();
+        let (st, lt) = targets.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(sz),
+            candle_core::Storage::Cpu(sb),
+            candle_core::Storage::Cpu(st),
+        ) = (&*sz, &*sb, &*st)
+        else {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: "only the CPU is supported".into(),
+            }
+            .into());
+        };
+        let t = targets_of(st, lt)?;
+        let (n, v) = (self.n, self.v);
+        let dev = logits.device();
+        let (dz, db) = dispatch!(OP, [(sz, lz) => z, (sb, lb) => b], |T| {
+            let (dz, db) = backward::<T>(z, b, t, &lse, v, scale);
+            Ok::<_, candle_core::Error>((
+                Tensor::from_vec(dz, (n, v), dev)?,
+                Tensor::from_vec(db, v, dev)?,
+            ))
+        })?;
+        Ok((Some(dz), Some(db), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, randn};
+    use candle_core::{Device, Var};
+
+    fn targets(n: usize, v: usize, dev: &Device) -> Tensor {
+        let t: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % v) as u32).collect();
+        Tensor::from_vec(t, n, dev).unwrap()
+    }
+
+    #[test]
+    fn matches_the_slow_reference_forward_and_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, v) = (67, 301);
+        let z = (randn(&[n, v], DType::F32, &dev)? * 3.0)?;
+        let b = randn(&[v], DType::F32, &dev)?;
+        let t = targets(n, v, &dev);
+        let (vz, vb) = (Var::from_tensor(&z)?, Var::from_tensor(&b)?);
+        let fast = softmax_cross_entropy(vz.as_tensor(), vb.as_tensor(), &t)?;
+        let slow = softmax_cross_entropy_slow(vz.as_tensor(), vb.as_tensor(), &t)?;
+        assert_close(&fast, &slow, 1e-5, 1e-5, "loss")?;
+        let gf = (fast * 1.7)?.backward()?;
+        let gs = (slow * 1.7)?.backward()?;
+        for (var, what) in [(&vz, "logits"), (&vb, "bias")] {
+            assert_close(
+                gf.get(var.as_tensor()).unwrap(),
+                gs.get(var.as_tensor()).unwrap(),
+                1e-6,
+                1e-4,
+                what,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        let (n, v) = (5, 7);
+        let z = randn(&[n, v], DType::F64, &dev)?;
+        let b = randn(&[v], DType::F64, &dev)?;
+        let t = targets(n, v, &dev);
+        let (vz, vb) = (Var::from_tensor(&z)?, Var::from_tensor(&b)?);
+        let g = softmax_cross_entropy(vz.as_tensor(), vb.as_tensor(), &t)?.backward()?;
+        let loss = |z: &Tensor, b: &Tensor| -> f64 {
+            softmax_cross_entropy(z, b, &t)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let eps = 1e-6;
+        for (which, base) in [(0, &z), (1, &b)] {
+            let analytic: Vec<f64> = g
+                .get(if which == 0 {
+                    vz.as_tensor()
+                } else {
+                    vb.as_tensor()
+                })
+                .unwrap()
+                .flatten_all()?
+                .to_vec1()?;
+            let flat: Vec<f64> = base.flatten_all()?.to_vec1()?;
+            for j in 0..flat.len() {
+                let at = |d: f64| {
+                    let mut x = flat.clone();
+                    x[j] += d;
+                    let x = Tensor::from_vec(x, base.dims(), &dev).unwrap();
+                    if which == 0 {
+                        loss(&x, &b)
+                    } else {
+                        loss(&z, &x)
+                    }
+                };
+                let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+                assert!(
+                    (analytic[j] - numeric).abs() < 1e-7 + 1e-5 * numeric.abs(),
+                    "input {which} element {j}: {} vs {numeric}",
+                    analytic[j]
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_targets_and_shapes_are_named() {
+        let dev = Device::Cpu;
+        let z = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        let t = Tensor::new(&[0u32, 3], &dev).unwrap();
+        let err = softmax_cross_entropy(&z, &b, &t).unwrap_err().to_string();
+        assert!(
+            err.contains("target 1 is 3, outside the vocabulary of 3"),
+            "{err}"
+        );
+        let bad_bias = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        let err = softmax_cross_entropy(&z, &bad_bias, &t)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bias [3]"), "{err}");
+        let float_targets = Tensor::zeros(2, DType::F32, &dev).unwrap();
+        let err = softmax_cross_entropy(&z, &b, &float_targets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("u32 targets [2]"), "{err}");
+    }
+}
