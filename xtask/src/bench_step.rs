@@ -5,15 +5,14 @@
 //! written in PyTorch (`crates/nas-darts/benches/darts_step.py`). Each side runs in its own process,
 //! so its peak resident memory is its own. Prints times, memory and the ratios.
 
-use std::process::Command;
-
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
+use crate::bench::USAGE;
+use crate::compare;
 use crate::project_root;
 
 pub fn run(args: &[&str]) -> Result<()> {
-    let mut python = std::env::var("NAS_TORCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut python = compare::default_python();
     let mut net = "8,5,16".to_string();
     let mut train_net = "16,8,32".to_string();
     let mut repeats = "5".to_string();
@@ -27,7 +26,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             "--net" => net = value.to_string(),
             "--train-net" => train_net = value.to_string(),
             "--repeats" => repeats = value.to_string(),
-            other => bail!("unknown flag {other:?}; usage: cargo xtask bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]"),
+            other => bail!("unknown flag {other:?}\n\n{USAGE}"),
         }
     }
     let parse = |flag: &str, v: &str| -> Result<Vec<String>> {
@@ -39,110 +38,29 @@ pub fn run(args: &[&str]) -> Result<()> {
     };
     let search_dims = parse("--net", &net)?;
     let train_dims = parse("--train-net", &train_net)?;
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "2".to_string());
-    let root = project_root();
-    let status = Command::new("cargo")
-        .current_dir(&root)
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "nas-darts",
-            "--example",
-            "bench_step",
-        ])
-        .status()
-        .context("building the bench")?;
-    if !status.success() {
-        bail!("building the bench failed");
-    }
-    let script = root.join("crates/nas-darts/benches/darts_step.py");
+    let threads = compare::threads();
+    let exe = compare::build_example("nas-darts", "bench_step")?;
+    let script = project_root().join("crates/nas-darts/benches/darts_step.py");
     println!(
         "one DARTS search step (first, second: C={} layers={} batch={}) and one DARTS-V2 training step (train: C={} layers={} batch={}), 3x32x32, {threads} threads, median of {repeats}",
         search_dims[0], search_dims[1], search_dims[2], train_dims[0], train_dims[1], train_dims[2]
     );
-    println!(
-        "{:<7} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
-        "order", "ours s", "torch s", "time", "ours MB", "torch MB", "memory"
-    );
+    compare::print_step_header();
+    let mut skips = Vec::new();
     for order in ["first", "second", "train"] {
         let dims = if order == "train" {
             &train_dims
         } else {
             &search_dims
         };
-        let ours = Command::new(root.join("target/release/examples/bench_step"))
-            .arg(order)
-            .args(dims)
-            .arg(&repeats)
-            .env("RAYON_NUM_THREADS", &threads)
-            .env("CANDLE_NUM_THREADS", "1")
-            .output()
-            .context("running the bench")?;
-        if !ours.status.success() {
-            bail!(
-                "the bench failed: {}",
-                String::from_utf8_lossy(&ours.stderr)
-            );
-        }
-        let ours: Value =
-            serde_json::from_slice(&ours.stdout).context("reading the bench's JSON")?;
-        let torch: Option<Value> = match Command::new(&python)
-            .arg(&script)
-            .arg(order)
-            .args(dims)
-            .arg(&repeats)
-            .env("RAYON_NUM_THREADS", &threads)
-            .env("OMP_NUM_THREADS", &threads)
-            .output()
-        {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
-                let line = text.lines().last().unwrap_or_default();
-                Some(serde_json::from_str(line).context("reading the PyTorch script's JSON")?)
-            }
-            Ok(out) => {
-                eprintln!(
-                    "PyTorch comparison skipped: {python} {} failed: {}",
-                    script.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("PyTorch comparison skipped: cannot run {python}: {e}");
-                None
-            }
-        };
-        let get = |v: Option<&Value>, key: &str| v.and_then(|v| v[key].as_f64());
-        let (ts, tm) = (
-            get(Some(&ours), "seconds_per_step"),
-            get(Some(&ours), "peak_rss_mb"),
-        );
-        let (ps, pm) = (
-            get(torch.as_ref(), "seconds_per_step"),
-            get(torch.as_ref(), "peak_rss_mb"),
-        );
-        let cell =
-            |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => format!("{:.2}x", a / b),
-            _ => "-".to_string(),
-        };
-        println!(
-            "{:<7} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
-            order,
-            cell(ts, 3),
-            cell(ps, 3),
-            ratio(ts, ps),
-            cell(tm, 0),
-            cell(pm, 0),
-            ratio(tm, pm)
-        );
+        let mut bench_args = vec![order];
+        bench_args.extend(dims.iter().map(String::as_str));
+        bench_args.push(&repeats);
+        let ours = compare::run_ours(&exe, &bench_args, &threads)?;
+        let torch = compare::run_torch(&python, &script, &bench_args, &threads)?;
+        println!("{}", compare::step_row(order, &ours, &torch));
+        skips.extend(torch.err());
     }
+    compare::report_skips(&skips);
     Ok(())
 }

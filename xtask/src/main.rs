@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 mod bench;
+mod bench_rnn_step;
 mod bench_step;
+mod compare;
 mod docs;
 mod download;
 mod fuzz;
@@ -15,9 +17,10 @@ mod fuzz;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  bench ops [--python PY] [--shape N,C,SIZE] [--repeats R]
-  bench darts-step [--python PY] [--net C,LAYERS,BATCH] [--repeats R]
-                         time each op (forward + backward) against candle and PyTorch
+  bench ops|darts-step|darts-rnn-step [flags]
+                         candle-nas against PyTorch: each op (forward + backward),
+                         one DARTS CIFAR search / training step, one DARTS recurrent
+                         search step (`cargo xtask bench --help` for the flags)
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
   download <dataset> [--dir DIR] [--mirror DIR [--md5 HEX]] [--from PATH]
                          fetch (or import from a mirror) a data set, verified;

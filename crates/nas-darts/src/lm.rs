@@ -572,7 +572,18 @@ pub fn lm_step(
         val,
     }) = arch
     {
-        let objective = RnnObjective { model, alphas };
+        // First order differentiates only in the architecture weights.
+        let constant;
+        let model_for_arch = if architect.order() == crate::architect::Order::First {
+            constant = model.detached();
+            &constant
+        } else {
+            model
+        };
+        let objective = RnnObjective {
+            model: model_for_arch,
+            alphas,
+        };
         let a = architect.step(&objective, train, &val, sgd)?;
         nas_train::ensure_finite("architecture validation loss", a.val_loss, 0, 0)?;
         arch_val_loss = Some(a.val_loss);

@@ -138,6 +138,16 @@ impl RnnCell {
         })
     }
 
+    /// The same cell with its weights as constants: gradients stop at them (and are
+    /// not computed), the storage is shared.
+    pub fn detached(&self) -> Self {
+        RnnCell {
+            w0: self.w0.detach(),
+            ws: self.ws.iter().map(Tensor::detach).collect(),
+            ..self.clone()
+        }
+    }
+
     /// The hidden size.
     pub fn nhid(&self) -> usize {
         self.nhid

@@ -161,7 +161,7 @@ impl<T: Elem> NodeWeights<T> {
     fn mix(&self, h: T) -> T {
         let mut f = T::zero();
         if !self.tanh.is_zero() {
-            f = f + self.tanh * h.tanh();
+            f = f + self.tanh * h.tanh_v();
         }
         if !self.relu.is_zero() {
             f = f + self.relu * relu(h);
@@ -178,7 +178,7 @@ impl<T: Elem> NodeWeights<T> {
 
 #[inline(always)]
 fn sigmoid<T: Elem>(x: T) -> T {
-    T::one() / (T::one() + (-x).exp())
+    T::one() / (T::one() + (-x).exp_v())
 }
 
 #[inline(always)]
@@ -260,11 +260,14 @@ fn backward<T: Elem>(g: &Geometry, dy: &[T], s: &[T], ch: &[T], p: &[T]) -> Grad
             let sr = &s[row * h..(row + 1) * h];
             let (cr, hr) = ch[row * 2 * h..(row + 1) * 2 * h].split_at(h);
             let (dc, dh) = dch.split_at_mut(h);
-            let mut acc = [0f64; 4];
+            // `d p_k` terms per lane, summed in f64 at the end of the row: lanes keep the
+            // loop free of a serial dependency, so it vectorises.
+            const LANES: usize = 8;
+            let mut lanes = [[T::zero(); LANES]; 4];
             for x in 0..h {
                 let (gv, sv, hv) = (gr[x], sr[x], hr[x]);
                 let gate = sigmoid(cr[x]);
-                let t = hv.tanh();
+                let t = hv.tanh_v();
                 let r = relu(hv);
                 let sh = sigmoid(hv);
                 let f = w.tanh * t + w.relu * r + w.sigmoid * sh + w.identity * hv;
@@ -275,9 +278,17 @@ fn backward<T: Elem>(g: &Geometry, dy: &[T], s: &[T], ch: &[T], p: &[T]) -> Grad
                 let df =
                     w.tanh * (one - t * t) + relu_slope + w.sigmoid * sh * (one - sh) + w.identity;
                 dh[x] = gv * gate * df;
-                for (a, fk) in acc.iter_mut().zip([t, r, sh, hv]) {
-                    *a += (gv * (sv + gate * (fk - sv))).as_f64();
-                }
+                let lane = x % LANES;
+                let keep = gv * (one - gate);
+                let (g_gate, base) = (gv * gate, keep * sv);
+                lanes[0][lane] = lanes[0][lane] + base + g_gate * t;
+                lanes[1][lane] = lanes[1][lane] + base + g_gate * r;
+                lanes[2][lane] = lanes[2][lane] + base + g_gate * sh;
+                lanes[3][lane] = lanes[3][lane] + base + g_gate * hv;
+            }
+            let mut acc = [0f64; 4];
+            for (a, l) in acc.iter_mut().zip(&lanes) {
+                *a = l.iter().map(|v| v.as_f64()).sum();
             }
             acc
         })
