@@ -75,8 +75,14 @@ fn from_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, ArchWeights>> {
     let tensors = SafeTensors::deserialize(bytes)
         .context("not a JSON object nor a valid safetensors file")?;
     let mut out = BTreeMap::new();
-    for name in ["normal", "reduce", "recurrent"] {
-        let Ok(view) = tensors.tensor(name) else {
+    // The plain names, and the names our searches (and the reference's state) use:
+    // `alphas_normal`, `alphas_reduce` (CNN), `weights` (recurrent).
+    for (name, alias) in [
+        ("normal", "alphas_normal"),
+        ("reduce", "alphas_reduce"),
+        ("recurrent", "weights"),
+    ] {
+        let Ok(view) = tensors.tensor(name).or_else(|_| tensors.tensor(alias)) else {
             continue;
         };
         let shape = view.shape();

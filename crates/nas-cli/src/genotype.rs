@@ -48,7 +48,8 @@ pub enum GenotypeCommand {
         #[arg(long, value_enum)]
         space: DeriveSpace,
         /// JSON (`{"normal": [[8 floats] x 14], "reduce": ...}` or `{"recurrent": [[5 floats] x 36]}`)
-        /// or safetensors with tensors `normal`/`reduce` or `recurrent`.
+        /// or safetensors with tensors `normal`/`reduce` (or a search's `alphas_normal`/`alphas_reduce`)
+        /// or `recurrent` (or a recurrent search's `weights`).
         #[arg(long)]
         alphas: PathBuf,
         /// Inputs kept per node (CNN: 1 or 2, default 2; RNN: 1).

@@ -130,6 +130,17 @@ fn a_recurrent_search_killed_with_sigkill_resumes_to_the_same_result() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(max > 0.01, "the alphas barely moved: max |alpha| = {max}");
+    // The saved alphas derive the same genotype through `nas genotype derive`.
+    let alphas_path = a.join("alphas.safetensors");
+    let derived = ok(&plain(&[
+        "genotype",
+        "derive",
+        "--space",
+        "darts-rnn",
+        "--alphas",
+        alphas_path.to_str().unwrap(),
+    ]));
+    assert_eq!(derived.trim(), stdout.lines().next().unwrap().trim());
 
     let b = dir.path().join("b");
     let mut args = SEARCH.to_vec();
