@@ -99,11 +99,15 @@ impl Progress for Bars {
 
     fn step(&mut self, _step: usize, stats: &StepStats) {
         if let Some(bar) = &self.steps {
+            // Language models report no accuracy: show perplexity instead.
+            let quality = if stats.accuracy.is_nan() {
+                format!("ppl {:.1}", stats.loss.exp())
+            } else {
+                format!("acc {:.1}%", 100.0 * stats.accuracy)
+            };
             bar.set_message(format!(
-                "loss {:.3} acc {:.1}% lr {:.4}",
-                stats.loss,
-                100.0 * stats.accuracy,
-                stats.lr
+                "loss {:.3} {quality} lr {:.4}",
+                stats.loss, stats.lr
             ));
             bar.inc(1);
         }
@@ -119,6 +123,8 @@ impl Progress for Bars {
         if let Some(bar) = &self.epochs {
             if let Some(acc) = summary["val_accuracy"].as_f64() {
                 bar.set_message(format!("val acc {:.1}%", 100.0 * acc));
+            } else if let Some(ppl) = summary["val_ppl"].as_f64() {
+                bar.set_message(format!("val ppl {ppl:.1}"));
             }
             bar.inc(1);
         }

@@ -6,7 +6,8 @@
 pub struct StepStats {
     /// Mean loss of the step's batch.
     pub loss: f64,
-    /// Top-1 accuracy of the step's batch, in `[0, 1]`.
+    /// Top-1 accuracy of the step's batch, in `[0, 1]`; NaN where there is none (language
+    /// models, which report perplexity `exp(loss)`).
     pub accuracy: f64,
     /// Learning rate of the weights.
     pub lr: f64,
