@@ -9,7 +9,7 @@
 //!
 //! over the primitives `none, tanh, relu, sigmoid, identity` (`none` contributes zero).
 //! The search cell passes softmax weights `p_j = softmax(alpha_j)`; the evaluation cell
-//! passes one-hot rows, and the forward skips primitives whose weight is exactly zero.
+//! passes one-hot rows; the forward skips a state whose weights are all zero.
 //!
 //! With `P_j = sum_k p_jk` and `F_j = sum_k p_jk f_k(h_j)` (k over the four activations):
 //! `s_i = sum_j P_j s_j + sigmoid(c_j) (F_j - P_j s_j)`, which the kernels use.
@@ -154,26 +154,6 @@ impl<T: Elem> NodeWeights<T> {
             .iter()
             .any(|w| !w.is_zero())
     }
-
-    /// `F = sum_k p_k f_k(h)`, skipping activations of weight exactly zero (adding
-    /// `0 * f_k(h)` would not change the sum).
-    #[inline(always)]
-    fn mix(&self, h: T) -> T {
-        let mut f = T::zero();
-        if !self.tanh.is_zero() {
-            f = f + self.tanh * h.tanh_v();
-        }
-        if !self.relu.is_zero() {
-            f = f + self.relu * relu(h);
-        }
-        if !self.sigmoid.is_zero() {
-            f = f + self.sigmoid * sigmoid(h);
-        }
-        if !self.identity.is_zero() {
-            f = f + self.identity * h;
-        }
-        f
-    }
 }
 
 #[inline(always)]
@@ -206,13 +186,87 @@ fn forward<T: Elem>(g: &Geometry, s: &[T], ch: &[T], p: &[T]) -> Vec<T> {
             let row = j * b + bi;
             let sr = &s[row * h..(row + 1) * h];
             let (cr, hr) = ch[row * 2 * h..(row + 1) * 2 * h].split_at(h);
+            // Branch-free (every activation is evaluated; a zero weight adds exactly 0
+            // for finite inputs), so the loop vectorises.
             for (((yv, &sv), &cv), &hv) in y.iter_mut().zip(sr).zip(cr).zip(hr) {
+                let f = w.tanh * hv.tanh_v()
+                    + w.relu * relu(hv)
+                    + w.sigmoid * sigmoid(hv)
+                    + w.identity * hv;
                 let ps = w.total * sv;
-                *yv = *yv + ps + sigmoid(cv) * (w.mix(hv) - ps);
+                *yv = *yv + ps + sigmoid(cv) * (f - ps);
             }
         }
     });
     out
+}
+
+/// The backward pass of one row `(j, b)`: writes `d s`, `d c`, `d h` and returns the row's
+/// four `d p_k` sums (tanh, relu, sigmoid, identity). First one element-wise pass with no
+/// reduction and no bounds checks (every slice is cut to `h`), which vectorises, writing
+/// each element's `d p_k` terms to `terms` (`4 h`); then per term a sum over 8 lanes,
+/// finished in f64.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+#[inline(always)]
+fn row_backward<T: Elem>(
+    w: &NodeWeights<T>,
+    gr: &[T],
+    sr: &[T],
+    cr: &[T],
+    hr: &[T],
+    ds: &mut [T],
+    dc: &mut [T],
+    dh: &mut [T],
+    terms: &mut [T],
+) -> [f64; 4] {
+    let h = gr.len();
+    let one = T::one();
+    let (sr, cr, hr) = (&sr[..h], &cr[..h], &hr[..h]);
+    let (ds, dc, dh) = (&mut ds[..h], &mut dc[..h], &mut dh[..h]);
+    let (t_tanh, rest) = terms[..4 * h].split_at_mut(h);
+    let (t_relu, rest) = rest.split_at_mut(h);
+    let (t_sig, t_id) = rest.split_at_mut(h);
+    let t_id = &mut t_id[..h];
+    for x in 0..h {
+        let (gv, sv, hv) = (gr[x], sr[x], hr[x]);
+        let gate = sigmoid(cr[x]);
+        let t = hv.tanh_v();
+        let r = relu(hv);
+        let sh = sigmoid(hv);
+        let f = w.tanh * t + w.relu * r + w.sigmoid * sh + w.identity * hv;
+        let ps = w.total * sv;
+        ds[x] = gv * w.total * (one - gate);
+        dc[x] = gv * gate * (one - gate) * (f - ps);
+        let relu_slope = if hv > T::zero() { w.relu } else { T::zero() };
+        let df = w.tanh * (one - t * t) + relu_slope + w.sigmoid * sh * (one - sh) + w.identity;
+        let g_gate = gv * gate;
+        dh[x] = g_gate * df;
+        let base = gv * (one - gate) * sv;
+        t_tanh[x] = base + g_gate * t;
+        t_relu[x] = base + g_gate * r;
+        t_sig[x] = base + g_gate * sh;
+        t_id[x] = base + g_gate * hv;
+    }
+    let mut out = [0f64; 4];
+    for (o, buf) in out.iter_mut().zip([&*t_tanh, &*t_relu, &*t_sig, &*t_id]) {
+        *o = lane_sum(buf);
+    }
+    out
+}
+
+/// The sum of `v`: 8 lane sums in `T` (a loop that vectorises), added in f64 in order.
+#[inline(always)]
+fn lane_sum<T: Elem>(v: &[T]) -> f64 {
+    const LANES: usize = 8;
+    let mut lanes = [T::zero(); LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = *l + x;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|x| x.as_f64()).sum();
+    lanes.iter().map(|x| x.as_f64()).sum::<f64>() + tail
 }
 
 /// The gradients of one node update.
@@ -247,51 +301,31 @@ fn backward<T: Elem>(g: &Geometry, dy: &[T], s: &[T], ch: &[T], p: &[T]) -> Grad
             probs: d_probs,
         };
     }
-    let one = T::one();
     // Per row `(j, b)`: `d p_k` for tanh, relu, sigmoid, identity.
     let partial: Vec<[f64; 4]> = d_states
         .par_chunks_mut(h)
         .zip(d_ch.par_chunks_mut(2 * h))
         .enumerate()
-        .map(|(row, (ds, dch))| {
-            let (j, bi) = (row / b, row % b);
-            let w = NodeWeights::of(&p[j * N_PRIMITIVES..(j + 1) * N_PRIMITIVES]);
-            let gr = &dy[bi * h..(bi + 1) * h];
-            let sr = &s[row * h..(row + 1) * h];
-            let (cr, hr) = ch[row * 2 * h..(row + 1) * 2 * h].split_at(h);
-            let (dc, dh) = dch.split_at_mut(h);
-            // `d p_k` terms per lane, summed in f64 at the end of the row: lanes keep the
-            // loop free of a serial dependency, so it vectorises.
-            const LANES: usize = 8;
-            let mut lanes = [[T::zero(); LANES]; 4];
-            for x in 0..h {
-                let (gv, sv, hv) = (gr[x], sr[x], hr[x]);
-                let gate = sigmoid(cr[x]);
-                let t = hv.tanh_v();
-                let r = relu(hv);
-                let sh = sigmoid(hv);
-                let f = w.tanh * t + w.relu * r + w.sigmoid * sh + w.identity * hv;
-                let ps = w.total * sv;
-                ds[x] = gv * w.total * (one - gate);
-                dc[x] = gv * gate * (one - gate) * (f - ps);
-                let relu_slope = if hv > T::zero() { w.relu } else { T::zero() };
-                let df =
-                    w.tanh * (one - t * t) + relu_slope + w.sigmoid * sh * (one - sh) + w.identity;
-                dh[x] = gv * gate * df;
-                let lane = x % LANES;
-                let keep = gv * (one - gate);
-                let (g_gate, base) = (gv * gate, keep * sv);
-                lanes[0][lane] = lanes[0][lane] + base + g_gate * t;
-                lanes[1][lane] = lanes[1][lane] + base + g_gate * r;
-                lanes[2][lane] = lanes[2][lane] + base + g_gate * sh;
-                lanes[3][lane] = lanes[3][lane] + base + g_gate * hv;
-            }
-            let mut acc = [0f64; 4];
-            for (a, l) in acc.iter_mut().zip(&lanes) {
-                *a = l.iter().map(|v| v.as_f64()).sum();
-            }
-            acc
-        })
+        .map_init(
+            || vec![T::zero(); 4 * h],
+            |terms, (row, (ds, dch))| {
+                let (j, bi) = (row / b, row % b);
+                let w = NodeWeights::of(&p[j * N_PRIMITIVES..(j + 1) * N_PRIMITIVES]);
+                let (dc, dh) = dch.split_at_mut(h);
+                let (cr, hr) = ch[row * 2 * h..(row + 1) * 2 * h].split_at(h);
+                row_backward(
+                    &w,
+                    &dy[bi * h..(bi + 1) * h],
+                    &s[row * h..(row + 1) * h],
+                    cr,
+                    hr,
+                    ds,
+                    dc,
+                    dh,
+                    terms,
+                )
+            },
+        )
         .collect();
     let mut sums = vec![[0f64; 4]; g.n_states];
     for (row, acc) in partial.iter().enumerate() {
