@@ -111,20 +111,33 @@ fn forward<T: Elem>(z: &[T], b: &[T], t: &[u32], v: usize) -> Vec<(f64, f64)> {
     z.par_chunks(v)
         .zip(t.par_iter())
         .map(|(row, &target)| {
-            let mut max = T::neg_infinity();
-            for (&x, &bb) in row.iter().zip(b) {
-                let y = x + bb;
-                if y > max {
-                    max = y;
+            // Lane-wise max and sum over fixed-width chunks: no serial dependency, no
+            // branch, so both loops vectorise.
+            const LANES: usize = 8;
+            let mut maxes = [T::neg_infinity(); LANES];
+            let mut chunks = row.chunks_exact(LANES).zip(b.chunks_exact(LANES));
+            for (xc, bc) in &mut chunks {
+                for ((m, &x), &bb) in maxes.iter_mut().zip(xc).zip(bc) {
+                    *m = m.max(x + bb);
                 }
             }
-            // Lanes keep the sum free of a serial dependency, so the loop vectorises.
-            const LANES: usize = 8;
-            let mut lanes = [T::zero(); LANES];
-            for (i, (&x, &bb)) in row.iter().zip(b).enumerate() {
-                lanes[i % LANES] = lanes[i % LANES] + (x + bb - max).exp_v();
+            let full = row.len() / LANES * LANES;
+            let mut max = maxes.iter().fold(T::neg_infinity(), |a, &m| a.max(m));
+            for (&x, &bb) in row[full..].iter().zip(&b[full..]) {
+                max = max.max(x + bb);
             }
-            let sum: f64 = lanes.iter().map(|v| v.as_f64()).sum();
+            let mut lanes = [T::zero(); LANES];
+            for (xc, bc) in row.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+                for ((l, &x), &bb) in lanes.iter_mut().zip(xc).zip(bc) {
+                    *l = *l + (x + bb - max).exp_v();
+                }
+            }
+            let tail: f64 = row[full..]
+                .iter()
+                .zip(&b[full..])
+                .map(|(&x, &bb)| (x + bb - max).exp_v().as_f64())
+                .sum();
+            let sum: f64 = lanes.iter().map(|v| v.as_f64()).sum::<f64>() + tail;
             let lse = max.as_f64() + sum.ln();
             let target = target as usize;
             (lse, lse - (row[target] + b[target]).as_f64())
