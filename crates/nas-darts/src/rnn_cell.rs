@@ -214,21 +214,20 @@ impl RnnCell {
                         .reshape((b, hid))?)
                 };
                 let mut states = vec![bn_t(&s0)?];
+                // Each state masked once, for every node that reads it.
+                let mut masked = vec![apply_mask(&states[0], masks.h.as_ref())?];
                 let mut offset = 0;
                 for i in 0..*steps {
-                    let stacked = Tensor::stack(&states, 0)?;
                     let n = i + 1;
+                    let stacked = Tensor::stack(&states, 0)?;
                     let (b, hid) = (stacked.dim(1)?, stacked.dim(2)?);
-                    let masked = match &masks.h {
-                        Some(m) => stacked.broadcast_mul(&m.unsqueeze(0)?)?,
-                        None => stacked.clone(),
-                    };
-                    let ch = masked
-                        .reshape((n * b, hid))?
-                        .matmul(&self.ws[i])?
-                        .reshape((n, b, 2 * hid))?;
-                    let s = rnn_node(&stacked, &ch, &probs.narrow(0, offset, n)?)?;
-                    states.push(bn_t(&s)?);
+                    let ch =
+                        Tensor::cat(&masked, 0)?
+                            .matmul(&self.ws[i])?
+                            .reshape((n, b, 2 * hid))?;
+                    let s = bn_t(&rnn_node(&stacked, &ch, &probs.narrow(0, offset, n)?)?)?;
+                    masked.push(apply_mask(&s, masks.h.as_ref())?);
+                    states.push(s);
                     offset += n;
                 }
                 mean_of(&states, &Concat::range(1, steps + 1))
