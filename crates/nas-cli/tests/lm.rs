@@ -184,7 +184,7 @@ fn train_lm_reports_test_perplexity_that_eval_reproduces_and_resumes() {
         "--preset",
         "tiny",
         "--set",
-        "run.epochs=3",
+        "run.epochs=5",
         "--set",
         "optim.nonmono=1",
     ];
@@ -223,7 +223,30 @@ fn train_lm_reports_test_perplexity_that_eval_reproduces_and_resumes() {
         assert_eq!(again["test"][key], results["test"][key], "test {key}");
     }
     let (ea, eb) = (epoch_lines(&a), epoch_lines(&b));
-    assert_eq!(eb.len(), 3);
+    assert_eq!(eb.len(), 5);
+    // NT-ASGD (nonmono 1) switched exactly where the logged validation losses say it
+    // should: the first epoch whose loss is worse than the best but the last; averaging
+    // from then on.
+    let losses: Vec<f64> = ea.iter().map(|e| e["val_loss"].as_f64().unwrap()).collect();
+    let switch = (2..losses.len()).find(|&e| {
+        losses[e]
+            > losses[..e - 1]
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
+    });
+    for (e, line) in ea.iter().enumerate() {
+        assert_eq!(
+            line["switched_to_asgd"],
+            Some(e) == switch,
+            "epoch {e}: {losses:?}"
+        );
+        assert_eq!(
+            line["averaging"],
+            switch.is_some_and(|s| e >= s),
+            "epoch {e}"
+        );
+    }
     for (x, y) in ea.iter().zip(&eb) {
         for key in ["train_loss", "val_loss", "averaging"] {
             assert_eq!(x[key], y[key], "{key} of epoch {}", x["epoch"]);

@@ -418,16 +418,7 @@ fn run_loop(
         val_ppl = val.ppl;
         // NT-ASGD: switch when the loss is worse than the best before the last `nonmono`.
         let mut switched = false;
-        let n = cfg.optim.nonmono;
-        if average.is_none()
-            && n > 0
-            && history.len() > n
-            && val.loss
-                > history[..history.len() - n]
-                    .iter()
-                    .cloned()
-                    .fold(f64::INFINITY, f64::min)
-        {
+        if average.is_none() && nt_asgd_switch(&history, val.loss, cfg.optim.nonmono) {
             average = Some(IterateAverage::new(store.trainable())?);
             switched = true;
             tracing::info!(epoch, "switching to averaged SGD");
@@ -527,6 +518,19 @@ fn run_loop(
             })
         }
     }
+}
+
+/// NT-ASGD's trigger (`rnn/train.py`): switch to averaging when the validation loss is
+/// worse than the best of all evaluations but the last `nonmono` (`history` holds the
+/// earlier epochs' losses). `nonmono = 0` never switches.
+pub fn nt_asgd_switch(history: &[f64], val_loss: f64, nonmono: usize) -> bool {
+    nonmono > 0
+        && history.len() > nonmono
+        && val_loss
+            > history[..history.len() - nonmono]
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
 }
 
 /// The architecture half of a search step.
@@ -740,4 +744,26 @@ pub fn evaluate_lm_run(
         &opts.device,
         progress,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reference: `len(best_val_loss) > nonmono and val > min(best_val_loss[:-nonmono])`.
+    #[test]
+    fn nt_asgd_switches_on_a_loss_worse_than_the_best_before_the_last_nonmono() {
+        assert!(!nt_asgd_switch(&[5.0, 4.0], 6.0, 2), "too few evaluations");
+        assert!(nt_asgd_switch(&[5.0, 4.0, 3.0], 5.5, 2), "worse than 5.0");
+        assert!(!nt_asgd_switch(&[5.0, 4.0, 3.0], 4.5, 2), "better than 5.0");
+        assert!(
+            !nt_asgd_switch(&[5.0, 4.0, 3.0], 9.0, 0),
+            "0 never switches"
+        );
+        assert!(
+            !nt_asgd_switch(&[5.0, 4.0], 4.5, 1),
+            "better than min([5.0])"
+        );
+        assert!(nt_asgd_switch(&[4.0, 5.0], 4.5, 1), "worse than min([4.0])");
+    }
 }
