@@ -18,21 +18,12 @@ use nas_darts::{
 use nas_train::{ParamStore, Sgd};
 use rand::{Rng, SeedableRng};
 
+#[path = "shared/rss.rs"]
+mod rss;
+use rss::peak_rss_mb;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn main() -> nas_darts::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

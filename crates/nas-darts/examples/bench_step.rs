@@ -18,6 +18,10 @@ use nas_darts::{
 use nas_search_space::{bundled, Genotype};
 use nas_train::{grads, ParamStore, Sgd};
 
+#[path = "shared/rss.rs"]
+mod rss;
+use rss::peak_rss_mb;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -100,19 +104,6 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         })
     );
     Ok(())
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> nas_darts::Result<()> {
