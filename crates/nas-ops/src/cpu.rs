@@ -130,6 +130,24 @@ pub(crate) fn contiguous<'a, T>(
     }
 }
 
+/// The CPU storage of a tensor, or an error naming `op` and the device it is on.
+pub(crate) fn cpu_storage<'a>(
+    storage: &'a candle_core::Storage,
+    op: &'static str,
+) -> candle_core::Result<&'a CpuStorage> {
+    match storage {
+        candle_core::Storage::Cpu(s) => Ok(s),
+        other => Err(Error::Unsupported {
+            op,
+            message: format!(
+                "only the CPU is supported, got an input on {:?}",
+                other.device().location()
+            ),
+        }
+        .into()),
+    }
+}
+
 /// The error for a dtype the kernels do not cover.
 pub(crate) fn unsupported_dtype(op: &'static str, storage: &CpuStorage) -> candle_core::Error {
     Error::Unsupported {

@@ -12,7 +12,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{dispatch, Elem};
+use crate::cpu::{cpu_storage, dispatch, Elem};
 use crate::error::{Error, Result};
 
 const OP: &str = "softmax_cross_entropy";
@@ -237,18 +237,11 @@ impl CustomOp3 for SoftmaxCrossEntropy {
         let (sz, lz) = logits.storage_and_layout();
         let (sb, lb) = bias.storage_and_layout();
         let (st, lt) = targets.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(sz),
-            candle_core::Storage::Cpu(sb),
-            candle_core::Storage::Cpu(st),
-        ) = (&*sz, &*sb, &*st)
-        else {
-            return Err(Error::Unsupported {
-                op: OP,
-                message: "only the CPU is supported".into(),
-            }
-            .into());
-        };
+        let (sz, sb, st) = (
+            cpu_storage(&sz, OP)?,
+            cpu_storage(&sb, OP)?,
+            cpu_storage(&st, OP)?,
+        );
         let t = targets_of(st, lt)?;
         let (n, v) = (self.n, self.v);
         let dev = logits.device();

@@ -14,10 +14,10 @@
 //! With `P_j = sum_k p_jk` and `F_j = sum_k p_jk f_k(h_j)` (k over the four activations):
 //! `s_i = sum_j P_j s_j + sigmoid(c_j) (F_j - P_j s_j)`, which the kernels use.
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{dispatch, Elem};
+use crate::cpu::{cpu_storage, dispatch, Elem};
 use crate::error::{Error, Result};
 
 const OP: &str = "rnn_node";
@@ -346,20 +346,6 @@ fn backward<T: Elem>(g: &Geometry, dy: &[T], s: &[T], ch: &[T], p: &[T]) -> Grad
 }
 
 /// The CPU storage of a tensor, or the op's unsupported-device error.
-fn cpu_storage(storage: &Storage) -> Result<&CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Ok(s),
-        other => Err(Error::Unsupported {
-            op: OP,
-            message: format!(
-                "only the CPU is supported, got an input on {:?}",
-                other.device().location()
-            ),
-        }
-        .into()),
-    }
-}
-
 struct RnnNode {
     geom: Geometry,
 }
@@ -380,10 +366,10 @@ impl RnnNode {
         let (s_storage, s_layout) = states.storage_and_layout();
         let (ch_storage, ch_layout) = ch.storage_and_layout();
         let (p_storage, p_layout) = probs.storage_and_layout();
-        let dy_cpu = cpu_storage(&dy_storage)?;
-        let s_cpu = cpu_storage(&s_storage)?;
-        let ch_cpu = cpu_storage(&ch_storage)?;
-        let p_cpu = cpu_storage(&p_storage)?;
+        let dy_cpu = cpu_storage(&dy_storage, OP)?;
+        let s_cpu = cpu_storage(&s_storage, OP)?;
+        let ch_cpu = cpu_storage(&ch_storage, OP)?;
+        let p_cpu = cpu_storage(&p_storage, OP)?;
         dispatch!(
             OP,
             [(dy_cpu, dy_layout) => dy, (s_cpu, s_layout) => s, (ch_cpu, ch_layout) => c,
