@@ -10,6 +10,7 @@ mod bench;
 mod bench_rnn_step;
 mod bench_step;
 mod compare;
+mod cuda;
 mod docs;
 mod download;
 mod fuzz;
@@ -26,6 +27,9 @@ commands:
                          fetch (or import from a mirror) a data set, verified;
                          imagenet: --from an ImageFolder tree or a .tar of one
   fuzz [--seconds N]     run every cargo-fuzz target for N seconds each (default 60)
+  kernels                clippy and tests of crates/nas-kernels (the CUDA kernels, built
+                         to PTX; no GPU needed), with nvcc from `nvcc` below or $NVCC
+  nvcc                   install nvcc from PyPI into target/cuda-toolkit, print its path
   help                   this text";
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +50,8 @@ fn dispatch(args: &[String]) -> Result<()> {
         Some("docs") => docs::run(&rest),
         Some("download") => download::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
+        Some("kernels") => cuda::run_kernels(&rest),
+        Some("nvcc") => cuda::run_nvcc(&rest),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
             Ok(())
