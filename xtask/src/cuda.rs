@@ -121,3 +121,119 @@ pub fn run_kernels(args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask gpu-bundle`: builds, here, what a GPU machine without a Rust toolchain runs:
+/// nas-ops's test binary and the DARTS step benchmark, both with the `cuda` feature, the
+/// PyTorch bench script, and `run.sh`, into `target/gpu-bundle` (carry that folder and run
+/// `bash target/gpu-bundle/run.sh` there; see docs/gpu.md).
+pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("usage: cargo xtask gpu-bundle, got {args:?}");
+    }
+    let nvcc = match std::env::var_os("NVCC") {
+        Some(p) => PathBuf::from(p),
+        None => install()?,
+    };
+    let root = project_root();
+    let bundle = root.join("target/gpu-bundle");
+    if bundle.exists() {
+        std::fs::remove_dir_all(&bundle)
+            .with_context(|| format!("removing {}", bundle.display()))?;
+    }
+    std::fs::create_dir_all(&bundle).with_context(|| format!("creating {}", bundle.display()))?;
+    // candle's own kernels need nvcc too, and a compute capability: 8.0 by default, whose
+    // PTX the driver compiles for any newer GPU (H100/H200 included); candle's statically
+    // built quantised-matmul kernels, which candle-nas does not use, run only on 8.x.
+    let toolkit = nvcc
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .context("nvcc has no toolkit folder")?;
+    let cuda_env = |cmd: &mut Command| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![toolkit.join("bin")];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("NVCC", &nvcc)
+            .env("CUDA_ROOT", &toolkit)
+            .env(
+                "CUDA_COMPUTE_CAP",
+                std::env::var("CUDA_COMPUTE_CAP").unwrap_or("90".into()),
+            )
+            .env("PATH", std::env::join_paths(dirs).unwrap_or(path));
+    };
+    let mut tests = Command::new("cargo");
+    tests.args([
+        "test",
+        "-p",
+        "nas-ops",
+        "--features",
+        "cuda",
+        "--lib",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    cuda_env(&mut tests);
+    let out = tests.output().context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!(
+            "building nas-ops's tests with the cuda feature failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let exe = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == true)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no test executable for nas-ops")?;
+    copy_stripped(&exe, &bundle.join("nas_ops_tests"))?;
+    let mut bench = Command::new("cargo");
+    // The dev profile with the workspace's crates optimised too: a release build would
+    // compile candle's CUDA kernels a second time (about 40 minutes on two cores).
+    bench
+        .env("CARGO_PROFILE_DEV_OPT_LEVEL", "3")
+        .env("CARGO_PROFILE_DEV_DEBUG", "0");
+    bench.args([
+        "build",
+        "-p",
+        "nas-darts",
+        "--features",
+        "cuda",
+        "--example",
+        "bench_step",
+    ]);
+    cuda_env(&mut bench);
+    let status = bench.status().context("building bench_step")?;
+    if !status.success() {
+        bail!("building the bench_step example with the cuda feature failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    copy_stripped(
+        &target.join("debug/examples/bench_step"),
+        &bundle.join("bench_step"),
+    )?;
+    for (from, to) in [
+        ("crates/nas-darts/benches/darts_step.py", "darts_step.py"),
+        ("xtask/gpu/run.sh", "run.sh"),
+    ] {
+        std::fs::copy(root.join(from), bundle.join(to))
+            .with_context(|| format!("copying {from}"))?;
+    }
+    println!("{}", bundle.display());
+    Ok(())
+}
+
+/// Copies a binary and strips its symbols (the bundle must fit the device tool's 64 MiB).
+fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    let status = Command::new("strip")
+        .arg(to)
+        .status()
+        .context("running strip (binutils)")?;
+    if !status.success() {
+        bail!("strip failed on {}", to.display());
+    }
+    Ok(())
+}

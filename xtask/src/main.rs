@@ -30,6 +30,8 @@ commands:
   kernels                clippy and tests of crates/nas-kernels (the CUDA kernels, built
                          to PTX; no GPU needed), with nvcc from `nvcc` below or $NVCC
   nvcc                   install nvcc from PyPI into target/cuda-toolkit, print its path
+  gpu-bundle             build the CUDA tests and the DARTS step benchmark for a GPU
+                         machine into target/gpu-bundle (docs/gpu.md)
   help                   this text";
 
 fn main() -> std::process::ExitCode {
@@ -50,6 +52,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         Some("docs") => docs::run(&rest),
         Some("download") => download::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
+        Some("gpu-bundle") => cuda::run_gpu_bundle(&rest),
         Some("kernels") => cuda::run_kernels(&rest),
         Some("nvcc") => cuda::run_nvcc(&rest),
         Some("help") | Some("--help") | Some("-h") | None => {

@@ -10,7 +10,9 @@ momentum 0.9, weight decay 3e-4, clipping at norm 5) on random 3x32x32 batches.
 `train` times a training step of the DARTS-V2 evaluation network instead (affine BN,
 auxiliary head weighted 0.4 after cell 2 layers / 3, drop path 0.2, SGD, clip 5).
 Prints one JSON line: the median seconds per step and the peak resident memory.
-Written for this project; threads follow RAYON_NUM_THREADS (default 2).
+Written for this project; threads follow RAYON_NUM_THREADS (default 2). NAS_DEVICE=cuda
+runs on the first GPU (each step ends with a synchronisation; memory is then the peak
+allocated on the GPU).
 """
 
 import json
@@ -267,11 +269,29 @@ class EvalNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux
 
 
+DEV = torch.device("cuda" if os.environ.get("NAS_DEVICE") == "cuda" else "cpu")
+
+
+def sync():
+    if DEV.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_mb():
+    if DEV.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def data(batch):
+    return (torch.rand(batch, 3, 32, 32) * 2 - 1).to(DEV), torch.randint(0, 10, (batch,)).to(DEV)
+
+
 def train_bench(c, layers, batch, repeats):
-    net = EvalNet(c, layers)
+    net = EvalNet(c, layers).to(DEV)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    x, y = torch.rand(batch, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (batch,))
+    x, y = data(batch)
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
@@ -281,6 +301,7 @@ def train_bench(c, layers, batch, repeats):
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
+        sync()
         times.append(time.perf_counter() - t)
     return sorted(times[1:])
 
@@ -292,17 +313,18 @@ def main():
     if order == "train":
         rest = train_bench(c, layers, batch, repeats)
         print(json.dumps({
-            "impl": "pytorch " + torch.__version__, "order": order, "channels": c, "layers": layers,
-            "batch": batch, "seconds_per_step": rest[len(rest) // 2],
+            "impl": "pytorch " + torch.__version__, "device": DEV.type, "order": order, "channels": c,
+            "layers": layers, "batch": batch, "seconds_per_step": rest[len(rest) // 2],
             "images_per_second": batch / rest[len(rest) // 2], "steps": rest,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            "peak_rss_mb": peak_mb(),
         }))
         return
-    net = Net(c, layers)
+    net = Net(c, layers).to(DEV)
+    net.alphas = [a.detach().to(DEV).requires_grad_() for a in net.alphas]
     opt = torch.optim.SGD(net.weights(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     arch_opt = torch.optim.Adam(net.alphas, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    train = (torch.rand(batch, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (batch,)))
-    val = (torch.rand(batch, 3, 32, 32) * 2 - 1, torch.randint(0, 10, (batch,)))
+    train = data(batch)
+    val = data(batch)
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
@@ -314,12 +336,13 @@ def main():
         net.loss(train).backward()
         nn.utils.clip_grad_norm_(net.weights(), 5.0)
         opt.step()
+        sync()
         times.append(time.perf_counter() - t)
     rest = sorted(times[1:])
     print(json.dumps({
-        "impl": "pytorch " + torch.__version__, "order": order, "channels": c, "layers": layers,
-        "batch": batch, "seconds_per_step": rest[len(rest) // 2], "steps": rest,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "impl": "pytorch " + torch.__version__, "device": DEV.type, "order": order, "channels": c,
+        "layers": layers, "batch": batch, "seconds_per_step": rest[len(rest) // 2], "steps": rest,
+        "peak_rss_mb": peak_mb(),
     }))
 
 

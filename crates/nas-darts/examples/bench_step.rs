@@ -4,6 +4,9 @@
 //! `train` times a training step of the DARTS-V2 evaluation network instead (auxiliary
 //! head 0.4, drop path 0.2, SGD, clip 5).
 //!
+//! `NAS_DEVICE=cuda` runs it on the first GPU (a build with the `cuda` feature); each
+//! step then ends with a device synchronisation before its time is taken.
+//!
 //! The workload is the search issue's: random 3x32x32 images, 10 classes, one
 //! architecture step and one weight step (SGD, clip 5) per step. `cargo xtask bench
 //! darts-step` runs it next to the same step written in PyTorch.
@@ -38,6 +41,14 @@ impl Objective for Model<'_> {
     }
 }
 
+/// The device `NAS_DEVICE` names (`cpu`, the default, or `cuda`).
+fn device() -> candle_core::Result<Device> {
+    match std::env::var("NAS_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0),
+        _ => Ok(Device::Cpu),
+    }
+}
+
 fn batch(n: usize, seed: u64, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
     // A fixed pseudo-random batch (SplitMix64), so runs are comparable.
     let mut s = seed;
@@ -60,7 +71,7 @@ fn batch(n: usize, seed: u64, dev: &Device) -> candle_core::Result<(Tensor, Tens
 
 /// One training step of the DARTS-V2 CIFAR network.
 fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::Result<()> {
-    let dev = Device::Cpu;
+    let dev = device()?;
     let genotype = match bundled("darts-v2")? {
         Genotype::DartsCnn(g) => g,
         _ => {
@@ -90,6 +101,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         let mut g = grads::collect(&loss.backward()?, sgd.vars());
         grads::clip_global_norm(&mut g, 5.0)?;
         sgd.step(&g)?;
+        dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     let mut rest = times[1..].to_vec();
@@ -98,7 +110,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
     println!(
         "{}",
         serde_json::json!({
-            "impl": "candle-nas", "order": "train", "channels": c, "layers": layers, "batch": n,
+            "impl": "candle-nas", "device": format!("{:?}", dev.location()), "order": "train", "channels": c, "layers": layers, "batch": n,
             "seconds_per_step": median, "images_per_second": n as f64 / median,
             "steps": rest, "peak_rss_mb": peak_rss_mb(),
         })
@@ -117,7 +129,7 @@ fn main() -> nas_darts::Result<()> {
         .map_or(Ok(Order::First), |a| a.parse())
         .map_err(nas_darts::Error::Config)?;
     let (c, layers, n, repeats) = (arg(1, 8), arg(2, 5), arg(3, 16), arg(4, 5));
-    let dev = Device::Cpu;
+    let dev = device()?;
     let cfg = SearchConfig::preset("paper")?;
     let net_cfg = SearchCnnConfig {
         channels: c,
@@ -143,6 +155,7 @@ fn main() -> nas_darts::Result<()> {
         let mut g = grads::collect(&loss.backward()?, sgd.vars());
         grads::clip_global_norm(&mut g, 5.0)?;
         sgd.step(&g)?;
+        dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
     // The first step warms up allocations; report the median of the rest.
@@ -152,7 +165,8 @@ fn main() -> nas_darts::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "candle-nas", "order": format!("{order:?}").to_lowercase(),
+            "impl": "candle-nas", "device": format!("{:?}", dev.location()),
+            "order": format!("{order:?}").to_lowercase(),
             "channels": c, "layers": layers, "batch": n,
             "seconds_per_step": median, "steps": rest, "peak_rss_mb": peak_rss_mb(),
         })

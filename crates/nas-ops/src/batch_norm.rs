@@ -70,7 +70,7 @@ pub fn batch_norm_train(
         })
         .ok_or_else(|| Error::Unsupported {
             op: OP,
-            message: format!("no CPU statistics for a tensor on {:?}", x.device()),
+            message: format!("no statistics for a tensor on {:?}", x.device()),
         })?;
     Ok((y, stats))
 }
@@ -285,23 +285,76 @@ impl BatchNormTrain {
     fn run<T: Elem>(&self, x: &[T], affine: Option<(&[T], &[T])>) -> Result<CpuStorage> {
         let g = &self.geom;
         let (mean, var) = channel_stats(g, x);
+        let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
+        let affine = affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
+        let (scale, shift) = self.finish(mean, var, affine)?;
+        Ok(T::storage(normalise(g, x, &scale, &shift)))
+    }
+
+    /// Saves the batch statistics for the backward pass and returns the per-channel
+    /// `(scale, shift)` that normalise (and scale and shift) the batch.
+    fn finish(
+        &self,
+        mean: Vec<f64>,
+        var: Vec<f64>,
+        affine: Option<(Vec<f64>, Vec<f64>)>,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let c = self.geom.c;
         let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let (mut scale, mut shift) = (inv_std.clone(), vec![0.0; g.c]);
-        for c in 0..g.c {
-            let (gamma, beta) = match affine {
-                Some((gm, bt)) => (gm[c].as_f64(), bt[c].as_f64()),
+        let (mut scale, mut shift) = (inv_std.clone(), vec![0.0; c]);
+        for ch in 0..c {
+            let (gamma, beta) = match &affine {
+                Some((gm, bt)) => (gm[ch], bt[ch]),
                 None => (1.0, 0.0),
             };
-            scale[c] = inv_std[c] * gamma;
-            shift[c] = beta - mean[c] * scale[c];
+            scale[ch] = inv_std[ch] * gamma;
+            shift[ch] = beta - mean[ch] * scale[ch];
         }
-        let y = normalise(g, x, &scale, &shift);
         let mut saved = self.saved.lock().map_err(|_| Error::Unsupported {
             op: OP,
             message: "statistics lock poisoned".into(),
         })?;
         *saved = Some(Saved { mean, var, inv_std });
-        Ok(T::storage(y))
+        Ok((scale, shift))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run_cuda<T: crate::cuda::GpuElem>(
+        &self,
+        dev: &candle_core::CudaDevice,
+        x: &candle_core::cuda::cudarc::driver::CudaView<'_, T>,
+        affine: Option<(
+            &candle_core::cuda::cudarc::driver::CudaView<'_, T>,
+            &candle_core::cuda::cudarc::driver::CudaView<'_, T>,
+        )>,
+    ) -> Result<candle_core::CudaStorage> {
+        use crate::cuda::{self, int, kernels::BATCH_NORM, Launch, PushKernelArg};
+        let g = &self.geom;
+        let (n, c, hw) = (int(g.n, OP)?, int(g.c, OP)?, int(g.hw, OP)?);
+        let mut stats = cuda::output::<f64>(dev, 2 * g.c)?;
+        let k = cuda::kernel::<T>(dev, &BATCH_NORM, "bn_stats", Launch::Blocks(g.c))?;
+        let mut args = k.args();
+        args.arg(x).arg(&mut stats).arg(&n).arg(&c).arg(&hw);
+        k.launch(args)?;
+        let mut stats = cuda::download(dev, &stats)?;
+        let var = stats.split_off(g.c);
+        let to_f64 = |v: Vec<T>| v.into_iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+        let affine = match affine {
+            Some((gm, bt)) => Some((
+                to_f64(cuda::download(dev, gm)?),
+                to_f64(cuda::download(dev, bt)?),
+            )),
+            None => None,
+        };
+        let (scale, shift) = self.finish(stats, var, affine)?;
+        let coef = cuda::upload(dev, &[scale, shift].concat())?;
+        let total = g.n * g.c * g.hw;
+        let mut y = cuda::output::<T>(dev, total)?;
+        let k = cuda::kernel::<T>(dev, &BATCH_NORM, "bn_normalise", Launch::Elements(total))?;
+        let mut args = k.args();
+        args.arg(x).arg(&coef).arg(&mut y).arg(&n).arg(&c).arg(&hw);
+        k.launch(args)?;
+        Ok(cuda::storage(y, dev))
     }
 
     fn saved(&self) -> Result<Saved> {
@@ -365,6 +418,18 @@ impl CustomOp1 for BatchNormTrain {
         Ok((st, l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let st = crate::cuda::cuda_dispatch!(OP, [(s, l) => x], |T| {
+            self.run_cuda::<T>(&s.device, &x, None)
+        })?;
+        Ok((st, l.shape().clone()))
+    }
+
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(self.backward(x, None, dy)?.0))
     }
@@ -387,6 +452,24 @@ impl CustomOp3 for BatchNormTrain {
         let st = dispatch!(OP, [(s1, l1) => x, (s2, l2) => gamma, (s3, l3) => beta], |T| {
             self.run::<T>(x, Some((gamma, beta)))
         })?;
+        Ok((st, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let st = crate::cuda::cuda_dispatch!(
+            OP,
+            [(s1, l1) => x, (s2, l2) => gamma, (s3, l3) => beta],
+            |T| self.run_cuda::<T>(&s1.device, &x, Some((&gamma, &beta)))
+        )?;
         Ok((st, l1.shape().clone()))
     }
 
@@ -447,6 +530,31 @@ impl CustomOp2 for BnReduce {
             Ok((T::storage(out), Shape::from((2, g.c))))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::BATCH_NORM, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let (n, c, hw) = (int(g.n, OP)?, int(g.c, OP)?, int(g.hw, OP)?);
+        let saved = cuda::upload(
+            dev,
+            &[&self.saved.mean[..], &self.saved.inv_std[..]].concat(),
+        )?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
+            let mut out = cuda::output::<T>(dev, 2 * g.c)?;
+            let k = cuda::kernel::<T>(dev, &BATCH_NORM, "bn_reduce", Launch::Blocks(g.c))?;
+            let mut args = k.args();
+            args.arg(&dy).arg(&x).arg(&saved).arg(&mut out).arg(&n).arg(&c).arg(&hw);
+            k.launch(args)?;
+            Ok((cuda::storage(out, dev), Shape::from((2, g.c))))
+        })
+    }
 }
 
 /// `(dy, x, sums) -> dx = gamma * inv_std / m * (m * dy - sum(dy) - xhat * sum(dy * xhat))`.
@@ -491,6 +599,38 @@ impl CustomOp3 for BnInputGrad {
                 }
             });
             Ok((T::storage(dx), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::BATCH_NORM, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let (n, c, hw) = (int(g.n, OP)?, int(g.c, OP)?, int(g.hw, OP)?);
+        let saved = [
+            &self.saved.mean[..],
+            &self.saved.inv_std[..],
+            &self.gamma[..],
+        ]
+        .concat();
+        let saved = cuda::upload(dev, &saved)?;
+        let total = g.n * g.c * g.hw;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => sums], |T| {
+            let mut dx = cuda::output::<T>(dev, total)?;
+            let k = cuda::kernel::<T>(dev, &BATCH_NORM, "bn_dgrad", Launch::Elements(total))?;
+            let mut args = k.args();
+            args.arg(&dy).arg(&x).arg(&sums).arg(&saved).arg(&mut dx);
+            args.arg(&n).arg(&c).arg(&hw);
+            k.launch(args)?;
+            Ok((cuda::storage(dx, dev), l1.shape().clone()))
         })
     }
 }

@@ -154,6 +154,24 @@ impl Geometry {
     fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.c, self.oh, self.ow))
     }
+
+    #[cfg(feature = "cuda")]
+    fn gpu(&self) -> Result<crate::cuda::DwGeom> {
+        use crate::cuda::int;
+        Ok(crate::cuda::DwGeom {
+            n: int(self.n, OP)?,
+            c: int(self.c, OP)?,
+            h: int(self.h, OP)?,
+            w: int(self.w, OP)?,
+            k: int(self.k, OP)?,
+            oh: int(self.oh, OP)?,
+            ow: int(self.ow, OP)?,
+            stride: int(self.cfg.stride, OP)?,
+            pad: int(self.cfg.padding, OP)?,
+            dil: int(self.cfg.dilation, OP)?,
+            relu: i32::from(self.cfg.relu_input),
+        })
+    }
 }
 
 /// One kernel tap (`kh`, `kw`) with the output rows and columns whose input it reaches.
@@ -337,6 +355,28 @@ impl CustomOp2 for DepthwiseConv2d {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, kernels::DEPTHWISE, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let geom = g.gpu()?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => x, (s2, l2) => w], |T| {
+            let len = g.n * g.c * g.oh * g.ow;
+            let mut y = cuda::output::<T>(dev, len)?;
+            let k = cuda::kernel::<T>(dev, &DEPTHWISE, "depthwise_fwd", Launch::Elements(len))?;
+            let mut args = k.args();
+            args.arg(&x).arg(&w).arg(&mut y).arg(&geom);
+            k.launch(args)?;
+            Ok((cuda::storage(y, dev), g.out_shape()))
+        })
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -375,6 +415,30 @@ impl CustomOp3 for DepthwiseInputGrad {
             Ok((T::storage(input_grad::<T>(g, dy, w, x)), Shape::from((g.n, g.c, g.h, g.w))))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, kernels::DEPTHWISE, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let geom = g.gpu()?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => w, (s3, l3) => x], |T| {
+            let len = g.n * g.c * g.h * g.w;
+            let mut dx = cuda::output::<T>(dev, len)?;
+            let k = cuda::kernel::<T>(dev, &DEPTHWISE, "depthwise_dgrad", Launch::Elements(len))?;
+            let mut args = k.args();
+            args.arg(&dy).arg(&w).arg(&x).arg(&mut dx).arg(&geom);
+            k.launch(args)?;
+            Ok((cuda::storage(dx, dev), Shape::from((g.n, g.c, g.h, g.w))))
+        })
+    }
 }
 
 /// `(dy, x) -> dw`.
@@ -397,6 +461,28 @@ impl CustomOp2 for DepthwiseWeightGrad {
         let g = &self.geom;
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
             Ok((T::storage(weight_grad::<T>(g, dy, x)), Shape::from((g.c, 1, g.k, g.k))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, kernels::DEPTHWISE, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let geom = g.gpu()?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
+            let jobs = g.c * g.k * g.k;
+            let mut dw = cuda::output::<T>(dev, jobs)?;
+            let k = cuda::kernel::<T>(dev, &DEPTHWISE, "depthwise_wgrad", Launch::Blocks(jobs))?;
+            let mut args = k.args();
+            args.arg(&dy).arg(&x).arg(&mut dw).arg(&geom);
+            k.launch(args)?;
+            Ok((cuda::storage(dw, dev), Shape::from((g.c, 1, g.k, g.k))))
         })
     }
 }

@@ -7,6 +7,10 @@ mod batch_norm;
 mod conv;
 mod cpu;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
 mod darts_op;
 mod depthwise;
 mod drop_path;

@@ -191,6 +191,28 @@ impl Geometry {
         (start.max(0) as usize)..(end.max(0) as usize)
     }
 
+    #[cfg(feature = "cuda")]
+    fn gpu(&self) -> Result<crate::cuda::PoolGeom> {
+        use crate::cuda::int;
+        Ok(crate::cuda::PoolGeom {
+            n: int(self.n, OP)?,
+            c: int(self.c, OP)?,
+            h: int(self.h, OP)?,
+            w: int(self.w, OP)?,
+            oh: int(self.oh, OP)?,
+            ow: int(self.ow, OP)?,
+            kernel: int(self.cfg.kernel, OP)?,
+            stride: int(self.cfg.stride, OP)?,
+            pad: int(self.cfg.padding, OP)?,
+            count_include_pad: i32::from(matches!(
+                self.cfg.kind,
+                PoolKind::Avg {
+                    count_include_pad: true
+                }
+            )),
+        })
+    }
+
     /// Divisor of an average window with the given valid extent.
     #[inline(always)]
     fn divisor(&self, oh: usize, ow: usize, rows: usize, cols: usize) -> usize {
@@ -310,10 +332,18 @@ fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
     dx
 }
 
+/// Max pooling's argmax, saved by the forward pass for the backward pass, where the
+/// forward ran.
+#[derive(Clone)]
+enum Argmax {
+    Cpu(Vec<u32>),
+    #[cfg(feature = "cuda")]
+    Cuda(candle_core::cuda::cudarc::driver::CudaSlice<u32>),
+}
+
 struct Pool {
     geom: Geometry,
-    /// Max pooling's argmax, saved by the forward pass for the backward pass.
-    argmax: Arc<Mutex<Option<Vec<u32>>>>,
+    argmax: Arc<Mutex<Option<Argmax>>>,
 }
 
 impl CustomOp1 for Pool {
@@ -326,9 +356,41 @@ impl CustomOp1 for Pool {
         dispatch!(OP, [(s, l) => x], |T| {
             let (y, argmax) = forward::<T>(g, x);
             if let Some(argmax) = argmax {
-                *self.argmax.lock().map_err(|_| poisoned())? = Some(argmax);
+                *self.argmax.lock().map_err(|_| poisoned())? = Some(Argmax::Cpu(argmax));
             }
             Ok((T::storage(y), Shape::from((g.n, g.c, g.oh, g.ow))))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, kernels::POOL, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s.device);
+        let geom = g.gpu()?;
+        let len = g.n * g.c * g.oh * g.ow;
+        cuda::cuda_dispatch!(OP, [(s, l) => x], |T| {
+            let mut y = cuda::output::<T>(dev, len)?;
+            match g.cfg.kind {
+                PoolKind::Max => {
+                    let mut arg = cuda::output::<u32>(dev, len)?;
+                    let k = cuda::kernel::<T>(dev, &POOL, "pool_max_fwd", Launch::Elements(len))?;
+                    let mut args = k.args();
+                    args.arg(&x).arg(&mut y).arg(&mut arg).arg(&geom);
+                    k.launch(args)?;
+                    *self.argmax.lock().map_err(|_| poisoned())? = Some(Argmax::Cuda(arg));
+                }
+                PoolKind::Avg { .. } => {
+                    let k = cuda::kernel::<T>(dev, &POOL, "pool_avg_fwd", Launch::Elements(len))?;
+                    let mut args = k.args();
+                    args.arg(&x).arg(&mut y).arg(&geom);
+                    k.launch(args)?;
+                }
+            }
+            Ok((cuda::storage(y, dev), Shape::from((g.n, g.c, g.oh, g.ow))))
         })
     }
 
@@ -368,7 +430,7 @@ fn poisoned() -> candle_core::Error {
 /// `dy -> dx`.
 struct PoolBackward {
     geom: Geometry,
-    argmax: Option<Vec<u32>>,
+    argmax: Option<Argmax>,
 }
 
 impl CustomOp1 for PoolBackward {
@@ -381,10 +443,55 @@ impl CustomOp1 for PoolBackward {
         let shape = Shape::from((g.n, g.c, g.h, g.w));
         dispatch!(OP, [(s, l) => dy], |T| {
             let dx = match &self.argmax {
-                Some(arg) => max_backward::<T>(g, dy, arg),
+                Some(Argmax::Cpu(arg)) => max_backward::<T>(g, dy, arg),
+                #[cfg(feature = "cuda")]
+                Some(Argmax::Cuda(_)) => {
+                    return Err(Error::Unsupported {
+                        op: OP,
+                        message: "forward on CUDA, backward on CPU".to_string(),
+                    }
+                    .into())
+                }
                 None => avg_backward::<T>(g, dy),
             };
             Ok((T::storage(dx), shape))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, kernels::POOL, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s.device);
+        let geom = g.gpu()?;
+        let len = g.n * g.c * g.h * g.w;
+        cuda::cuda_dispatch!(OP, [(s, l) => dy], |T| {
+            let mut dx = cuda::output::<T>(dev, len)?;
+            match &self.argmax {
+                Some(Argmax::Cuda(arg)) => {
+                    let k = cuda::kernel::<T>(dev, &POOL, "pool_max_bwd", Launch::Elements(len))?;
+                    let mut args = k.args();
+                    args.arg(&dy).arg(arg).arg(&mut dx).arg(&geom);
+                    k.launch(args)?;
+                }
+                Some(Argmax::Cpu(_)) => {
+                    return Err(Error::Unsupported {
+                        op: OP,
+                        message: "forward on CPU, backward on CUDA".to_string(),
+                    }
+                    .into())
+                }
+                None => {
+                    let k = cuda::kernel::<T>(dev, &POOL, "pool_avg_bwd", Launch::Elements(len))?;
+                    let mut args = k.args();
+                    args.arg(&dy).arg(&mut dx).arg(&geom);
+                    k.launch(args)?;
+                }
+            }
+            Ok((cuda::storage(dx, dev), Shape::from((g.n, g.c, g.h, g.w))))
         })
     }
 }

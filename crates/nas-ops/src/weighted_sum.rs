@@ -93,6 +93,29 @@ impl CustomOp2 for WeightedSum {
         })
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::WEIGHTED_SUM, Launch, PushKernelArg};
+        let dev = &s1.device;
+        let out_shape = Shape::from(&l1.dims()[1..]);
+        let size = out_shape.elem_count();
+        let k = int(l2.dims()[0], OP)?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => o, (s2, l2) => w], |T| {
+            let mut y = cuda::output::<T>(dev, size)?;
+            let kernel = cuda::kernel::<T>(dev, &WEIGHTED_SUM, "ws_fwd", Launch::Elements(size))?;
+            let mut args = kernel.args();
+            args.arg(&o).arg(&w).arg(&mut y).arg(&k).arg(&size);
+            kernel.launch(args)?;
+            Ok((cuda::storage(y, dev), out_shape))
+        })
+    }
+
     fn bwd(
         &self,
         outputs: &Tensor,
@@ -127,6 +150,28 @@ impl CustomOp2 for WeightedSumWeightGrad {
             Ok((T::storage(weight_grad::<T>(dy, o)), Shape::from(k)))
         })
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::WEIGHTED_SUM, Launch, PushKernelArg};
+        let dev = &s1.device;
+        let (k, size) = (l2.dims()[0], l1.shape().elem_count());
+        let k32 = int(k, OP)?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => o], |T| {
+            let mut dw = cuda::output::<T>(dev, k)?;
+            let kernel = cuda::kernel::<T>(dev, &WEIGHTED_SUM, "ws_wgrad", Launch::Blocks(k))?;
+            let mut args = kernel.args();
+            args.arg(&dy).arg(&o).arg(&mut dw).arg(&k32).arg(&size);
+            kernel.launch(args)?;
+            Ok((cuda::storage(dw, dev), Shape::from(k)))
+        })
+    }
 }
 
 /// `(dy, w) -> [k, ...]` with `d_outputs[k] = w[k] * dy`.
@@ -156,6 +201,31 @@ impl CustomOp2 for WeightedSumOutputGrad {
                 }
             });
             Ok((T::storage(out), Shape::from(dims)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::WEIGHTED_SUM, Launch, PushKernelArg};
+        let dev = &s1.device;
+        let (k, size) = (l2.dims()[0], l1.shape().elem_count());
+        let k32 = int(k, OP)?;
+        let mut dims = vec![k];
+        dims.extend_from_slice(l1.dims());
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => w], |T| {
+            let mut out = cuda::output::<T>(dev, k * size)?;
+            let kernel =
+                cuda::kernel::<T>(dev, &WEIGHTED_SUM, "ws_ograd", Launch::Elements(k * size))?;
+            let mut args = kernel.args();
+            args.arg(&dy).arg(&w).arg(&mut out).arg(&k32).arg(&size);
+            kernel.launch(args)?;
+            Ok((cuda::storage(out, dev), Shape::from(dims)))
         })
     }
 }
