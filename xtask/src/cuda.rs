@@ -161,6 +161,7 @@ pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
             )
             .env("PATH", std::env::join_paths(dirs).unwrap_or(path));
     };
+    link_stubs(&root, &toolkit)?;
     let mut tests = Command::new("cargo");
     tests.args([
         "test",
@@ -235,5 +236,93 @@ fn copy_stripped(from: &Path, to: &Path) -> Result<()> {
     if !status.success() {
         bail!("strip failed on {}", to.display());
     }
+    Ok(())
+}
+
+/// The CUDA libraries candle links (cudarc's `dynamic-linking`), with the names they have
+/// on a CUDA 13 machine, and cudarc's declarations of their functions.
+const LINKED: &[(&str, &str, &str)] = &[
+    ("cuda", "libcuda.so.1", "driver/sys/mod.rs"),
+    ("nvrtc", "libnvrtc.so.13", "nvrtc/sys/mod.rs"),
+    ("curand", "libcurand.so.10", "curand/sys/mod.rs"),
+    ("cublas", "libcublas.so.13", "cublas/sys/mod.rs"),
+    ("cublasLt", "libcublasLt.so.13", "cublaslt/sys/mod.rs"),
+];
+
+/// Writes link-time stubs of the CUDA libraries into `<toolkit>/lib/stubs` (where cudarc
+/// looks), so that a `cuda` build links on a machine without them (the driver's libcuda,
+/// cuBLAS, cuRAND and NVRTC; the pip toolkit has only the runtime). Each stub is a shared
+/// library with the real one's soname that defines every function cudarc declares for
+/// it; at run time the real libraries are loaded instead. `libcudart.so` links to the
+/// toolkit's runtime.
+fn link_stubs(root: &Path, toolkit: &Path) -> Result<()> {
+    let out = Command::new("cargo")
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(root)
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("reading cargo metadata")?;
+    let cudarc = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "cudarc"))
+        .and_then(|p| p["manifest_path"].as_str())
+        .map(PathBuf::from)
+        .context("cudarc is not in Cargo.lock")?;
+    let src = cudarc.parent().context("cudarc's folder")?.join("src");
+    if !src.is_dir() {
+        // cargo metadata does not download; a build of the `cuda` feature does.
+        let status = Command::new("cargo")
+            .args(["fetch", "--locked"])
+            .current_dir(root)
+            .status()
+            .context("running cargo fetch")?;
+        if !status.success() || !src.is_dir() {
+            bail!("cudarc's sources are not at {}", src.display());
+        }
+    }
+    let stubs = toolkit.join("lib/stubs");
+    std::fs::create_dir_all(&stubs).with_context(|| format!("creating {}", stubs.display()))?;
+    for (name, soname, sys) in LINKED {
+        let decls = std::fs::read_to_string(src.join(sys))
+            .with_context(|| format!("reading cudarc's {sys}"))?;
+        // Inside cudarc's `extern "C"` blocks: `fn name(` with no `pub`.
+        let mut functions: Vec<&str> = decls
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("fn "))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        functions.sort_unstable();
+        functions.dedup();
+        if functions.is_empty() {
+            bail!("no function declarations in cudarc's {sys}");
+        }
+        let c = stubs.join(format!("{name}_stub.c"));
+        let body: String = functions
+            .iter()
+            .map(|f| format!("void {f}(void) {{}}\n"))
+            .collect();
+        std::fs::write(&c, body).with_context(|| format!("writing {}", c.display()))?;
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(stubs.join(format!("lib{name}.so")))
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg(&c)
+            .status()
+            .context("running cc")?;
+        if !status.success() {
+            bail!("cc failed on {}", c.display());
+        }
+    }
+    let cudart = stubs.join("libcudart.so");
+    let _ = std::fs::remove_file(&cudart);
+    std::os::unix::fs::symlink(toolkit.join("lib/libcudart.so.13"), &cudart)
+        .context("linking libcudart.so")?;
     Ok(())
 }

@@ -60,8 +60,29 @@ pub const BATCH_NORM: Module = module!(
 /// The MixedOp's softmax-weighted sum and its gradients.
 pub const WEIGHTED_SUM: Module = module!("weighted_sum", ["ws_fwd", "ws_wgrad", "ws_ograd"]);
 
+/// The DARTS recurrent node update: forward, state and projection gradients, weight
+/// gradients.
+pub const RNN_NODE: Module = module!(
+    "rnn_node",
+    ["rnn_node_fwd", "rnn_node_bwd", "rnn_node_pgrad"]
+);
+
+/// Soft-max cross-entropy with a bias: per-row log-sum-exp and loss, their mean, the
+/// logits' and the bias's gradients.
+pub const CROSS_ENTROPY: Module = module!(
+    "cross_entropy",
+    ["xent_rows", "xent_mean", "xent_dlogits", "xent_dbias"]
+);
+
 /// Every module.
-pub const ALL: &[Module] = &[DEPTHWISE, POOL, BATCH_NORM, WEIGHTED_SUM];
+pub const ALL: &[Module] = &[
+    DEPTHWISE,
+    POOL,
+    BATCH_NORM,
+    WEIGHTED_SUM,
+    RNN_NODE,
+    CROSS_ENTROPY,
+];
 
 #[cfg(test)]
 mod tests {

@@ -81,7 +81,15 @@ struct SoftmaxCrossEntropy {
     n: usize,
     v: usize,
     /// Each row's log-sum-exp, saved by the forward pass for the backward one.
-    lse: Arc<Mutex<Option<Vec<f64>>>>,
+    lse: Arc<Mutex<Option<Lse>>>,
+}
+
+/// Each row's log-sum-exp, where the forward pass ran.
+#[derive(Clone)]
+enum Lse {
+    Cpu(Vec<f64>),
+    #[cfg(feature = "cuda")]
+    Cuda(candle_core::cuda::cudarc::driver::CudaSlice<f64>),
 }
 
 fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
@@ -208,11 +216,45 @@ impl CustomOp3 for SoftmaxCrossEntropy {
         })?;
         let mean = rows.iter().map(|&(_, l)| l).sum::<f64>() / self.n as f64;
         *self.lse.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(rows.into_iter().map(|(lse, _)| lse).collect());
+            Some(Lse::Cpu(rows.into_iter().map(|(lse, _)| lse).collect()));
         let out = match s1 {
             CpuStorage::F64(_) => CpuStorage::F64(vec![mean]),
             _ => CpuStorage::F32(vec![mean as f32]),
         };
+        Ok((out, Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::CROSS_ENTROPY, Launch, PushKernelArg};
+        let dev = &s1.device;
+        let t = cuda::view::<u32>(s3, l3, OP)?;
+        // The kernels index with the targets: check them first (n values come back).
+        check_targets(&cuda::download(dev, &t)?, self.v)?;
+        let (n, v) = (int(self.n, OP)?, int(self.v, OP)?);
+        let mut lse = cuda::output::<f64>(dev, self.n)?;
+        let mut loss = cuda::output::<f64>(dev, self.n)?;
+        let out = cuda::cuda_dispatch!(OP, [(s1, l1) => z, (s2, l2) => b], |T| {
+            let k = cuda::kernel::<T>(dev, &CROSS_ENTROPY, "xent_rows", Launch::Blocks(self.n))?;
+            let mut args = k.args();
+            args.arg(&z).arg(&b).arg(&t).arg(&mut lse).arg(&mut loss).arg(&n).arg(&v);
+            k.launch(args)?;
+            let mut out = cuda::output::<T>(dev, 1)?;
+            let k = cuda::kernel::<T>(dev, &CROSS_ENTROPY, "xent_mean", Launch::Blocks(1))?;
+            let mut args = k.args();
+            args.arg(&loss).arg(&mut out).arg(&n);
+            k.launch(args)?;
+            Ok::<_, candle_core::Error>(cuda::storage(out, dev))
+        })?;
+        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(Lse::Cuda(lse));
         Ok((out, Shape::from(())))
     }
 
@@ -234,6 +276,10 @@ impl CustomOp3 for SoftmaxCrossEntropy {
                 op: OP,
                 message: "backward before forward".into(),
             })?;
+        let lse = match lse {
+            Lse::Cpu(lse) if logits.device().is_cpu() => lse,
+            lse => return backward_ops(logits, bias, targets, lse, scale),
+        };
         let (sz, lz) = logits.storage_and_layout();
         let (sb, lb) = bias.storage_and_layout();
         let (st, lt) = targets.storage_and_layout();
@@ -253,6 +299,132 @@ impl CustomOp3 for SoftmaxCrossEntropy {
             ))
         })?;
         Ok((Some(dz), Some(db), None))
+    }
+}
+
+/// The backward pass as two custom ops (how it runs on a GPU, where the storages cannot
+/// be read directly): the logits' gradient, then its column sums for the bias.
+fn backward_ops(
+    logits: &Tensor,
+    bias: &Tensor,
+    targets: &Tensor,
+    lse: Lse,
+    scale: f64,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let dz = logits.apply_op3_no_bwd(bias, targets, &LogitsGrad { lse, scale })?;
+    let db = dz.apply_op1_no_bwd(&ColumnSum)?;
+    Ok((Some(dz), Some(db), None))
+}
+
+/// `(z, b, t) -> dz = scale (softmax(z + b) - onehot(t))` with the saved log-sum-exps.
+struct LogitsGrad {
+    lse: Lse,
+    scale: f64,
+}
+
+impl CustomOp3 for LogitsGrad {
+    fn name(&self) -> &'static str {
+        "softmax_cross_entropy_logits_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Lse::Cpu(lse) = &self.lse else {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: "forward on CUDA, backward on CPU".into(),
+            }
+            .into());
+        };
+        let t = targets_of(s3, l3)?;
+        let v = l2.dims()[0];
+        let scale = self.scale;
+        dispatch!(OP, [(s1, l1) => z, (s2, l2) => b], |T| {
+            let (dz, _) = backward::<T>(z, b, t, lse, v, scale);
+            Ok((T::storage(dz), l1.shape().clone()))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::CROSS_ENTROPY, Launch, PushKernelArg};
+        let Lse::Cuda(lse) = &self.lse else {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: "forward on CPU, backward on CUDA".into(),
+            }
+            .into());
+        };
+        let dev = &s1.device;
+        let (n, v) = (l1.dims()[0], l1.dims()[1]);
+        let (n32, v32) = (int(n, OP)?, int(v, OP)?);
+        let t = cuda::view::<u32>(s3, l3, OP)?;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => z, (s2, l2) => b], |T| {
+            let mut dz = cuda::output::<T>(dev, n * v)?;
+            let k = cuda::kernel::<T>(dev, &CROSS_ENTROPY, "xent_dlogits", Launch::Elements(n * v))?;
+            let mut args = k.args();
+            args.arg(&z).arg(&b).arg(&t).arg(lse).arg(&mut dz);
+            args.arg(&self.scale).arg(&n32).arg(&v32);
+            k.launch(args)?;
+            Ok((cuda::storage(dz, dev), l1.shape().clone()))
+        })
+    }
+}
+
+/// `dz [n, v] -> [v]`: column sums, accumulated in f64 over the rows in order.
+struct ColumnSum;
+
+impl candle_core::CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "softmax_cross_entropy_bias_grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let v = l.dims()[1];
+        dispatch!(OP, [(s, l) => dz], |T| {
+            let mut acc = vec![0f64; v];
+            for row in dz.chunks(v) {
+                for (a, &d) in acc.iter_mut().zip(row) {
+                    *a += d.as_f64();
+                }
+            }
+            Ok((T::storage(acc.into_iter().map(T::of_f64).collect()), Shape::from(v)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::CROSS_ENTROPY, Launch, PushKernelArg};
+        let dev = &s.device;
+        let (n, v) = (l.dims()[0], l.dims()[1]);
+        let (n32, v32) = (int(n, OP)?, int(v, OP)?);
+        cuda::cuda_dispatch!(OP, [(s, l) => dz], |T| {
+            let mut db = cuda::output::<T>(dev, v)?;
+            let k = cuda::kernel::<T>(dev, &CROSS_ENTROPY, "xent_dbias", Launch::Elements(v))?;
+            let mut args = k.args();
+            args.arg(&dz).arg(&mut db).arg(&n32).arg(&v32);
+            k.launch(args)?;
+            Ok((cuda::storage(db, dev), Shape::from(v)))
+        })
     }
 }
 
@@ -289,6 +461,37 @@ mod tests {
                 what,
             )?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn backward_as_ops_equals_the_direct_one() -> Result<()> {
+        // The op form (the GPU's) gives the direct backward's gradients.
+        let dev = Device::Cpu;
+        let (n, v) = (37, 53);
+        let z = randn(&[n, v], DType::F64, &dev)?;
+        let b = randn(&[v], DType::F64, &dev)?;
+        let t = targets(n, v, &dev);
+        let op = SoftmaxCrossEntropy {
+            n,
+            v,
+            lse: Arc::new(Mutex::new(None)),
+        };
+        let loss = z.apply_op3_no_bwd(&b, &t, &op)?;
+        let lse = op
+            .lse
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the forward saved it");
+        let grad = Tensor::new(1.3f64, &dev)?;
+        let direct = op.bwd(&z, &b, &t, &loss, &grad)?;
+        let ops = backward_ops(&z, &b, &t, lse, 1.3 / n as f64)?;
+        for (what, a, b) in [("logits", &direct.0, &ops.0), ("bias", &direct.1, &ops.1)] {
+            let (a, b) = (a.as_ref().unwrap(), b.as_ref().unwrap());
+            assert_close(b, a, 1e-14, 1e-12, what)?;
+        }
+        assert!(direct.2.is_none() && ops.2.is_none());
         Ok(())
     }
 

@@ -9,10 +9,12 @@
 #![allow(unsafe_code)]
 
 use candle_core::cuda::cudarc::driver::{
-    CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
+    CudaFunction, CudaSlice, CudaStream, CudaView, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
+    ValidAsZeroBits,
 };
 use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::{DType, Layout, WithDType};
+use std::sync::Arc;
 
 use crate::error::Error;
 
@@ -37,7 +39,7 @@ impl GpuElem for f64 {
 const THREADS: u32 = 256;
 
 /// A contiguous input's elements.
-pub(crate) fn view<'a, T: GpuElem>(
+pub(crate) fn view<'a, T: CudaDType + DeviceRepr>(
     s: &'a CudaStorage,
     l: &Layout,
     op: &'static str,
@@ -64,7 +66,7 @@ pub(crate) fn output<T: DeviceRepr>(
 }
 
 /// Copies host values to the device.
-pub(crate) fn upload<T: DeviceRepr + 'static>(
+pub(crate) fn upload<T: DeviceRepr + ValidAsZeroBits + 'static>(
     dev: &CudaDevice,
     values: &[T],
 ) -> candle_core::Result<CudaSlice<T>> {
@@ -108,7 +110,8 @@ impl Launch {
 
 /// One kernel, loaded for `T`, with its launch configuration.
 pub(crate) struct Kernel {
-    func: candle_core::cuda::CudaFunc,
+    func: CudaFunction,
+    stream: Arc<CudaStream>,
     cfg: Option<LaunchConfig>,
 }
 
@@ -122,7 +125,8 @@ pub(crate) fn kernel<T: GpuElem>(
     let func =
         dev.get_or_load_custom_func(&module.entry(kernel, T::SUFFIX), module.name, module.ptx)?;
     Ok(Kernel {
-        func,
+        func: func.into_cuda_function(),
+        stream: dev.cuda_stream(),
         cfg: work.config(),
     })
 }
@@ -130,7 +134,7 @@ pub(crate) fn kernel<T: GpuElem>(
 impl Kernel {
     /// An empty argument list.
     pub(crate) fn args(&self) -> LaunchArgs<'_> {
-        self.func.builder()
+        self.stream.launch_builder(&self.func)
     }
 
     /// Runs the kernel with `args` (nothing to do for empty work).

@@ -185,7 +185,7 @@ fn weighted_sum_matches_cpu_and_finite_differences() -> Result<()> {
 fn a_whole_mixed_op_runs_on_the_gpu_as_on_the_cpu() -> Result<()> {
     // Every DARTS primitive through the fused kernels (and candle's own CUDA ops for the
     // 1x1 convolutions), forward and backward, stride 1 and 2.
-    use candle_nn::{ModuleT, VarBuilder, VarMap};
+    use candle_nn::{VarBuilder, VarMap};
     for stride in [1, 2] {
         let mut outs = Vec::new();
         for dev in [Device::Cpu, gpu()] {
@@ -230,5 +230,75 @@ fn a_whole_mixed_op_runs_on_the_gpu_as_on_the_cpu() -> Result<()> {
             &format!("alpha grad stride {stride}"),
         )?;
     }
+    Ok(())
+}
+
+#[test]
+fn rnn_node_matches_cpu_and_finite_differences() -> Result<()> {
+    let (n, b, h) = (3, 5, 7);
+    for dtype in [DType::F32, DType::F64] {
+        let states = randn(&[n, b, h], dtype, &Device::Cpu)?;
+        let ch = randn(&[n, b, 2 * h], dtype, &Device::Cpu)?;
+        let probs = candle_nn::ops::softmax(&randn(&[n, 5], dtype, &Device::Cpu)?, 1)?;
+        matches_cpu(
+            &[states, ch, probs],
+            |v| rnn_node(&v[0], &v[1], &v[2]),
+            tol(dtype),
+            &format!("rnn_node {dtype:?}"),
+        )?;
+    }
+    // One-hot rows, as a derived cell passes: skipped states still get weight gradients.
+    let mut one_hot = vec![0f64; n * 5];
+    for j in 0..n {
+        one_hot[j * 5 + (j + 1) % 5] = 1.0;
+    }
+    let states = randn(&[n, 2, 4], DType::F64, &gpu())?;
+    let ch = randn(&[n, 2, 8], DType::F64, &gpu())?;
+    let probs = Tensor::from_vec(one_hot, (n, 5), &gpu())?;
+    grad_check(
+        &[states, ch, probs],
+        |v| rnn_node(&v[0], &v[1], &v[2]),
+        "gpu rnn_node",
+    )
+}
+
+#[test]
+fn softmax_cross_entropy_matches_cpu_and_finite_differences() -> Result<()> {
+    let (n, v) = (37, 301);
+    let targets: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % v) as u32).collect();
+    for dtype in [DType::F32, DType::F64] {
+        let z = (randn(&[n, v], dtype, &Device::Cpu)? * 3.0)?;
+        let b = randn(&[v], dtype, &Device::Cpu)?;
+        let t = targets.clone();
+        matches_cpu(
+            &[z, b],
+            |x| {
+                let t = Tensor::from_vec(t.clone(), n, x[0].device())?;
+                softmax_cross_entropy(&x[0], &x[1], &t)
+            },
+            tol(dtype),
+            &format!("softmax cross-entropy {dtype:?}"),
+        )?;
+    }
+    let (n, v) = (5, 7);
+    let z = randn(&[n, v], DType::F64, &gpu())?;
+    let b = randn(&[v], DType::F64, &gpu())?;
+    let t = Tensor::from_vec(vec![0u32, 6, 3, 3, 1], n, &gpu())?;
+    grad_check(
+        &[z, b],
+        |x| softmax_cross_entropy(&x[0], &x[1], &t),
+        "gpu softmax cross-entropy",
+    )?;
+    // Targets outside the vocabulary are an error, not an out-of-bounds read.
+    let z = randn(&[2, 3], DType::F32, &gpu())?;
+    let b = randn(&[3], DType::F32, &gpu())?;
+    let t = Tensor::from_vec(vec![0u32, 3], 2, &gpu())?;
+    let err = softmax_cross_entropy(&z, &b, &t)
+        .expect_err("target 3 of 3")
+        .to_string();
+    assert!(
+        err.contains("target 1 is 3, outside the vocabulary of 3"),
+        "{err}"
+    );
     Ok(())
 }

@@ -32,16 +32,22 @@ const N_PRIMITIVES: usize = 5;
 /// `out[b, x] = sum_j sum_{k=1..4} probs[j, k] * (s + sigmoid(c) * (f_k(h) - s))`
 /// with `s = states[j, b, x]`, `c = ch[j, b, x]`, `h = ch[j, b, H + x]`.
 ///
-/// Differentiable in all three inputs; `relu'(0) = 0`, as in PyTorch. CPU only, f32 or
-/// f64.
+/// Differentiable in all three inputs; `relu'(0) = 0`, as in PyTorch. f32 or f64; on the
+/// CPU, or on a CUDA device in a build with the `cuda` feature.
 pub fn rnn_node(states: &Tensor, ch: &Tensor, probs: &Tensor) -> Result<Tensor> {
     let geom = Geometry::new(states, ch, probs)?;
     for t in [states, ch, probs] {
-        if !t.device().is_cpu() {
+        let supported = t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda());
+        if !supported {
             return Err(Error::Unsupported {
                 op: OP,
                 message: format!(
-                    "only the CPU is supported, got an input on {:?}",
+                    "only the CPU{} is supported, got an input on {:?}",
+                    if cfg!(feature = "cuda") {
+                        " and CUDA"
+                    } else {
+                        ""
+                    },
                     t.device().location()
                 ),
             }
@@ -361,6 +367,9 @@ impl RnnNode {
         ch: &Tensor,
         probs: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        if !dy.device().is_cpu() {
+            return self.backward_packed(dy, states, ch, probs);
+        }
         let g = &self.geom;
         let (dy_storage, dy_layout) = dy.storage_and_layout();
         let (s_storage, s_layout) = states.storage_and_layout();
@@ -387,6 +396,105 @@ impl RnnNode {
     }
 }
 
+impl RnnNode {
+    /// The backward pass as one custom op with one output (how it runs on a GPU, where
+    /// the storages cannot be read directly): `(dy, states, ch)` to the three gradients
+    /// packed in one buffer, then cut apart. `probs` (a few values) travels in the op.
+    fn backward_packed(
+        &self,
+        dy: &Tensor,
+        states: &Tensor,
+        ch: &Tensor,
+        probs: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let g = self.geom;
+        let probs: Vec<f64> = probs
+            .to_dtype(candle_core::DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
+        let packed = dy.apply_op3_no_bwd(states, ch, &RnnNodeBackward { geom: g, probs })?;
+        let (n, b, h) = (g.n_states, g.batch, g.hidden);
+        let len = n * b * h;
+        Ok((
+            packed.narrow(0, 0, len)?.reshape((n, b, h))?,
+            packed.narrow(0, len, 2 * len)?.reshape((n, b, 2 * h))?,
+            packed
+                .narrow(0, 3 * len, n * N_PRIMITIVES)?
+                .reshape((n, N_PRIMITIVES))?,
+        ))
+    }
+}
+
+/// `(dy, states, ch) -> [d states, d ch, d probs]`, flattened and concatenated.
+struct RnnNodeBackward {
+    geom: Geometry,
+    /// `probs` `[n, 5]`, row-major.
+    probs: Vec<f64>,
+}
+
+impl CustomOp3 for RnnNodeBackward {
+    fn name(&self) -> &'static str {
+        "rnn_node_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => s, (s3, l3) => ch], |T| {
+            let p: Vec<T> = self.probs.iter().map(|&v| T::of_f64(v)).collect();
+            let grads = backward::<T>(g, dy, s, ch, &p);
+            let mut packed = grads.states;
+            packed.extend(grads.ch);
+            packed.extend(grads.probs);
+            let len = packed.len();
+            Ok((T::storage(packed), Shape::from(len)))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::RNN_NODE, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let (n, b, h) = (int(g.n_states, OP)?, int(g.batch, OP)?, int(g.hidden, OP)?);
+        let len = g.n_states * g.batch * g.hidden;
+        let total = 3 * len + g.n_states * N_PRIMITIVES;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => dy, (s2, l2) => s, (s3, l3) => ch], |T| {
+            let p: Vec<T> = self
+                .probs
+                .iter()
+                .map(|&v| <T as candle_core::WithDType>::from_f64(v))
+                .collect();
+            let p = cuda::upload(dev, &p)?;
+            let mut grads = cuda::output::<T>(dev, total)?;
+            let k = cuda::kernel::<T>(dev, &RNN_NODE, "rnn_node_bwd", Launch::Elements(len))?;
+            let mut args = k.args();
+            args.arg(&dy).arg(&s).arg(&ch).arg(&p).arg(&mut grads);
+            args.arg(&n).arg(&b).arg(&h);
+            k.launch(args)?;
+            let k = cuda::kernel::<T>(dev, &RNN_NODE, "rnn_node_pgrad", Launch::Blocks(g.n_states))?;
+            let mut args = k.args();
+            args.arg(&dy).arg(&s).arg(&ch).arg(&mut grads).arg(&n).arg(&b).arg(&h);
+            k.launch(args)?;
+            Ok((cuda::storage(grads, dev), Shape::from(total)))
+        })
+    }
+}
+
 impl CustomOp3 for RnnNode {
     fn name(&self) -> &'static str {
         OP
@@ -407,6 +515,30 @@ impl CustomOp3 for RnnNode {
                 T::storage(forward::<T>(g, s, ch, p)),
                 Shape::from((g.batch, g.hidden)),
             ))
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use crate::cuda::{self, int, kernels::RNN_NODE, Launch, PushKernelArg};
+        let (g, dev) = (&self.geom, &s1.device);
+        let (n, b, h) = (int(g.n_states, OP)?, int(g.batch, OP)?, int(g.hidden, OP)?);
+        let len = g.batch * g.hidden;
+        cuda::cuda_dispatch!(OP, [(s1, l1) => s, (s2, l2) => ch, (s3, l3) => p], |T| {
+            let mut out = cuda::output::<T>(dev, len)?;
+            let k = cuda::kernel::<T>(dev, &RNN_NODE, "rnn_node_fwd", Launch::Elements(len))?;
+            let mut args = k.args();
+            args.arg(&s).arg(&ch).arg(&p).arg(&mut out).arg(&n).arg(&b).arg(&h);
+            k.launch(args)?;
+            Ok((cuda::storage(out, dev), Shape::from((g.batch, g.hidden))))
         })
     }
 
@@ -554,6 +686,33 @@ mod tests {
         // `none` gets no gradient, the activations do.
         let d_probs: Vec<Vec<f32>> = fused[2].to_vec2()?;
         assert!(d_probs.iter().all(|row| row[0] == 0.0 && row[1] != 0.0));
+        Ok(())
+    }
+
+    #[test]
+    fn packed_backward_equals_the_direct_one() -> Result<()> {
+        // The packed form (the GPU's) cuts the same three gradients out of one buffer.
+        let dev = Device::Cpu;
+        let (n, b, h) = (3, 4, 5);
+        let states = randn(&[n, b, h], DType::F64, &dev)?;
+        let ch = pre_activations(n, b, h, DType::F64, true)?;
+        let probs = softmax_probs(n, DType::F64, &dev)?;
+        let dy = randn(&[b, h], DType::F64, &dev)?;
+        let op = RnnNode {
+            geom: Geometry::new(&states, &ch, &probs)?,
+        };
+        let direct = op.backward(&dy, &states, &ch, &probs)?;
+        let packed = op.backward_packed(&dy, &states, &ch, &probs)?;
+        for (what, a, b) in [
+            ("states", &direct.0, &packed.0),
+            ("ch", &direct.1, &packed.1),
+            ("probs", &direct.2, &packed.2),
+        ] {
+            assert_eq!(a.dims(), b.dims(), "{what}");
+            let (a, b): (Vec<f64>, Vec<f64>) =
+                (a.flatten_all()?.to_vec1()?, b.flatten_all()?.to_vec1()?);
+            assert_eq!(a, b, "{what}");
+        }
         Ok(())
     }
 
