@@ -336,12 +336,18 @@ impl CustomOp3 for LogitsGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Lse::Cpu(lse) = &self.lse else {
-            return Err(Error::Unsupported {
-                op: OP,
-                message: "forward on CUDA, backward on CPU".into(),
+        // One variant without the `cuda` feature.
+        #[allow(clippy::infallible_destructuring_match)]
+        let lse = match &self.lse {
+            Lse::Cpu(lse) => lse,
+            #[cfg(feature = "cuda")]
+            Lse::Cuda(_) => {
+                return Err(Error::Unsupported {
+                    op: OP,
+                    message: "forward on CUDA, backward on CPU".into(),
+                }
+                .into())
             }
-            .into());
         };
         let t = targets_of(s3, l3)?;
         let v = l2.dims()[0];
