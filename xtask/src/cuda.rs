@@ -124,8 +124,9 @@ pub fn run_kernels(args: &[&str]) -> Result<()> {
 
 /// `cargo xtask gpu-bundle`: builds, here, what a GPU machine without a Rust toolchain runs:
 /// nas-ops's test binary and the DARTS step benchmark, both with the `cuda` feature, the
-/// PyTorch bench script, and `run.sh`, into `target/gpu-bundle` (carry that folder and run
-/// `bash target/gpu-bundle/run.sh` there; see docs/gpu.md).
+/// PyTorch bench script, and `run.sh`, into `target/gpu-bundle`, packed as
+/// `target/gpu-bundle.tar.xz` (carry that, unpack it there and run `run.sh`; see
+/// docs/gpu.md).
 pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
         bail!("usage: cargo xtask gpu-bundle, got {args:?}");
@@ -191,9 +192,7 @@ pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
     let mut bench = Command::new("cargo");
     // The dev profile with the workspace's crates optimised too: a release build would
     // compile candle's CUDA kernels a second time (about 40 minutes on two cores).
-    bench
-        .env("CARGO_PROFILE_DEV_OPT_LEVEL", "3")
-        .env("CARGO_PROFILE_DEV_DEBUG", "0");
+    bench.env("CARGO_PROFILE_DEV_OPT_LEVEL", "3");
     bench.args([
         "build",
         "-p",
@@ -222,7 +221,20 @@ pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
         std::fs::copy(root.join(from), bundle.join(to))
             .with_context(|| format!("copying {from}"))?;
     }
-    println!("{}", bundle.display());
+    // The binaries are large (candle's kernels are embedded) but compress about tenfold.
+    let archive = root.join("target/gpu-bundle.tar.xz");
+    let status = Command::new("tar")
+        .arg("-cJf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(root.join("target"))
+        .arg("gpu-bundle")
+        .status()
+        .context("running tar")?;
+    if !status.success() {
+        bail!("tar could not write {}", archive.display());
+    }
+    println!("{}", archive.display());
     Ok(())
 }
 
@@ -249,15 +261,21 @@ const LINKED: &[(&str, &str, &str)] = &[
     ("cublasLt", "libcublasLt.so.13", "cublaslt/sys/mod.rs"),
 ];
 
-/// Writes link-time stubs of the CUDA libraries into `<toolkit>/lib/stubs` (where cudarc
-/// looks), so that a `cuda` build links on a machine without them (the driver's libcuda,
+/// Writes link-time stubs of the CUDA libraries into `<toolkit>/lib` (where cudarc tells
+/// the linker to look; their C sources go to `lib/stubs`), so that a `cuda` build links on a machine without them (the driver's libcuda,
 /// cuBLAS, cuRAND and NVRTC; the pip toolkit has only the runtime). Each stub is a shared
 /// library with the real one's soname that defines every function cudarc declares for
 /// it; at run time the real libraries are loaded instead. `libcudart.so` links to the
 /// toolkit's runtime.
 fn link_stubs(root: &Path, toolkit: &Path) -> Result<()> {
     let out = Command::new("cargo")
-        .args(["metadata", "--format-version", "1", "--locked"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--all-features",
+        ])
         .current_dir(root)
         .output()
         .context("running cargo metadata")?;
@@ -287,7 +305,8 @@ fn link_stubs(root: &Path, toolkit: &Path) -> Result<()> {
             bail!("cudarc's sources are not at {}", src.display());
         }
     }
-    let stubs = toolkit.join("lib/stubs");
+    let lib = toolkit.join("lib");
+    let stubs = lib.join("stubs");
     std::fs::create_dir_all(&stubs).with_context(|| format!("creating {}", stubs.display()))?;
     for (name, soname, sys) in LINKED {
         let decls = std::fs::read_to_string(src.join(sys))
@@ -297,6 +316,7 @@ fn link_stubs(root: &Path, toolkit: &Path) -> Result<()> {
             .lines()
             .filter_map(|l| l.trim_start().strip_prefix("fn "))
             .filter_map(|l| l.split('(').next())
+            .filter(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
             .collect();
         functions.sort_unstable();
         functions.dedup();
@@ -311,7 +331,7 @@ fn link_stubs(root: &Path, toolkit: &Path) -> Result<()> {
         std::fs::write(&c, body).with_context(|| format!("writing {}", c.display()))?;
         let status = Command::new("cc")
             .args(["-shared", "-fPIC", "-o"])
-            .arg(stubs.join(format!("lib{name}.so")))
+            .arg(lib.join(format!("lib{name}.so")))
             .arg(format!("-Wl,-soname,{soname}"))
             .arg(&c)
             .status()
@@ -320,9 +340,8 @@ fn link_stubs(root: &Path, toolkit: &Path) -> Result<()> {
             bail!("cc failed on {}", c.display());
         }
     }
-    let cudart = stubs.join("libcudart.so");
+    let cudart = lib.join("libcudart.so");
     let _ = std::fs::remove_file(&cudart);
-    std::os::unix::fs::symlink(toolkit.join("lib/libcudart.so.13"), &cudart)
-        .context("linking libcudart.so")?;
+    std::os::unix::fs::symlink("libcudart.so.13", &cudart).context("linking libcudart.so")?;
     Ok(())
 }
