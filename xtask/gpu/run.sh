@@ -35,4 +35,7 @@ for spec in "first 16 8 64 3" "train 36 20 96 3"; do
     # shellcheck disable=SC2086
     NAS_DEVICE=cuda timeout 90 python3 "$here/darts_step.py" $spec 2>&1 | tee -a "$out/bench.jsonl" || status=1
 done
+echo "== DARTS recurrent search step (first order, the paper's search preset: batch 256, bptt 35, 300 units, 10,000 words)"
+NAS_DEVICE=cuda timeout 90 "$here/bench_lm_step" first 256 35 300 10000 3 2>&1 | tee -a "$out/bench.jsonl" || status=1
+NAS_DEVICE=cuda timeout 90 python3 "$here/darts_rnn_step.py" first 256 35 300 10000 3 2>&1 | tee -a "$out/bench.jsonl" || status=1
 exit $status

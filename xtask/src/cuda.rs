@@ -123,8 +123,8 @@ pub fn run_kernels(args: &[&str]) -> Result<()> {
 }
 
 /// `cargo xtask gpu-bundle`: builds, here, what a GPU machine without a Rust toolchain runs:
-/// nas-ops's test binary and the DARTS step benchmark, both with the `cuda` feature, the
-/// PyTorch bench script, and `run.sh`, into `target/gpu-bundle`, packed as
+/// nas-ops's test binary and the DARTS CNN and recurrent step benchmarks, all with the
+/// `cuda` feature, the PyTorch bench scripts, and `run.sh`, into `target/gpu-bundle`, packed as
 /// `target/gpu-bundle.tar.xz` (carry that, unpack it there and run `run.sh`; see
 /// docs/gpu.md).
 pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
@@ -201,21 +201,29 @@ pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
         "cuda",
         "--example",
         "bench_step",
+        "--example",
+        "bench_lm_step",
     ]);
     cuda_env(&mut bench);
-    let status = bench.status().context("building bench_step")?;
+    let status = bench.status().context("building the bench examples")?;
     if !status.success() {
-        bail!("building the bench_step example with the cuda feature failed ({status})");
+        bail!("building the bench examples with the cuda feature failed ({status})");
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    copy_stripped(
-        &target.join("debug/examples/bench_step"),
-        &bundle.join("bench_step"),
-    )?;
+    for example in ["bench_step", "bench_lm_step"] {
+        copy_stripped(
+            &target.join("debug/examples").join(example),
+            &bundle.join(example),
+        )?;
+    }
     for (from, to) in [
         ("crates/nas-darts/benches/darts_step.py", "darts_step.py"),
+        (
+            "crates/nas-darts/benches/darts_rnn_step.py",
+            "darts_rnn_step.py",
+        ),
         ("xtask/gpu/run.sh", "run.sh"),
     ] {
         std::fs::copy(root.join(from), bundle.join(to))

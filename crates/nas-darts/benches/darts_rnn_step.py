@@ -219,6 +219,10 @@ def main():
     if order not in ("first", "second"):
         raise SystemExit(__doc__)
     torch.set_num_threads(int(os.environ.get("RAYON_NUM_THREADS", "2")))
+    cuda = os.environ.get("NAS_DEVICE") == "cuda"
+    if cuda:
+        # Every tensor the model and the step create (parameters, masks, tokens) on the GPU.
+        torch.set_default_device("cuda")
     torch.manual_seed(0)
     net = SearchModel(vocab, nhid)
     net.train()
@@ -233,14 +237,18 @@ def main():
         t = time.perf_counter()
         hidden_val = arch_step(net, opt, arch_opt, hidden_train, train, hidden_val, val, order == "second")
         hidden_train = weight_step(net, opt, hidden_train, train)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     rest = sorted(times[1:])
     median = rest[len(rest) // 2]
     print(json.dumps({
-        "impl": "pytorch " + torch.__version__, "order": order, "batch": batch, "bptt": bptt, "nhid": nhid,
+        "impl": "pytorch " + torch.__version__, "device": "cuda" if cuda else "cpu", "order": order,
+        "batch": batch, "bptt": bptt, "nhid": nhid,
         "vocab": vocab, "params": sum(p.numel() for p in net.parameters()),
         "seconds_per_step": median, "tokens_per_second": batch * bptt / median, "steps": rest,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "peak_rss_mb": (torch.cuda.max_memory_allocated() / 2**20 if cuda
+                        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0),
     }))
 
 

@@ -2,6 +2,8 @@
 //! bench_lm_step -- [first|second] [batch] [bptt] [nhid] [vocab] [repeats]`
 //! (default: the paper's search preset, `first 256 35 300 10000 3`). Prints one JSON line
 //! with the median seconds per step and the peak resident memory of this process.
+//! `NAS_DEVICE=cuda` runs it on the first GPU (a build with the `cuda` feature); each step
+//! then ends with a device synchronisation before its time is taken.
 //!
 //! The step is the recurrent search's (`nas_darts::lm_step`): an architecture step on a
 //! validation window, then a weight step on a training window (NLL + TAR, SGD lr 20,
@@ -41,7 +43,10 @@ fn main() -> nas_darts::Result<()> {
         arg(4, 10_000),
         arg(5, 3),
     );
-    let dev = Device::Cpu;
+    let dev = match std::env::var("NAS_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0)?,
+        _ => Device::Cpu,
+    };
     let mut cfg = LmConfig::paper_search();
     cfg.model.emsize = nhid;
     cfg.model.nhid = nhid;
@@ -91,6 +96,7 @@ fn main() -> nas_darts::Result<()> {
                 val: LmBatch::new(vx, vy, hidden_valid.clone(), val_masks),
             }),
         )?;
+        dev.synchronize()?;
         times.push(started.elapsed().as_secs_f64());
         hidden = out.hidden;
         hidden_valid = out.hidden_valid.unwrap_or(hidden_valid);
@@ -102,7 +108,8 @@ fn main() -> nas_darts::Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "candle-nas", "order": format!("{order:?}").to_lowercase(), "batch": batch,
+            "impl": "candle-nas", "device": format!("{:?}", dev.location()),
+            "order": format!("{order:?}").to_lowercase(), "batch": batch,
             "bptt": bptt, "nhid": nhid, "vocab": vocab,
             "seconds_per_step": median, "steps": rest, "peak_rss_mb": peak_rss_mb(),
         })
