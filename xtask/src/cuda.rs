@@ -67,6 +67,14 @@ pub fn install() -> Result<PathBuf> {
     Ok(nvcc)
 }
 
+/// `$NVCC` when set, otherwise the installed toolkit's nvcc (installing it if needed).
+fn nvcc() -> Result<PathBuf> {
+    match std::env::var_os("NVCC") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => install(),
+    }
+}
+
 /// `cargo xtask nvcc`.
 pub fn run_nvcc(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
@@ -83,10 +91,7 @@ pub fn run_kernels(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
         bail!("usage: cargo xtask kernels, got {args:?}");
     }
-    let nvcc = match std::env::var_os("NVCC") {
-        Some(p) => PathBuf::from(p),
-        None => install()?,
-    };
+    let nvcc = nvcc()?;
     let root = project_root();
     let manifest = root.join("crates/nas-kernels/Cargo.toml");
     let target = root.join("target");
@@ -131,10 +136,7 @@ pub fn run_gpu_bundle(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
         bail!("usage: cargo xtask gpu-bundle, got {args:?}");
     }
-    let nvcc = match std::env::var_os("NVCC") {
-        Some(p) => PathBuf::from(p),
-        None => install()?,
-    };
+    let nvcc = nvcc()?;
     let root = project_root();
     let bundle = root.join("target/gpu-bundle");
     if bundle.exists() {

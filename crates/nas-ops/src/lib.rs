@@ -1,5 +1,6 @@
 //! DARTS and ENAS operations as candle modules, built on fused CPU kernels with
-//! hand-written, gradient-checked backward passes.
+//! hand-written, gradient-checked backward passes; under the `cuda` feature the same ops
+//! run CUDA kernels (from `nas-kernels`) on tensors on a CUDA device.
 //!
 //! Every fused op has a plain-tensor `_slow` reference that the tests compare against.
 
