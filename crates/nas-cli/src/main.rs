@@ -72,14 +72,8 @@ fn search_after_help() -> String {
 }
 
 fn main() -> ExitCode {
-    // candle runs element-wise ops on a pool of spin-waiting threads sized by
-    // CANDLE_NUM_THREADS (default: every core), next to rayon's pool that the fused kernels
-    // and matrix products use. On few cores the two fight; one candle thread measured
-    // about 15% faster per DARTS search epoch on 2 cores. A user's setting wins. This runs
-    // before any thread exists.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // Thread pools and allocator (see `nas_ops::runtime`); before any thread exists.
+    nas_ops::runtime::configure_process();
     let cli = Cli::parse();
     // Training commands log their epochs by default; the others only warnings.
     let trains = matches!(

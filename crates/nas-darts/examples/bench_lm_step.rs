@@ -28,6 +28,7 @@ use rss::peak_rss_mb;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> nas_darts::Result<()> {
+    nas_ops::runtime::configure_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     let order: Order = args

@@ -119,6 +119,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
 }
 
 fn main() -> nas_darts::Result<()> {
+    nas_ops::runtime::configure_process();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     if args.first().map(String::as_str) == Some("train") {

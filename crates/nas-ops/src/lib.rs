@@ -21,6 +21,7 @@ mod factorized_reduce;
 mod pool;
 mod relu_conv_bn;
 mod rnn_node;
+pub mod runtime;
 mod sep_conv;
 #[cfg(test)]
 mod testing;

@@ -120,7 +120,9 @@ impl Adam {
             let denom = ((v.sqrt()? / bc2.sqrt())? + eps)?;
             let update = ((&m / denom)? * (lr / bc1))?;
             var.set(&(w - update)?)?;
-            self.moments[i] = Some((m, v));
+            // Detached: the moments must not hold the graph of the step that made them
+            // (each step's would reach back through all earlier ones).
+            self.moments[i] = Some((m.detach(), v.detach()));
         }
         Ok(())
     }
@@ -198,6 +200,27 @@ impl Adam {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn moments_hold_no_graph() {
+        let var = Var::new(&[1.0f64], &Device::Cpu).unwrap();
+        let cfg = AdamConfig {
+            lr: 0.01,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decoupled: false,
+        };
+        let mut opt = Adam::new(vec![("w".into(), var.clone())], cfg).unwrap();
+        for _ in 0..2 {
+            opt.step(&[Some(Tensor::new(&[0.5], &Device::Cpu).unwrap())])
+                .unwrap();
+        }
+        let state = opt.state().unwrap();
+        for key in ["exp_avg.w", "exp_avg_sq.w"] {
+            assert!(!crate::grads::reaches(&state[key], &var), "{key}");
+        }
+    }
 
     fn run(cfg: AdamConfig, grads: &[f64]) -> f64 {
         let var = Var::new(&[1.0f64], &Device::Cpu).unwrap();

@@ -5,10 +5,17 @@ use candle_core::{Tensor, Var};
 
 use crate::error::Result;
 
-/// The gradient of each of `vars` in `store` (`None` where a variable got none).
+/// The gradient of each of `vars` in `store` (`None` where a variable got none),
+/// detached.
+///
+/// candle detaches the gradients of intermediate tensors but not the sums it keeps for
+/// variables: a weight's gradient is, for example, the product of the activation it
+/// multiplied and the incoming gradient, and holds that activation and so the whole
+/// forward graph. An optimizer state made from it (a momentum buffer) would keep every
+/// step's graph alive: hundreds of megabytes per step on a DARTS network.
 pub fn collect(store: &GradStore, vars: &[(String, Var)]) -> Vec<Option<Tensor>> {
     vars.iter()
-        .map(|(_, v)| store.get(v.as_tensor()).cloned())
+        .map(|(_, v)| store.get(v.as_tensor()).map(Tensor::detach))
         .collect()
 }
 
@@ -39,10 +46,43 @@ pub fn clip_global_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f
     Ok(norm)
 }
 
+/// Whether `t` still depends on `var` through a recorded graph (for tests that state
+/// must not keep graphs alive).
+#[cfg(test)]
+pub(crate) fn reaches(t: &Tensor, var: &Var) -> bool {
+    let store = t
+        .sum_all()
+        .and_then(|s| s.backward())
+        .expect("backward of a sum");
+    store.get(var.as_tensor()).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn collected_gradients_hold_no_graph() {
+        let dev = Device::Cpu;
+        let v = Var::new(&[1f64, 2.0], &dev).unwrap();
+        let w = Var::new(&[3f64, 4.0], &dev).unwrap();
+        // x depends on v; the gradient of w is x (times 1), so candle's sum for w
+        // records a graph that reaches v.
+        let x = (v.as_tensor() * 2.0).unwrap();
+        let loss = (w.as_tensor() * &x).unwrap().sum_all().unwrap();
+        let store = loss.backward().unwrap();
+        let raw = store.get(w.as_tensor()).unwrap();
+        assert!(
+            reaches(raw, &v),
+            "the premise: candle's gradient keeps its graph"
+        );
+        let vars = vec![("v".to_string(), v.clone()), ("w".to_string(), w.clone())];
+        let g = collect(&store, &vars);
+        let gw = g[1].as_ref().unwrap();
+        assert_eq!(gw.to_vec1::<f64>().unwrap(), vec![2.0, 4.0]);
+        assert!(!reaches(gw, &v));
+    }
 
     #[test]
     fn clipping_scales_to_the_maximum_and_leaves_small_gradients() {

@@ -110,7 +110,8 @@ impl Sgd {
                 } else {
                     b.clone()
                 };
-                *buf = Some(b);
+                // Detached: a buffer must not hold the graph of the step that made it.
+                *buf = Some(b.detach());
             }
             var.set(&(w - (d * lr)?)?)?;
         }
@@ -176,6 +177,24 @@ mod tests {
 
     fn grad(g: f64) -> Vec<Option<Tensor>> {
         vec![Some(Tensor::new(&[g], &Device::Cpu).unwrap())]
+    }
+
+    #[test]
+    fn momentum_buffers_hold_no_graph() {
+        let vars = one_var(1.0);
+        let w = vars[0].1.clone();
+        let cfg = SgdConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+            nesterov: false,
+        };
+        let mut opt = Sgd::new(vars, cfg).unwrap();
+        opt.step(&grad(1.0)).unwrap();
+        opt.step(&grad(1.0)).unwrap();
+        // Without the detach the buffer would reach `w` through the weight decay term.
+        let buf = &opt.state()["momentum_buffer.w"];
+        assert!(!crate::grads::reaches(buf, &w));
     }
 
     /// Steps worked by hand from PyTorch's update rule:
