@@ -1,10 +1,11 @@
 //! Plain 2-D convolution without bias, with PyTorch's weight layout `[out, in, k, k]`
-//! and initialisation, and a fast path for 1x1 kernels as a batched matrix product.
+//! and initialisation; 1x1 kernels run the fused [`pointwise_conv2d`].
 
 use candle_core::{Tensor, D};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::error::{Error, Result};
+use crate::pointwise::{pointwise_conv2d, PointwiseConfig};
 
 /// Geometry of a [`Conv2d`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,12 +55,29 @@ impl Conv2d {
     pub fn config(&self) -> Conv2dConfig {
         self.cfg
     }
+
+    /// The convolution of `relu(x)`; for a 1x1 kernel the ReLU is fused into it.
+    pub fn forward_relu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(cfg) = self.pointwise_config(true) {
+            return pointwise_conv2d(x, &self.weight, cfg);
+        }
+        self.forward_t(&x.relu()?, true)
+    }
+
+    /// The fused op's settings when this is a 1x1 convolution without padding.
+    fn pointwise_config(&self, relu_input: bool) -> Option<PointwiseConfig> {
+        (self.cfg.kernel == 1 && self.cfg.padding == 0).then_some(PointwiseConfig {
+            stride: self.cfg.stride,
+            offset: 0,
+            relu_input,
+        })
+    }
 }
 
 impl ModuleT for Conv2d {
     fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
-        if self.cfg.kernel == 1 && self.cfg.padding == 0 {
-            return pointwise(&subsample(x, self.cfg.stride, 0)?, &self.weight);
+        if let Some(cfg) = self.pointwise_config(false) {
+            return pointwise_conv2d(x, &self.weight, cfg);
         }
         x.conv2d(&self.weight, self.cfg.padding, self.cfg.stride, 1, 1)
     }
@@ -91,22 +109,10 @@ pub fn conv2d(
     Ok(Conv2d { weight, cfg })
 }
 
-/// A 1x1 convolution as one batched matrix product: `[n, in, h, w] -> [n, out, h, w]`.
+/// A 1x1 convolution, `[n, in, h, w] -> [n, out, h, w]` (the fused
+/// [`pointwise_conv2d`] with its default settings).
 pub fn pointwise(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let (out, inp) = (weight.dim(0)?, weight.dim(1)?);
-    if inp != c || weight.elem_count() != out * inp {
-        return Err(Error::ShapeMismatch {
-            op: "pointwise",
-            expected: format!("weight [out, {c}, 1, 1]"),
-            got: weight.dims().to_vec(),
-        }
-        .into());
-    }
-    let y = weight
-        .reshape((out, inp))?
-        .broadcast_matmul(&x.reshape((n, c, h * w))?)?;
-    y.reshape((n, out, h, w))
+    pointwise_conv2d(x, weight, PointwiseConfig::default())
 }
 
 /// Every `stride`-th row and column starting at `offset` (`x[:, :, offset::s, offset::s]`).

@@ -6,8 +6,9 @@ use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
 
 use crate::batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
-use crate::conv::{conv2d, pointwise, subsample, Conv2d, Conv2dConfig};
+use crate::conv::{conv2d, Conv2d, Conv2dConfig};
 use crate::error::{Error, Result};
+use crate::pointwise::{pointwise_conv2d, PointwiseConfig};
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -19,10 +20,15 @@ pub struct FactorizedReduce {
 
 impl ModuleT for FactorizedReduce {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = x.relu()?;
-        let a = pointwise(&subsample(&x, 2, 0)?, self.conv_1.weight())?;
+        // ReLU and subsampling fused into the two 1x1 convolutions.
+        let half = |offset: usize| PointwiseConfig {
+            stride: 2,
+            offset,
+            relu_input: true,
+        };
+        let a = pointwise_conv2d(x, self.conv_1.weight(), half(0))?;
         // x[:, :, 1:, 1:] with stride 2: rows and columns 1, 3, 5, ...
-        let b = pointwise(&subsample(&x, 2, 1)?, self.conv_2.weight())?;
+        let b = pointwise_conv2d(x, self.conv_2.weight(), half(1))?;
         let b = match (a.dim(2)? - b.dim(2)?, a.dim(3)? - b.dim(3)?) {
             (0, 0) => b,
             // Odd sizes: the shifted half is one short; PyTorch's convolution would fail

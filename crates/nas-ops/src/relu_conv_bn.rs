@@ -18,7 +18,8 @@ pub struct ReluConvBn {
 
 impl ModuleT for ReluConvBn {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv.forward_t(&x.relu()?, train)?;
+        // 1x1 (the preprocessing and calibration convolutions): ReLU fused.
+        let y = self.conv.forward_relu(x)?;
         self.bn.forward_t(&y, train)
     }
 }

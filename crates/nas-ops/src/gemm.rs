@@ -1,0 +1,165 @@
+//! A bounds-checked, safe front to the `gemm` crate's matrix product (the one candle's
+//! CPU backend uses, with its AVX-512 and AVX2 kernels chosen at run time), for the fused
+//! kernels that need a product into part of their output buffer.
+//!
+//! `gemm::gemm` takes raw pointers and strides; this module checks that every element the
+//! strides reach lies inside the slices before handing them over, which is all its
+//! safety contract asks. It is one of the two places the workspace allows `unsafe`.
+#![allow(unsafe_code)]
+
+use crate::cpu::Elem;
+
+/// A read-only matrix view: element `(r, c)` is `data[r * rs + c * cs]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major `rows x cols` matrix.
+    pub fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major `rows x cols` matrix (a `cols x rows` view).
+    pub fn transposed(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows: cols,
+            cols: rows,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = lhs * rhs`, or `dst += lhs * rhs` with `accumulate`; `dst` is row-major
+/// `lhs.rows x rhs.cols`. Single-threaded: the callers parallelise over images or rows.
+///
+/// Panics if the shapes disagree or a view reaches outside its slice (a bug in the
+/// caller, never a user input: the ops check shapes first).
+pub(crate) fn matmul<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>, accumulate: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "gemm: inner dimensions differ");
+    assert_eq!(dst.len(), m * n, "gemm: destination size");
+    assert!(
+        lhs.in_bounds() && rhs.in_bounds(),
+        "gemm: view out of bounds"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(T::zero());
+        }
+        return;
+    }
+    // SAFETY: `dst` holds m x n elements written with row stride n and column stride 1;
+    // `in_bounds` checked that every (row, col) of `lhs` and `rhs` is inside its slice;
+    // the three do not overlap (one is borrowed mutably). `T` is f32 or f64, which the
+    // crate supports.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|t| a[i * k + t] * b[t * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn products_and_transposes_match_a_naive_loop() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut dst = vec![0.0; m * n];
+        matmul(
+            &mut dst,
+            MatRef::rows(&a, m, k),
+            MatRef::rows(&b, k, n),
+            false,
+        );
+        for (x, y) in dst.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-12);
+        }
+        // Accumulate, and read b^T^T: b stored transposed as [n, k].
+        let mut bt = vec![0.0; n * k];
+        for t in 0..k {
+            for j in 0..n {
+                bt[j * k + t] = b[t * n + j];
+            }
+        }
+        matmul(
+            &mut dst,
+            MatRef::rows(&a, m, k),
+            MatRef::transposed(&bt, n, k),
+            true,
+        );
+        for (x, y) in dst.iter().zip(&want) {
+            assert!((x - 2.0 * y).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn views_outside_their_slice_are_refused() {
+        let a = vec![0f32; 5];
+        let b = vec![0f32; 6];
+        let mut dst = vec![0f32; 4];
+        matmul(
+            &mut dst,
+            MatRef::rows(&a, 2, 3),
+            MatRef::rows(&b, 3, 2),
+            false,
+        );
+    }
+}

@@ -1,0 +1,491 @@
+//! 1x1 convolution, optionally strided (`x[:, :, offset::s, offset::s]`) and on
+//! `relu(x)`, as one fused candle op with hand-written backward.
+//!
+//! Every DARTS and ENAS cell is full of 1x1 convolutions: the preprocessing ReLU-Conv-BN,
+//! the pointwise half of every separable and dilated convolution, the two shifted
+//! stride-2 convolutions of FactorizedReduce. Written with candle's tensor ops, one such
+//! convolution is a ReLU, two index selects, reshapes, a broadcast weight and a batched
+//! matrix product: each of them a node to which candle's backward pass allocates and adds
+//! a gradient. Here it is one node, and neither the ReLU'd nor the subsampled input is
+//! ever stored.
+//!
+//! The products run on the `gemm` crate's kernels (see `gemm.rs`), one single-threaded
+//! product per image (forward, input gradient) or per block of output channels (weight
+//! gradient, summing the images in order), in parallel with rayon; every sum has a fixed
+//! order, so results do not depend on the number of threads. Tensors not on the CPU take
+//! the plain-tensor path ([`pointwise_conv2d_slow`]).
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{act, dispatch, Elem};
+use crate::error::{Error, Result};
+use crate::gemm::{matmul, MatRef};
+
+/// Geometry of a [`pointwise_conv2d`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointwiseConfig {
+    /// Stride: the convolution reads every `stride`-th row and column.
+    pub stride: usize,
+    /// First row and column read (FactorizedReduce's second convolution reads
+    /// `x[:, :, 1:, 1:]`, i.e. offset 1); below `stride`.
+    pub offset: usize,
+    /// Apply ReLU to the input first.
+    pub relu_input: bool,
+}
+
+impl Default for PointwiseConfig {
+    fn default() -> Self {
+        PointwiseConfig {
+            stride: 1,
+            offset: 0,
+            relu_input: false,
+        }
+    }
+}
+
+/// `y[n, o] = sum_i w[o, i] * relu?(x)[n, i, offset::stride, offset::stride]`, with x
+/// `[n, in, h, w]` and w `[out, in, 1, 1]` (or `[out, in]`); no bias.
+pub fn pointwise_conv2d(x: &Tensor, w: &Tensor, cfg: PointwiseConfig) -> Result<Tensor> {
+    let geom = Geometry::new(x.dims(), w.dims(), cfg)?;
+    if !x.device().is_cpu() {
+        return pointwise_conv2d_slow(x, w, cfg);
+    }
+    x.contiguous()?
+        .apply_op2(&w.contiguous()?, Pointwise { geom })
+}
+
+/// The plain-tensor reference: ReLU, subsampling by index selects, and a batched matrix
+/// product.
+pub fn pointwise_conv2d_slow(x: &Tensor, w: &Tensor, cfg: PointwiseConfig) -> Result<Tensor> {
+    let g = Geometry::new(x.dims(), w.dims(), cfg)?;
+    let x = if cfg.relu_input { x.relu()? } else { x.clone() };
+    let x = crate::conv::subsample(&x, cfg.stride, cfg.offset)?;
+    let y =
+        w.reshape((g.cout, g.cin))?
+            .broadcast_matmul(&x.reshape((g.n, g.cin, g.oh * g.ow))?)?;
+    y.reshape((g.n, g.cout, g.oh, g.ow))
+}
+
+const OP: &str = "pointwise_conv2d";
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    cin: usize,
+    cout: usize,
+    h: usize,
+    w: usize,
+    oh: usize,
+    ow: usize,
+    cfg: PointwiseConfig,
+}
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], cfg: PointwiseConfig) -> Result<Self> {
+        let &[n, cin, h, wd] = x else {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: "input [n, c, h, w]".to_string(),
+                got: x.to_vec(),
+            }
+            .into());
+        };
+        let cout = match w {
+            &[o, i, 1, 1] | &[o, i] if i == cin => o,
+            _ => {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    expected: format!("weight [out, {cin}, 1, 1] for an input with {cin} channels"),
+                    got: w.to_vec(),
+                }
+                .into())
+            }
+        };
+        if cfg.stride == 0 || cfg.offset >= cfg.stride {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: format!(
+                    "stride {} must be positive and offset {} below it",
+                    cfg.stride, cfg.offset
+                ),
+            }
+            .into());
+        }
+        if h <= cfg.offset || wd <= cfg.offset || n * cin * cout == 0 {
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: format!(
+                    "a non-empty input larger than {} x {} (the offset)",
+                    cfg.offset, cfg.offset
+                ),
+                got: x.to_vec(),
+            }
+            .into());
+        }
+        let out = |size: usize| (size - cfg.offset - 1) / cfg.stride + 1;
+        Ok(Geometry {
+            n,
+            cin,
+            cout,
+            h,
+            w: wd,
+            oh: out(h),
+            ow: out(wd),
+            cfg,
+        })
+    }
+
+    fn plane_in(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn plane_out(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Whether the convolution reads every pixel (no subsampling).
+    fn dense(&self) -> bool {
+        self.cfg.stride == 1
+    }
+
+    fn out_shape(&self) -> Shape {
+        Shape::from((self.n, self.cout, self.oh, self.ow))
+    }
+
+    /// Input index (within a plane) of output pixel `p`.
+    #[inline(always)]
+    fn source(&self, p: usize) -> usize {
+        let (s, o) = (self.cfg.stride, self.cfg.offset);
+        (o + (p / self.ow) * s) * self.w + o + (p % self.ow) * s
+    }
+
+    /// One image's input as the product reads it, `[in, oh * ow]`: subsampled and
+    /// ReLU'd. `None` when that is the input itself (dense, no ReLU).
+    fn operand<T: Elem>(&self, xi: &[T]) -> Option<Vec<T>> {
+        let relu = self.cfg.relu_input;
+        if self.dense() {
+            return relu.then(|| xi.iter().map(|&v| act(v, true)).collect());
+        }
+        let (pi, po) = (self.plane_in(), self.plane_out());
+        let mut out = vec![T::zero(); self.cin * po];
+        for (dst, src) in out.chunks_exact_mut(po).zip(xi.chunks_exact(pi)) {
+            for (p, d) in dst.iter_mut().enumerate() {
+                *d = act(src[self.source(p)], relu);
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Rows of `dw` computed by one job (a fixed number, so that results do not depend on
+/// the number of threads).
+const DW_ROWS: usize = 8;
+
+/// `y[n] = w x[n]`, one product per image, images in parallel.
+fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    let (pi, po) = (g.plane_in(), g.plane_out());
+    let mut y = vec![T::zero(); g.n * g.cout * po];
+    y.par_chunks_mut(g.cout * po)
+        .zip(x.par_chunks(g.cin * pi))
+        .for_each(|(yi, xi)| {
+            let own = g.operand(xi);
+            let b = own.as_deref().unwrap_or(xi);
+            matmul(
+                yi,
+                MatRef::rows(w, g.cout, g.cin),
+                MatRef::rows(b, g.cin, po),
+                false,
+            );
+        });
+    y
+}
+
+/// `dx[n] = w^T dy[n]`, scattered back to the pixels the forward read and masked by the
+/// ReLU.
+fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
+    let (pi, po) = (g.plane_in(), g.plane_out());
+    let mut dx = vec![T::zero(); g.n * g.cin * pi];
+    dx.par_chunks_mut(g.cin * pi)
+        .zip(dy.par_chunks(g.cout * po))
+        .zip(x.par_chunks(g.cin * pi))
+        .for_each(|((dxi, dyi), xi)| {
+            let wt = MatRef::transposed(w, g.cout, g.cin);
+            let dyv = MatRef::rows(dyi, g.cout, po);
+            if g.dense() {
+                matmul(dxi, wt, dyv, false);
+            } else {
+                let mut prod = vec![T::zero(); g.cin * po];
+                matmul(&mut prod, wt, dyv, false);
+                for (dplane, pplane) in dxi.chunks_exact_mut(pi).zip(prod.chunks_exact(po)) {
+                    for (p, &v) in pplane.iter().enumerate() {
+                        dplane[g.source(p)] = v;
+                    }
+                }
+            }
+            if g.cfg.relu_input {
+                for (d, &xv) in dxi.iter_mut().zip(xi) {
+                    if xv <= T::zero() {
+                        *d = T::zero();
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over blocks of output
+/// channels, each summing the images in order.
+fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+    let (pi, po) = (g.plane_in(), g.plane_out());
+    let operands: Vec<Option<Vec<T>>> = x.par_chunks(g.cin * pi).map(|xi| g.operand(xi)).collect();
+    let mut dw = vec![T::zero(); g.cout * g.cin];
+    dw.par_chunks_mut(DW_ROWS * g.cin)
+        .enumerate()
+        .for_each(|(block, dwb)| {
+            let (r0, rows) = (block * DW_ROWS, dwb.len() / g.cin);
+            for (img, own) in operands.iter().enumerate() {
+                let xi = own
+                    .as_deref()
+                    .unwrap_or(&x[img * g.cin * pi..(img + 1) * g.cin * pi]);
+                let dyb = &dy[(img * g.cout + r0) * po..(img * g.cout + r0 + rows) * po];
+                matmul(
+                    dwb,
+                    MatRef::rows(dyb, rows, po),
+                    MatRef::transposed(xi, g.cin, po),
+                    img > 0,
+                );
+            }
+        });
+    dw
+}
+
+struct Pointwise {
+    geom: Geometry,
+}
+
+impl CustomOp2 for Pointwise {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => x, (s2, l2) => w], |T| {
+            Ok((T::storage(forward::<T>(g, x, w)), g.out_shape()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op3_no_bwd(w, x, &PointwiseInputGrad { geom: self.geom })?;
+        let dw = dy
+            .apply_op2_no_bwd(x, &PointwiseWeightGrad { geom: self.geom })?
+            .reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(dy, w, x) -> dx`.
+struct PointwiseInputGrad {
+    geom: Geometry,
+}
+
+impl CustomOp3 for PointwiseInputGrad {
+    fn name(&self) -> &'static str {
+        "pointwise_conv2d_input_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => w, (s3, l3) => x], |T| {
+            Ok((T::storage(input_grad::<T>(g, dy, w, x)), Shape::from((g.n, g.cin, g.h, g.w))))
+        })
+    }
+}
+
+/// `(dy, x) -> dw` as `[out, in]`.
+struct PointwiseWeightGrad {
+    geom: Geometry,
+}
+
+impl CustomOp2 for PointwiseWeightGrad {
+    fn name(&self) -> &'static str {
+        "pointwise_conv2d_weight_grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
+            Ok((T::storage(weight_grad::<T>(g, dy, x)), Shape::from((g.cout, g.cin))))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device};
+
+    fn configs() -> Vec<PointwiseConfig> {
+        let mut out = Vec::new();
+        for (stride, offset) in [(1, 0), (2, 0), (2, 1)] {
+            for relu_input in [false, true] {
+                out.push(PointwiseConfig {
+                    stride,
+                    offset,
+                    relu_input,
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_slow_reference_and_convolution() -> Result<()> {
+        let dev = Device::Cpu;
+        // 7 output channels: a partial block of rows; 37 pixels: a partial lane chunk.
+        for (h, w) in [(7, 9), (8, 8), (1, 37)] {
+            for cfg in configs() {
+                if h <= cfg.offset {
+                    continue;
+                }
+                let x = randn(&[3, 5, h, w], DType::F32, &dev)?;
+                let wt = randn(&[7, 5, 1, 1], DType::F32, &dev)?;
+                let what = format!("{h}x{w} {cfg:?}");
+                let fast = pointwise_conv2d(&x, &wt, cfg)?;
+                let slow = pointwise_conv2d_slow(&x, &wt, cfg)?;
+                assert_close(&fast, &slow, 1e-5, 1e-4, &what)?;
+                // candle's own convolution on the cropped input, as a second opinion.
+                let xr = if cfg.relu_input { x.relu()? } else { x.clone() };
+                let cropped = xr.narrow(2, cfg.offset, h - cfg.offset)?.narrow(
+                    3,
+                    cfg.offset,
+                    w - cfg.offset,
+                )?;
+                let conv = cropped.contiguous()?.conv2d(&wt, 0, cfg.stride, 1, 1)?;
+                assert_close(&fast, &conv, 1e-5, 1e-4, &what)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            let x = randn(&[3, 2, 7, 9], DType::F64, &dev)?;
+            let w = randn(&[5, 2, 1, 1], DType::F64, &dev)?;
+            grad_check(
+                &[x, w],
+                |v| pointwise_conv2d(&v[0], &v[1], cfg),
+                &format!("{cfg:?}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_the_slow_reference_at_scale() -> Result<()> {
+        // Larger than the finite-difference check: full row blocks, 8-lane chunks.
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            let x = candle_core::Var::from_tensor(&randn(&[4, 16, 12, 12], DType::F64, &dev)?)?;
+            let w = candle_core::Var::from_tensor(&randn(&[24, 16, 1, 1], DType::F64, &dev)?)?;
+            let up = randn(pointwise_conv2d(&x, &w, cfg)?.dims(), DType::F64, &dev)?;
+            let grads = |y: Tensor| -> Result<(Tensor, Tensor)> {
+                let store = (y * &up)?.sum_all()?.backward()?;
+                let get = |v: &candle_core::Var| {
+                    store
+                        .get(v.as_tensor())
+                        .cloned()
+                        .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))
+                };
+                Ok((get(&x)?, get(&w)?))
+            };
+            let (fx, fw) = grads(pointwise_conv2d(&x, &w, cfg)?)?;
+            let (sx, sw) = grads(pointwise_conv2d_slow(&x, &w, cfg)?)?;
+            assert_close(&fx, &sx, 1e-10, 1e-10, &format!("dx {cfg:?}"))?;
+            assert_close(&fw, &sw, 1e-10, 1e-10, &format!("dw {cfg:?}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((4, 2, 1, 1), DType::F32, &dev).unwrap();
+        let err = pointwise_conv2d(&x, &w, PointwiseConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected weight [out, 3, 1, 1] for an input with 3 channels"),
+            "{err}"
+        );
+        let w = Tensor::zeros((4, 3, 1, 1), DType::F32, &dev).unwrap();
+        let cfg = PointwiseConfig {
+            stride: 2,
+            offset: 2,
+            relu_input: false,
+        };
+        let err = pointwise_conv2d(&x, &w, cfg).unwrap_err().to_string();
+        assert!(err.contains("offset 2 below it"), "{err}");
+        let ints = Tensor::zeros((1, 3, 8, 8), DType::U8, &dev).unwrap();
+        let w8 = Tensor::zeros((4, 3, 1, 1), DType::U8, &dev).unwrap();
+        let err = pointwise_conv2d(&ints, &w8, PointwiseConfig::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dtype U8 is not supported"), "{err}");
+    }
+
+    #[test]
+    fn same_result_with_one_thread_and_many() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[8, 16, 16, 16], DType::F32, &dev)?;
+        let w = randn(&[32, 16, 1, 1], DType::F32, &dev)?;
+        let g = Geometry::new(x.dims(), w.dims(), PointwiseConfig::default())?;
+        let (xv, wv) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let pool = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        };
+        let dy = forward(&g, &xv, &wv);
+        let a = pool(1)?.install(|| weight_grad(&g, &dy, &xv));
+        let b = pool(3)?.install(|| weight_grad(&g, &dy, &xv));
+        assert_eq!(a, b);
+        Ok(())
+    }
+}
