@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
-use nas_ops::{darts_op, drop_path, DartsOp, OpContext, ReluConvBn};
+use nas_ops::{darts_op, drop_path_scales, drop_path_sum, DartsOp, OpContext, ReluConvBn, Term};
 use nas_search_space::{CnnCell, CnnOp};
 use rand::Rng;
 
@@ -78,19 +78,20 @@ impl EvalCell {
         let s1 = self.preprocess1.forward_t(s1, train)?;
         let mut states = vec![s0, s1];
         for node in 0..self.ops.len() / self.per_node {
-            let mut sum: Option<Tensor> = None;
+            // Drop path and the node's sum as one fused op; masks drawn op by op.
+            let mut outputs = Vec::with_capacity(self.per_node);
             for k in node * self.per_node..(node + 1) * self.per_node {
                 let op = &self.ops[k];
-                let mut h = op.forward_t(&states[self.inputs[k]], train)?;
-                if train && drop_prob > 0.0 && !op.is_identity() {
-                    h = drop_path(&h, 1.0 - drop_prob, rng)?;
-                }
-                sum = Some(match sum {
-                    Some(s) => (s + h)?,
-                    None => h,
-                });
+                let h = op.forward_t(&states[self.inputs[k]], train)?;
+                let scales = if train && drop_prob > 0.0 && !op.is_identity() {
+                    Some(drop_path_scales(h.dim(0)?, 1.0 - drop_prob, rng)?)
+                } else {
+                    None
+                };
+                outputs.push((h, scales));
             }
-            states.extend(sum);
+            let terms: Vec<Term> = outputs.iter().map(|(h, s)| (h, s.as_deref())).collect();
+            states.push(drop_path_sum(&terms)?);
         }
         let out: Vec<&Tensor> = self.concat.iter().map(|&i| &states[i]).collect();
         Tensor::cat(&out, 1)

@@ -36,7 +36,7 @@ pub use conv::{conv2d, global_avg_pool, pointwise, subsample, Conv2d, Conv2dConf
 pub use cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_slow};
 pub use darts_op::{darts_op, mixed_op, Conv7x1x7, DartsOp, MixedOp, OpContext};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_slow, DepthwiseConfig};
-pub use drop_path::drop_path;
+pub use drop_path::{drop_path, drop_path_scales, drop_path_sum, drop_path_sum_slow, Term};
 pub use enas_op::{enas_macro_op, enas_micro_op, EnasMacroLayerOp};
 pub use error::{Error, Result};
 pub use factorized_reduce::{factorized_reduce, FactorizedReduce};
