@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{act, dispatch, Elem};
+use crate::depthwise_dense::{self, Dense};
 use crate::error::{Error, Result};
 
 /// Geometry of a depthwise convolution.
@@ -155,6 +156,20 @@ impl Geometry {
         Shape::from((self.n, self.c, self.oh, self.ow))
     }
 
+    /// The padded-plane layout of the stride-1 kernels (`depthwise_dense.rs`); strided
+    /// convolutions take the row-by-row kernels below.
+    fn dense(&self) -> Option<Dense> {
+        (self.cfg.stride == 1).then_some(Dense {
+            h: self.h,
+            w: self.w,
+            k: self.k,
+            padding: self.cfg.padding,
+            dilation: self.cfg.dilation,
+            oh: self.oh,
+            ow: self.ow,
+        })
+    }
+
     #[cfg(feature = "cuda")]
     fn gpu(&self) -> Result<crate::cuda::DwGeom> {
         use crate::cuda::int;
@@ -209,6 +224,9 @@ impl Geometry {
 }
 
 fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+    if let Some(d) = g.dense() {
+        return depthwise_dense::forward(&d, g.c, x, w, g.cfg.relu_input);
+    }
     // One monomorphised loop nest with and one without the ReLU, so neither branches
     // per element.
     if g.cfg.relu_input {
@@ -248,6 +266,9 @@ fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Ve
 }
 
 fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
+    if let Some(d) = g.dense() {
+        return depthwise_dense::input_grad(&d, g.c, dy, w, x, g.cfg.relu_input);
+    }
     let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
     dx.par_chunks_mut(plane_in)
@@ -286,6 +307,9 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
 }
 
 fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+    if let Some(d) = g.dense() {
+        return depthwise_dense::weight_grad(&d, g.c, dy, x, g.cfg.relu_input);
+    }
     if g.cfg.relu_input {
         weight_grad_impl::<T, true>(g, dy, x)
     } else {

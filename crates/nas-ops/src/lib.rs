@@ -14,6 +14,7 @@ mod cuda;
 mod cuda_tests;
 mod darts_op;
 mod depthwise;
+mod depthwise_dense;
 mod drop_path;
 mod enas_op;
 mod error;
