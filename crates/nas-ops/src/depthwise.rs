@@ -10,8 +10,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu::{act, dispatch, Elem};
-use crate::depthwise_dense::{self, Dense};
+use crate::depthwise_dense;
 use crate::error::{Error, Result};
+use crate::padded::Dense;
 
 /// Geometry of a depthwise convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,78 +1,11 @@
-//! The stride-1 depthwise kernels on padded planes: every tap becomes one long
-//! contiguous multiply-add over a whole plane.
-//!
-//! The input plane is copied (with the fused ReLU) into a zero-padded plane of width
-//! `wp = w + 2 * padding`, and outputs are computed on a "wide" grid of the same width:
-//! output `(r, c)` of tap `(kh, kw)` reads padded element `r * wp + c + kh * d * wp +
-//! kw * d`, so for a fixed tap the whole plane is `wide[i] += w_tap * padded[i + shift]`.
-//! The `wp - ow` extra columns per row are computed and dropped. Row by row (the strided
-//! kernels in `depthwise.rs`) a 32-wide row is only four AVX2 vectors, and loop overhead
-//! per row and tap dominated; on padded planes there is one loop per tap.
-//!
-//! Backward passes use the same layout: the output gradient is spread onto the wide grid
-//! (its extra columns zero), the input gradient accumulates into a padded plane whose
-//! interior is copied out, and each weight's gradient is one dot product. Sums run in a
-//! fixed order, as everywhere in this crate.
+//! The stride-1 depthwise kernels on padded planes (the layout is in `padded.rs`): each
+//! tap is one contiguous multiply-add over the plane, each weight's gradient one dot
+//! product. Sums run in a fixed order, as everywhere in this crate.
 
 use rayon::prelude::*;
 
-use crate::cpu::{act, Elem};
-
-/// The sizes of the padded layout of one plane.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Dense {
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub padding: usize,
-    pub dilation: usize,
-    pub oh: usize,
-    pub ow: usize,
-}
-
-impl Dense {
-    /// Padded width (also the wide grid's width).
-    fn wp(&self) -> usize {
-        self.w + 2 * self.padding
-    }
-
-    /// Padded plane length, with room for the furthest tap's shift past the last row.
-    fn padded_len(&self) -> usize {
-        (self.h + 2 * self.padding) * self.wp() + (self.k - 1) * self.dilation
-    }
-
-    fn wide_len(&self) -> usize {
-        self.oh * self.wp()
-    }
-
-    /// Offset of tap `t` (`kh * k + kw`) in the padded plane.
-    fn shift(&self, t: usize) -> usize {
-        let (kh, kw) = (t / self.k, t % self.k);
-        kh * self.dilation * self.wp() + kw * self.dilation
-    }
-
-    /// Copies plane `x` (with ReLU if `relu`) into `padded` (resized and zeroed).
-    fn pad<T: Elem>(&self, x: &[T], relu: bool, padded: &mut Vec<T>) {
-        padded.clear();
-        padded.resize(self.padded_len(), T::zero());
-        let (p, wp) = (self.padding, self.wp());
-        for (r, row) in x.chunks_exact(self.w).enumerate() {
-            let dst = &mut padded[(r + p) * wp + p..(r + p) * wp + p + self.w];
-            for (d, &v) in dst.iter_mut().zip(row) {
-                *d = act(v, relu);
-            }
-        }
-    }
-
-    /// Spreads an output-shaped plane onto the wide grid (extra columns zero).
-    fn widen<T: Elem>(&self, y: &[T], wide: &mut Vec<T>) {
-        wide.clear();
-        wide.resize(self.wide_len(), T::zero());
-        for (r, row) in y.chunks_exact(self.ow).enumerate() {
-            wide[r * self.wp()..r * self.wp() + self.ow].copy_from_slice(row);
-        }
-    }
-}
+use crate::cpu::Elem;
+use crate::padded::{dot, Dense};
 
 /// Forward: planes in parallel, `k * k` contiguous passes per plane.
 pub(crate) fn forward<T: Elem>(d: &Dense, c: usize, x: &[T], w: &[T], relu: bool) -> Vec<T> {
@@ -143,26 +76,6 @@ pub(crate) fn input_grad<T: Elem>(
         },
     );
     dx
-}
-
-/// `sum_i a[i] * b[i]` with 8 independent lanes (so that it vectorises), added up in a
-/// fixed order.
-fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
-    let mut lanes = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: T = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .fold(T::zero(), |s, (&u, &v)| s + u * v);
-    for (u, v) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] = lanes[l] + u[l] * v[l];
-        }
-    }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
-        + tail
 }
 
 /// Weight gradient: per plane, one dot product per tap of the wide output gradient with

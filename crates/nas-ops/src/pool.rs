@@ -12,6 +12,8 @@ use rayon::prelude::*;
 
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
+use crate::padded::Dense;
+use crate::pool_dense;
 
 /// Which reduction a pooling window applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +185,33 @@ impl Geometry {
         })
     }
 
+    /// The padded-plane layout of the stride-1 kernels (`pool_dense.rs`); strided pools
+    /// take the window-by-window kernels below.
+    fn dense(&self) -> Option<Dense> {
+        (self.cfg.stride == 1).then_some(Dense {
+            h: self.h,
+            w: self.w,
+            k: self.cfg.kernel,
+            padding: self.cfg.padding,
+            dilation: 1,
+            oh: self.oh,
+            ow: self.ow,
+        })
+    }
+
+    /// Every output position's divisor (average pooling), output-shaped.
+    fn divisors<T: Elem>(&self) -> Vec<T> {
+        let mut out = Vec::with_capacity(self.oh * self.ow);
+        for oh in 0..self.oh {
+            let rows = self.span(oh, self.h).len();
+            for ow in 0..self.ow {
+                let cols = self.span(ow, self.w).len();
+                out.push(T::of_f64(self.divisor(oh, ow, rows, cols) as f64));
+            }
+        }
+        out
+    }
+
     /// The input range a window starting at output index `o` covers along a side of `size`.
     #[inline(always)]
     fn span(&self, o: usize, size: usize) -> std::ops::Range<usize> {
@@ -236,6 +265,20 @@ impl Geometry {
 /// Pools every plane; for max pooling also returns, per output, the plane-local index of
 /// the first window position (row-major) holding the maximum, as PyTorch picks it.
 fn forward<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>) {
+    if let Some(d) = g.dense() {
+        return match g.cfg.kind {
+            PoolKind::Max => {
+                let (y, arg) = pool_dense::max_forward(&d, x);
+                (y, Some(arg))
+            }
+            PoolKind::Avg { .. } => (pool_dense::avg_forward(&d, x, &g.divisors()), None),
+        };
+    }
+    forward_windows(g, x)
+}
+
+/// [`forward`] window by window (strided pools; the reference for the stride-1 kernels).
+fn forward_windows<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>) {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut y = vec![T::zero(); g.n * g.c * plane_out];
     match g.cfg.kind {
@@ -309,6 +352,14 @@ fn max_backward<T: Elem>(g: &Geometry, dy: &[T], arg: &[u32]) -> Vec<T> {
 }
 
 fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
+    if let Some(d) = g.dense() {
+        return pool_dense::avg_backward(&d, dy, &g.divisors());
+    }
+    avg_backward_windows(g, dy)
+}
+
+/// [`avg_backward`] window by window.
+fn avg_backward_windows<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
     dx.par_chunks_mut(plane_in)
@@ -498,6 +549,63 @@ impl CustomOp1 for PoolBackward {
 
 #[cfg(test)]
 mod tests {
+    /// The stride-1 padded-plane kernels against the window-by-window ones, exactly:
+    /// ties, infinities and NaNs included (max), every divisor rule (avg).
+    #[test]
+    fn padded_kernels_equal_window_kernels() {
+        let (n, c, h, w) = (2, 3, 7, 9);
+        let mut x: Vec<f64> = (0..n * c * h * w)
+            .map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.5)
+            .collect();
+        x[5] = f64::NAN;
+        x[70] = f64::NAN;
+        x[71] = f64::NAN;
+        x[100] = f64::NEG_INFINITY;
+        x[200] = f64::INFINITY;
+        // A plane of -inf only: the argmax is the window's first valid position.
+        for v in &mut x[h * w..2 * h * w] {
+            *v = f64::NEG_INFINITY;
+        }
+        let kinds = [
+            PoolKind::Max,
+            PoolKind::Avg {
+                count_include_pad: false,
+            },
+            PoolKind::Avg {
+                count_include_pad: true,
+            },
+        ];
+        for kind in kinds {
+            for (kernel, padding) in [(3, 1), (3, 0), (5, 2), (2, 1)] {
+                let cfg = PoolConfig {
+                    kind,
+                    kernel,
+                    stride: 1,
+                    padding,
+                };
+                let g = Geometry::new(&[n, c, h, w], cfg).unwrap();
+                let (dense_y, dense_arg) = forward(&g, &x);
+                let (win_y, win_arg) = forward_windows(&g, &x);
+                let same = |a: &[f64], b: &[f64]| {
+                    a.iter()
+                        .zip(b)
+                        .all(|(u, v)| u.to_bits() == v.to_bits() || (u - v).abs() < 1e-12)
+                };
+                assert!(same(&dense_y, &win_y), "{cfg:?}");
+                assert_eq!(dense_arg, win_arg, "{cfg:?}");
+                if let PoolKind::Avg { .. } = kind {
+                    let dy: Vec<f64> = (0..dense_y.len()).map(|i| (i % 7) as f64 - 3.0).collect();
+                    let a = avg_backward(&g, &dy);
+                    let b = avg_backward_windows(&g, &dy);
+                    assert!(
+                        a.iter().zip(&b).all(|(u, v)| (u - v).abs() < 1e-12),
+                        "{cfg:?}"
+                    );
+                }
+            }
+        }
+    }
+
     use super::*;
     use crate::testing::{assert_close, grad_check, randn};
     use candle_core::{DType, Device};
