@@ -96,3 +96,42 @@ pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
         + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
         + tail
 }
+
+/// Every `s`-th row and column of each `oh1 x ow1` plane of `full`, as `oh x ow` planes:
+/// a strided op's output from its stride-1 version.
+pub(crate) fn subsample<T: Copy>(
+    full: &[T],
+    (oh1, ow1): (usize, usize),
+    s: usize,
+    (oh, ow): (usize, usize),
+) -> Vec<T> {
+    let planes = full.len() / (oh1 * ow1);
+    let mut out = Vec::with_capacity(planes * oh * ow);
+    for plane in full.chunks_exact(oh1 * ow1) {
+        for r in 0..oh {
+            let row = &plane[r * s * ow1..];
+            out.extend((0..ow).map(|c| row[c * s]));
+        }
+    }
+    out
+}
+
+/// The inverse spread: `oh x ow` planes placed at every `s`-th row and column of zeroed
+/// `oh1 x ow1` planes (a strided op's output gradient as its stride-1 version's).
+pub(crate) fn upsample<T: Elem>(
+    y: &[T],
+    (oh, ow): (usize, usize),
+    s: usize,
+    (oh1, ow1): (usize, usize),
+) -> Vec<T> {
+    let planes = y.len() / (oh * ow);
+    let mut out = vec![T::zero(); planes * oh1 * ow1];
+    for (dst, src) in out.chunks_exact_mut(oh1 * ow1).zip(y.chunks_exact(oh * ow)) {
+        for (r, row) in src.chunks_exact(ow).enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                dst[r * s * ow1 + c * s] = v;
+            }
+        }
+    }
+    out
+}

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
-use crate::padded::Dense;
+use crate::padded::{self, Dense};
 use crate::pool_dense;
 
 /// Which reduction a pooling window applies.
@@ -185,18 +185,33 @@ impl Geometry {
         })
     }
 
-    /// The padded-plane layout of the stride-1 kernels (`pool_dense.rs`); strided pools
-    /// take the window-by-window kernels below.
-    fn dense(&self) -> Option<Dense> {
-        (self.cfg.stride == 1).then_some(Dense {
+    /// The padded-plane layout of the stride-1 kernels (`pool_dense.rs`), with the
+    /// stride-1 geometry. Stride 2 runs them at stride 1 and subsamples (the windows and
+    /// divisors at the kept positions are the strided ones); larger strides take the
+    /// window-by-window kernels below.
+    fn dense(&self) -> Option<(Dense, Geometry)> {
+        if self.cfg.stride > 2 {
+            return None;
+        }
+        let one = Geometry {
+            oh: self.h + 2 * self.cfg.padding - self.cfg.kernel + 1,
+            ow: self.w + 2 * self.cfg.padding - self.cfg.kernel + 1,
+            cfg: PoolConfig {
+                stride: 1,
+                ..self.cfg
+            },
+            ..*self
+        };
+        let d = Dense {
             h: self.h,
             w: self.w,
             k: self.cfg.kernel,
             padding: self.cfg.padding,
             dilation: 1,
-            oh: self.oh,
-            ow: self.ow,
-        })
+            oh: one.oh,
+            ow: one.ow,
+        };
+        Some((d, one))
     }
 
     /// Every output position's divisor (average pooling), output-shaped.
@@ -265,14 +280,22 @@ impl Geometry {
 /// Pools every plane; for max pooling also returns, per output, the plane-local index of
 /// the first window position (row-major) holding the maximum, as PyTorch picks it.
 fn forward<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>) {
-    if let Some(d) = g.dense() {
-        return match g.cfg.kind {
+    if let Some((d, one)) = g.dense() {
+        let (y, arg) = match g.cfg.kind {
             PoolKind::Max => {
                 let (y, arg) = pool_dense::max_forward(&d, x);
                 (y, Some(arg))
             }
-            PoolKind::Avg { .. } => (pool_dense::avg_forward(&d, x, &g.divisors()), None),
+            PoolKind::Avg { .. } => (pool_dense::avg_forward(&d, x, &one.divisors()), None),
         };
+        if g.cfg.stride == 1 {
+            return (y, arg);
+        }
+        let (full, kept) = ((one.oh, one.ow), (g.oh, g.ow));
+        return (
+            padded::subsample(&y, full, 2, kept),
+            arg.map(|a| padded::subsample(&a, full, 2, kept)),
+        );
     }
     forward_windows(g, x)
 }
@@ -352,8 +375,12 @@ fn max_backward<T: Elem>(g: &Geometry, dy: &[T], arg: &[u32]) -> Vec<T> {
 }
 
 fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
-    if let Some(d) = g.dense() {
-        return pool_dense::avg_backward(&d, dy, &g.divisors());
+    if let Some((d, one)) = g.dense() {
+        if g.cfg.stride == 1 {
+            return pool_dense::avg_backward(&d, dy, &one.divisors());
+        }
+        let spread = padded::upsample(dy, (g.oh, g.ow), 2, (one.oh, one.ow));
+        return pool_dense::avg_backward(&d, &spread, &one.divisors());
     }
     avg_backward_windows(g, dy)
 }
@@ -549,7 +576,7 @@ impl CustomOp1 for PoolBackward {
 
 #[cfg(test)]
 mod tests {
-    /// The stride-1 padded-plane kernels against the window-by-window ones, exactly:
+    /// The padded-plane kernels (stride 1 and 2) against the window-by-window ones, exactly:
     /// ties, infinities and NaNs included (max), every divisor rule (avg).
     #[test]
     fn padded_kernels_equal_window_kernels() {
@@ -576,11 +603,19 @@ mod tests {
             },
         ];
         for kind in kinds {
-            for (kernel, padding) in [(3, 1), (3, 0), (5, 2), (2, 1)] {
+            for (kernel, padding, stride) in [
+                (3, 1, 1),
+                (3, 0, 1),
+                (5, 2, 1),
+                (2, 1, 1),
+                (3, 1, 2),
+                (2, 1, 2),
+                (3, 0, 2),
+            ] {
                 let cfg = PoolConfig {
                     kind,
                     kernel,
-                    stride: 1,
+                    stride,
                     padding,
                 };
                 let g = Geometry::new(&[n, c, h, w], cfg).unwrap();
