@@ -6,6 +6,8 @@
 //! convolution per group; this kernel runs every (image, channel) plane in parallel with
 //! contiguous inner loops, and fuses the ReLU that precedes it.
 
+use std::borrow::Cow;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -180,6 +182,15 @@ impl Geometry {
         ((d.oh, d.ow), (self.oh, self.ow))
     }
 
+    /// The output gradient as the stride-1 kernels take it (spread out when strided).
+    fn unit_stride_grad<'a, T: Elem>(&self, d: &Dense, dy: &'a [T]) -> Cow<'a, [T]> {
+        if self.cfg.stride == 1 {
+            return Cow::Borrowed(dy);
+        }
+        let (one, strided) = self.sizes(d);
+        Cow::Owned(padded::upsample(dy, strided, self.cfg.stride, one))
+    }
+
     #[cfg(feature = "cuda")]
     fn gpu(&self) -> Result<crate::cuda::DwGeom> {
         use crate::cuda::int;
@@ -282,15 +293,8 @@ fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Ve
 
 fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
     if let Some(d) = g.dense() {
-        let (one, strided) = g.sizes(&d);
-        let spread;
-        let dy = if g.cfg.stride == 1 {
-            dy
-        } else {
-            spread = padded::upsample(dy, strided, g.cfg.stride, one);
-            &spread
-        };
-        return depthwise_dense::input_grad(&d, g.c, dy, w, x, g.cfg.relu_input);
+        let dy = g.unit_stride_grad(&d, dy);
+        return depthwise_dense::input_grad(&d, g.c, &dy, w, x, g.cfg.relu_input);
     }
     let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
@@ -331,15 +335,8 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
 
 fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
     if let Some(d) = g.dense() {
-        let (one, strided) = g.sizes(&d);
-        let spread;
-        let dy = if g.cfg.stride == 1 {
-            dy
-        } else {
-            spread = padded::upsample(dy, strided, g.cfg.stride, one);
-            &spread
-        };
-        return depthwise_dense::weight_grad(&d, g.c, dy, x, g.cfg.relu_input);
+        let dy = g.unit_stride_grad(&d, dy);
+        return depthwise_dense::weight_grad(&d, g.c, &dy, x, g.cfg.relu_input);
     }
     if g.cfg.relu_input {
         weight_grad_impl::<T, true>(g, dy, x)
