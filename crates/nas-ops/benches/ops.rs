@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod workloads;
 
 fn ops(c: &mut Criterion) {
+    nas_ops::runtime::configure_process();
     let mut group = c.benchmark_group("cpu");
     group.sample_size(20);
     for w in workloads::workloads(16, 16, 32).expect("building workloads") {

@@ -275,15 +275,8 @@ fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Ve
                 for oh in tap.rows.clone() {
                     let xrow = &xp[g.input_index(oh, tap.kh) * g.w..];
                     let ys = &mut yp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
-                    if s == 1 {
-                        let xs = &xrow[tap.iw0..tap.iw0 + tap.cols.len()];
-                        for (yv, &xv) in ys.iter_mut().zip(xs) {
-                            *yv = *yv + wv * act(xv, RELU);
-                        }
-                    } else {
-                        for (i, yv) in ys.iter_mut().enumerate() {
-                            *yv = *yv + wv * act(xrow[tap.iw0 + i * s], RELU);
-                        }
+                    for (i, yv) in ys.iter_mut().enumerate() {
+                        *yv = *yv + wv * act(xrow[tap.iw0 + i * s], RELU);
                     }
                 }
             }
@@ -309,15 +302,8 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
                     let ih = g.input_index(oh, tap.kh);
                     let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
                     let dyrow = &dyp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
-                    if s == 1 {
-                        for (d, &gv) in dxrow[tap.iw0..tap.iw0 + dyrow.len()].iter_mut().zip(dyrow)
-                        {
-                            *d = *d + wv * gv;
-                        }
-                    } else {
-                        for (i, &gv) in dyrow.iter().enumerate() {
-                            dxrow[tap.iw0 + i * s] = dxrow[tap.iw0 + i * s] + wv * gv;
-                        }
+                    for (i, &gv) in dyrow.iter().enumerate() {
+                        dxrow[tap.iw0 + i * s] = dxrow[tap.iw0 + i * s] + wv * gv;
                     }
                 }
             }
@@ -360,14 +346,8 @@ fn weight_grad_impl<T: Elem, const RELU: bool>(g: &Geometry, dy: &[T], x: &[T]) 
                 for oh in tap.rows.clone() {
                     let xrow = &xp[g.input_index(oh, tap.kh) * g.w..];
                     let dyrow = &dyp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
-                    if s == 1 {
-                        for (&gv, &xv) in dyrow.iter().zip(&xrow[tap.iw0..tap.iw0 + dyrow.len()]) {
-                            acc = acc + gv * act(xv, RELU);
-                        }
-                    } else {
-                        for (i, &gv) in dyrow.iter().enumerate() {
-                            acc = acc + gv * act(xrow[tap.iw0 + i * s], RELU);
-                        }
+                    for (i, &gv) in dyrow.iter().enumerate() {
+                        acc = acc + gv * act(xrow[tap.iw0 + i * s], RELU);
                     }
                 }
                 pp[tap.index] = acc;
@@ -548,7 +528,7 @@ mod tests {
     fn configs() -> Vec<(usize, DepthwiseConfig)> {
         let mut out = Vec::new();
         for (k, dilation) in [(3, 1), (5, 1), (3, 2), (5, 2)] {
-            for stride in [1, 2] {
+            for stride in [1, 2, 3] {
                 for relu_input in [false, true] {
                     let padding = dilation * (k - 1) / 2;
                     out.push((
