@@ -17,7 +17,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
-use nas_ops::{batch_norm, rnn_node, BatchNorm, BatchNormConfig};
+use nas_ops::{
+    batch_norm, rnn_node, rnn_sequence, BatchNorm, BatchNormConfig, RnnCellSpec, RnnNorm,
+    RnnSequence,
+};
 use nas_search_space::{Concat, RnnGenotype, RnnOp, DARTS_RNN_PRIMITIVES};
 
 use crate::error::{Error, Result};
@@ -169,7 +172,6 @@ impl RnnCell {
         masks: &CellMasks,
         train: bool,
     ) -> Result<Tensor> {
-        let t_len = inputs.dim(0)?;
         if let Nodes::Search { steps, .. } = &self.nodes {
             let expected = [rnn_edge_count(*steps), DARTS_RNN_PRIMITIVES.len()];
             match probs {
@@ -182,6 +184,88 @@ impl RnnCell {
                 }
             }
         }
+        if inputs.device().is_cpu() {
+            return self.forward_fused(inputs, hidden, probs, masks, train);
+        }
+        self.forward_steps(inputs, hidden, probs, masks, train)
+    }
+
+    /// The whole sequence as one fused op ([`nas_ops::rnn_sequence`]), on the CPU.
+    fn forward_fused(
+        &self,
+        inputs: &Tensor,
+        hidden: &Tensor,
+        probs: Option<&Tensor>,
+        masks: &CellMasks,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (spec, probs) = match &self.nodes {
+            Nodes::Search { steps, bn } => {
+                let eps = bn.config().eps;
+                let norm = if train {
+                    RnnNorm::Batch { eps }
+                } else {
+                    let read =
+                        |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1()?) };
+                    RnnNorm::Running {
+                        mean: read(bn.running_mean())?,
+                        var: read(bn.running_var())?,
+                        eps,
+                    }
+                };
+                let probs = probs.expect("checked in forward").clone();
+                (RnnCellSpec::search(*steps, Some(norm)), probs)
+            }
+            Nodes::Derived(g) => {
+                let nodes = g
+                    .recurrent()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, edge)| vec![(edge.input, i)])
+                    .collect();
+                let rows: Vec<u32> = g
+                    .recurrent()
+                    .iter()
+                    .map(|edge| edge.activation.index() as u32)
+                    .collect();
+                let rows = Tensor::new(rows.as_slice(), self.one_hot.device())?;
+                let spec = RnnCellSpec {
+                    nodes,
+                    concat: g.concat().indices(),
+                    norm: None,
+                };
+                (spec, self.one_hot.index_select(&rows, 0)?)
+            }
+        };
+        let out = rnn_sequence(
+            &RnnSequence {
+                x: inputs,
+                h0: hidden,
+                w0: &self.w0,
+                ws: &self.ws,
+                probs: &probs,
+                mask_x: masks.x.as_ref(),
+                mask_h: masks.h.as_ref(),
+            },
+            &spec,
+        )?;
+        if let (Nodes::Search { bn, .. }, true) = (&self.nodes, train) {
+            bn.update_running_all(&out.stats)?;
+        }
+        Ok(out.outputs)
+    }
+
+    /// The sequence step by step, one fused op per node ([`nas_ops::rnn_node`]): for
+    /// devices without the whole-sequence op, and the reference the tests hold it to.
+    pub(crate) fn forward_steps(
+        &self,
+        inputs: &Tensor,
+        hidden: &Tensor,
+        probs: Option<&Tensor>,
+        masks: &CellMasks,
+        train: bool,
+    ) -> Result<Tensor> {
+        let t_len = inputs.dim(0)?;
         let mut h = hidden.clone();
         let mut outputs = Vec::with_capacity(t_len);
         for t in 0..t_len {
@@ -263,4 +347,130 @@ fn mean_of(states: &[Tensor], concat: &Concat) -> Result<Tensor> {
 fn one_hot_rows(dtype: DType, device: &Device) -> Result<Tensor> {
     let k = DARTS_RNN_PRIMITIVES.len();
     Ok(Tensor::eye(k, dtype, device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor, Var};
+    use candle_nn::VarMap;
+    use nas_search_space::{bundled, Genotype};
+
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+        let a: Vec<f64> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f64> = b.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Builds a cell twice from the same seed (so the two have equal weights and their
+    /// own running statistics) and checks the fused sequence op against the per-node path:
+    /// outputs, gradients of inputs, weights and architecture weights, and the running
+    /// statistics the batch norm is left with.
+    fn check(search: bool, train: bool) {
+        let dev = Device::Cpu;
+        let (t, b, ninp, nhid, steps) = (4, 6, 5, 7, 4);
+        let build = || -> (RnnCell, VarMap) {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+            let cell = if search {
+                RnnCell::search(ninp, nhid, steps, 0.3, vb).unwrap()
+            } else {
+                let Genotype::DartsRnn(g) = bundled("darts-rnn-v2").unwrap() else {
+                    panic!("darts-rnn-v2 is a recurrent genotype");
+                };
+                RnnCell::derived(ninp, nhid, &g, 0.3, vb).unwrap()
+            };
+            (cell, varmap)
+        };
+        let (fused, fused_vars) = build();
+        let (steps_cell, steps_vars) = build();
+        // Equal weights: copy one varmap into the other.
+        for (name, var) in fused_vars.data().lock().unwrap().iter() {
+            steps_vars.data().lock().unwrap()[name]
+                .set(var.as_tensor())
+                .unwrap();
+        }
+        let x = Var::from_tensor(&Tensor::randn(0f64, 1.0, (t, b, ninp), &dev).unwrap()).unwrap();
+        let h0 = Tensor::randn(0f64, 0.5, (b, nhid), &dev).unwrap();
+        let rows = rnn_edge_count(steps);
+        let alpha = Var::from_tensor(&Tensor::randn(0f64, 1.0, (rows, 5), &dev).unwrap()).unwrap();
+        let probs = candle_nn::ops::softmax(alpha.as_tensor(), 1).unwrap();
+        let probs = search.then_some(&probs);
+        let keep = |n: usize| -> Tensor {
+            let v: Vec<f64> = (0..b * n)
+                .map(|i| if i.is_multiple_of(5) { 0.0 } else { 1.25 })
+                .collect();
+            Tensor::from_vec(v, (b, n), &dev).unwrap()
+        };
+        let masks = CellMasks {
+            x: Some(keep(ninp)),
+            h: Some(keep(nhid)),
+        };
+        let r = Tensor::randn(0f64, 1.0, (t, b, nhid), &dev).unwrap();
+        let a = fused
+            .forward(x.as_tensor(), &h0, probs, &masks, train)
+            .unwrap();
+        let want = steps_cell
+            .forward_steps(x.as_tensor(), &h0, probs, &masks, train)
+            .unwrap();
+        close(&a, &want, 1e-10, "outputs");
+        if !train {
+            return;
+        }
+        let ga = a.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = want.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+        let mut checked = vec![(
+            x.as_tensor().clone(),
+            x.as_tensor().clone(),
+            "x".to_string(),
+        )];
+        if search {
+            checked.push((
+                alpha.as_tensor().clone(),
+                alpha.as_tensor().clone(),
+                "alpha".into(),
+            ));
+        }
+        let fused_data = fused_vars.data().lock().unwrap();
+        let steps_data = steps_vars.data().lock().unwrap();
+        for (name, var) in fused_data.iter() {
+            if name.contains("running") {
+                close(var.as_tensor(), steps_data[name].as_tensor(), 1e-10, name);
+            } else {
+                checked.push((
+                    var.as_tensor().clone(),
+                    steps_data[name].as_tensor().clone(),
+                    name.clone(),
+                ));
+            }
+        }
+        for (mine, theirs, name) in &checked {
+            let (Some(p), Some(q)) = (ga.get(mine), gb.get(theirs)) else {
+                panic!("{name}: no gradient");
+            };
+            close(p, q, 1e-9, &format!("gradient of {name}"));
+        }
+    }
+
+    #[test]
+    fn fused_search_cell_matches_the_per_node_cell_in_training() {
+        check(true, true);
+    }
+
+    #[test]
+    fn fused_search_cell_matches_the_per_node_cell_in_evaluation() {
+        check(true, false);
+    }
+
+    #[test]
+    fn fused_derived_cell_matches_the_per_node_cell() {
+        check(false, true);
+    }
 }

@@ -11,6 +11,8 @@ pub(crate) trait Elem:
 {
     /// Wraps a result vector as storage.
     fn storage(v: Vec<Self>) -> CpuStorage;
+    /// The storage's data, if it holds this type.
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
     /// Widens to f64.
     fn as_f64(self) -> f64;
     /// Converts from f64 (rounding for f32).
@@ -25,6 +27,12 @@ pub(crate) trait Elem:
 impl Elem for f32 {
     fn storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F32(v)
+    }
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
     }
     fn as_f64(self) -> f64 {
         self as f64
@@ -45,6 +53,12 @@ impl Elem for f32 {
 impl Elem for f64 {
     fn storage(v: Vec<Self>) -> CpuStorage {
         CpuStorage::F64(v)
+    }
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
     }
     fn as_f64(self) -> f64 {
         self

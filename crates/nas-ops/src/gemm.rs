@@ -56,6 +56,29 @@ impl<'a, T> MatRef<'a, T> {
 /// Panics if the shapes disagree or a view reaches outside its slice (a bug in the
 /// caller, never a user input: the ops check shapes first).
 pub(crate) fn matmul<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>, accumulate: bool) {
+    product(dst, lhs, rhs, accumulate, gemm::Parallelism::None)
+}
+
+/// [`matmul`] on all of rayon's threads, for callers with one large product at a time.
+/// The product splits the destination into blocks, each summed in the same order on any
+/// number of threads, so results do not depend on the thread count.
+pub(crate) fn matmul_par<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>, accumulate: bool) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    product(dst, lhs, rhs, accumulate, parallelism)
+}
+
+fn product<T: Elem>(
+    dst: &mut [T],
+    lhs: MatRef<T>,
+    rhs: MatRef<T>,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "gemm: inner dimensions differ");
     assert_eq!(dst.len(), m * n, "gemm: destination size");
@@ -96,7 +119,7 @@ pub(crate) fn matmul<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>, acc
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
 }

@@ -26,6 +26,7 @@ mod pool;
 mod pool_dense;
 mod relu_conv_bn;
 mod rnn_node;
+mod rnn_sequence;
 pub mod runtime;
 mod sep_conv;
 #[cfg(test)]
@@ -47,5 +48,8 @@ pub use pointwise::{pointwise_conv2d, pointwise_conv2d_slow, PointwiseConfig};
 pub use pool::{pool2d, pool2d_slow, PoolConfig, PoolKind};
 pub use relu_conv_bn::{relu_conv_bn, ReluConvBn};
 pub use rnn_node::{rnn_node, rnn_node_slow};
+pub use rnn_sequence::{
+    rnn_sequence, rnn_sequence_slow, RnnCellSpec, RnnNorm, RnnSequence, RnnSequenceOutput,
+};
 pub use sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
 pub use weighted_sum::{weighted_sum, weighted_sum_slow};

@@ -133,7 +133,7 @@ impl Geometry {
 
 /// One state's weights over the four activations (`none` dropped), and their sum `P_j`.
 #[derive(Clone, Copy)]
-struct NodeWeights<T> {
+pub(crate) struct NodeWeights<T> {
     tanh: T,
     relu: T,
     sigmoid: T,
@@ -143,7 +143,7 @@ struct NodeWeights<T> {
 
 impl<T: Elem> NodeWeights<T> {
     /// From one row of `probs` (`none, tanh, relu, sigmoid, identity`).
-    fn of(row: &[T]) -> Self {
+    pub(crate) fn of(row: &[T]) -> Self {
         let (tanh, relu, sigmoid, identity) = (row[1], row[2], row[3], row[4]);
         NodeWeights {
             tanh,
@@ -155,7 +155,7 @@ impl<T: Elem> NodeWeights<T> {
     }
 
     /// Whether any activation has a non-zero weight (otherwise the state adds exactly 0).
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         [self.tanh, self.relu, self.sigmoid, self.identity]
             .iter()
             .any(|w| !w.is_zero())
@@ -190,21 +190,25 @@ fn forward<T: Elem>(g: &Geometry, s: &[T], ch: &[T], p: &[T]) -> Vec<T> {
                 continue;
             }
             let row = j * b + bi;
-            let sr = &s[row * h..(row + 1) * h];
             let (cr, hr) = ch[row * 2 * h..(row + 1) * 2 * h].split_at(h);
-            // Branch-free (every activation is evaluated; a zero weight adds exactly 0
-            // for finite inputs), so the loop vectorises.
-            for (((yv, &sv), &cv), &hv) in y.iter_mut().zip(sr).zip(cr).zip(hr) {
-                let f = w.tanh * hv.tanh_v()
-                    + w.relu * relu(hv)
-                    + w.sigmoid * sigmoid(hv)
-                    + w.identity * hv;
-                let ps = w.total * sv;
-                *yv = *yv + ps + sigmoid(cv) * (f - ps);
-            }
+            row_forward(w, y, &s[row * h..(row + 1) * h], cr, hr);
         }
     });
     out
+}
+
+/// Adds one state's weighted highway updates to the output row `y`: with `s = sr[x]`,
+/// `c = cr[x]`, `h = hr[x]`, `y[x] += P s + sigmoid(c) (F(h) - P s)`. Branch-free (every
+/// activation is evaluated; a zero weight adds exactly 0 for finite inputs), so the loop
+/// vectorises.
+#[inline(always)]
+pub(crate) fn row_forward<T: Elem>(w: &NodeWeights<T>, y: &mut [T], sr: &[T], cr: &[T], hr: &[T]) {
+    for (((yv, &sv), &cv), &hv) in y.iter_mut().zip(sr).zip(cr).zip(hr) {
+        let f =
+            w.tanh * hv.tanh_v() + w.relu * relu(hv) + w.sigmoid * sigmoid(hv) + w.identity * hv;
+        let ps = w.total * sv;
+        *yv = *yv + ps + sigmoid(cv) * (f - ps);
+    }
 }
 
 /// The backward pass of one row `(j, b)`: writes `d s`, `d c`, `d h` and returns the row's
@@ -214,7 +218,7 @@ fn forward<T: Elem>(g: &Geometry, s: &[T], ch: &[T], p: &[T]) -> Vec<T> {
 /// finished in f64.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
-fn row_backward<T: Elem>(
+pub(crate) fn row_backward<T: Elem>(
     w: &NodeWeights<T>,
     gr: &[T],
     sr: &[T],
