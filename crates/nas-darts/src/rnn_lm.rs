@@ -135,9 +135,9 @@ impl LmMasks {
 /// What one forward pass gives.
 #[derive(Debug, Clone)]
 pub struct LmOutput {
-    /// Decoder logits before the bias, `[T * B, vocab]` (row `t * B + b`).
-    pub logits: Tensor,
-    /// The decoder's bias, `[vocab]` (added inside the fused loss).
+    /// The decoder's weight (tied to the encoder), `[vocab, nhid]`.
+    pub decoder: Tensor,
+    /// The decoder's bias, `[vocab]`.
     pub bias: Tensor,
     /// The cell's outputs before the output dropout, `[T, B, nhid]`.
     pub raw: Tensor,
@@ -280,11 +280,8 @@ impl RnnLm {
         let raw = self.cell.forward(&emb, hidden, probs, &masks.cell, train)?;
         let hidden = raw.get(t_len - 1)?;
         let dropped = locked(&raw, masks.output.as_ref())?;
-        let logits = dropped
-            .reshape((t_len * batch, self.cfg.nhid))?
-            .matmul(&self.encoder.t()?)?;
         Ok(LmOutput {
-            logits,
+            decoder: self.encoder.clone(),
             bias: self.decoder_bias.clone(),
             raw,
             dropped,
@@ -329,11 +326,26 @@ fn locked(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     })
 }
 
+impl LmOutput {
+    /// The dropped outputs as decoder inputs, `[T * B, nhid]` (row `t * B + b`).
+    fn decoder_input(&self) -> Result<Tensor> {
+        let (t_len, batch, nhid) = self.dropped.dims3()?;
+        Ok(self.dropped.reshape((t_len * batch, nhid))?)
+    }
+
+    /// The decoder's logits before the bias, `[T * B, vocab]` (row `t * B + b`). The
+    /// loss ([`nll`]) does not need them: it computes them inside one fused op.
+    pub fn logits(&self) -> Result<Tensor> {
+        Ok(self.decoder_input()?.matmul(&self.decoder.t()?)?)
+    }
+}
+
 /// The mean negative log-likelihood of `targets` (`[T * B]`, u32) under the decoder's
-/// output (one fused op: bias, log-softmax and the pick of the target).
+/// output (one fused op: decoder product, bias, log-softmax and the pick of the target).
 pub fn nll(out: &LmOutput, targets: &Tensor) -> Result<Tensor> {
-    Ok(nas_ops::softmax_cross_entropy(
-        &out.logits,
+    Ok(nas_ops::linear_cross_entropy(
+        &out.decoder_input()?,
+        &out.decoder,
         &out.bias,
         targets,
     )?)

@@ -110,7 +110,8 @@ fn load(store: &ParamStore, json: &Value, perturb: Option<(&str, usize, f64)>) {
 
 /// The reference's output: `log_softmax(decoder(output))`, `[T * B, vocab]`.
 fn log_probs(out: &LmOutput) -> Tensor {
-    candle_nn::ops::log_softmax(&out.logits.broadcast_add(&out.bias).unwrap(), 1).unwrap()
+    candle_nn::ops::log_softmax(&out.logits().unwrap().broadcast_add(&out.bias).unwrap(), 1)
+        .unwrap()
 }
 
 /// Normwise relative errors of named quantities.

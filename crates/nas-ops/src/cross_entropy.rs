@@ -92,7 +92,7 @@ enum Lse {
     Cuda(candle_core::cuda::cudarc::driver::CudaSlice<f64>),
 }
 
-fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
+pub(crate) fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32]> {
     match s {
         CpuStorage::U32(t) => crate::cpu::contiguous(t, l, OP),
         other => Err(Error::Unsupported {
@@ -103,7 +103,7 @@ fn targets_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [u32
     }
 }
 
-fn check_targets(t: &[u32], v: usize) -> candle_core::Result<()> {
+pub(crate) fn check_targets(t: &[u32], v: usize) -> candle_core::Result<()> {
     match t.iter().position(|&x| x as usize >= v) {
         Some(i) => Err(Error::Unsupported {
             op: OP,
@@ -115,7 +115,7 @@ fn check_targets(t: &[u32], v: usize) -> candle_core::Result<()> {
 }
 
 /// Per row: the log-sum-exp of `z + b` and the loss `lse - (z + b)[t]`.
-fn forward<T: Elem>(z: &[T], b: &[T], t: &[u32], v: usize) -> Vec<(f64, f64)> {
+pub(crate) fn forward<T: Elem>(z: &[T], b: &[T], t: &[u32], v: usize) -> Vec<(f64, f64)> {
     z.par_chunks(v)
         .zip(t.par_iter())
         .map(|(row, &target)| {
@@ -154,7 +154,7 @@ fn forward<T: Elem>(z: &[T], b: &[T], t: &[u32], v: usize) -> Vec<(f64, f64)> {
 }
 
 /// `dz = scale (softmax(z + b) - onehot(t))` and `db = sum_rows dz`.
-fn backward<T: Elem>(
+pub(crate) fn backward<T: Elem>(
     z: &[T],
     b: &[T],
     t: &[u32],

@@ -20,6 +20,7 @@ mod enas_op;
 mod error;
 mod factorized_reduce;
 mod gemm;
+mod linear_cross_entropy;
 mod padded;
 mod pointwise;
 mod pool;
@@ -44,6 +45,7 @@ pub use drop_path::{drop_path, drop_path_scales, drop_path_sum, drop_path_sum_sl
 pub use enas_op::{enas_macro_op, enas_micro_op, EnasMacroLayerOp};
 pub use error::{Error, Result};
 pub use factorized_reduce::{factorized_reduce, FactorizedReduce};
+pub use linear_cross_entropy::{linear_cross_entropy, linear_cross_entropy_slow};
 pub use pointwise::{pointwise_conv2d, pointwise_conv2d_slow, PointwiseConfig};
 pub use pool::{pool2d, pool2d_slow, PoolConfig, PoolKind};
 pub use relu_conv_bn::{relu_conv_bn, ReluConvBn};
