@@ -592,7 +592,8 @@ pub fn lm_step(
         nas_train::ensure_finite("architecture validation loss", a.val_loss, 0, 0)?;
         arch_val_loss = Some(a.val_loss);
         hidden_valid = val.next_hidden.into_inner();
-        probs = Some(candle_nn::ops::softmax(alphas, 1)?);
+        // The weight step does not differentiate in the architecture weights.
+        probs = Some(candle_nn::ops::softmax(&alphas.detach(), 1)?);
     }
     let out = model.forward(
         &train.tokens,

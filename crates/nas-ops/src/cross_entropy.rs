@@ -162,7 +162,7 @@ pub(crate) fn backward<T: Elem>(
     v: usize,
     scale: f64,
 ) -> (Vec<T>, Vec<T>) {
-    let mut dz = vec![T::zero(); z.len()];
+    let mut dz = crate::cpu::zeros_par(z.len());
     let partial: Vec<Vec<f64>> = dz
         .par_chunks_mut(v * ROWS_PER_TASK)
         .zip(z.par_chunks(v * ROWS_PER_TASK))

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
-use crate::cpu::{contiguous, cpu_storage, Elem};
+use crate::cpu::{contiguous, cpu_storage, zeros_par, Elem};
 use crate::cross_entropy::{backward as xent_backward, check_targets, forward as xent_forward};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul_par, MatRef};
@@ -116,7 +116,7 @@ struct LinearCrossEntropy {
 
 /// `x w^T`, `[n, v]`.
 fn logits<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
-    let mut z = vec![T::zero(); g.n * g.v];
+    let mut z = zeros_par(g.n * g.v);
     matmul_par(
         &mut z,
         MatRef::rows(x, g.n, g.k),

@@ -204,8 +204,8 @@ fn forward<T: Elem>(g: &Geometry, s: &[T], ch: &[T], p: &[T]) -> Vec<T> {
 #[inline(always)]
 pub(crate) fn row_forward<T: Elem>(w: &NodeWeights<T>, y: &mut [T], sr: &[T], cr: &[T], hr: &[T]) {
     for (((yv, &sv), &cv), &hv) in y.iter_mut().zip(sr).zip(cr).zip(hr) {
-        let f =
-            w.tanh * hv.tanh_v() + w.relu * relu(hv) + w.sigmoid * sigmoid(hv) + w.identity * hv;
+        let (t, sh) = hv.tanh_sigmoid_v();
+        let f = w.tanh * t + w.relu * relu(hv) + w.sigmoid * sh + w.identity * hv;
         let ps = w.total * sv;
         *yv = *yv + ps + sigmoid(cv) * (f - ps);
     }
@@ -230,7 +230,6 @@ pub(crate) fn row_backward<T: Elem>(
     terms: &mut [T],
 ) -> [f64; 4] {
     let h = gr.len();
-    let one = T::one();
     let (sr, cr, hr) = (&sr[..h], &cr[..h], &hr[..h]);
     let (ds, dc, dh) = (&mut ds[..h], &mut dc[..h], &mut dh[..h]);
     let (t_tanh, rest) = terms[..4 * h].split_at_mut(h);
@@ -238,30 +237,77 @@ pub(crate) fn row_backward<T: Elem>(
     let (t_sig, t_id) = rest.split_at_mut(h);
     let t_id = &mut t_id[..h];
     for x in 0..h {
-        let (gv, sv, hv) = (gr[x], sr[x], hr[x]);
-        let gate = sigmoid(cr[x]);
-        let t = hv.tanh_v();
-        let r = relu(hv);
-        let sh = sigmoid(hv);
-        let f = w.tanh * t + w.relu * r + w.sigmoid * sh + w.identity * hv;
-        let ps = w.total * sv;
-        ds[x] = gv * w.total * (one - gate);
-        dc[x] = gv * gate * (one - gate) * (f - ps);
-        let relu_slope = if hv > T::zero() { w.relu } else { T::zero() };
-        let df = w.tanh * (one - t * t) + relu_slope + w.sigmoid * sh * (one - sh) + w.identity;
-        let g_gate = gv * gate;
-        dh[x] = g_gate * df;
-        let base = gv * (one - gate) * sv;
-        t_tanh[x] = base + g_gate * t;
-        t_relu[x] = base + g_gate * r;
-        t_sig[x] = base + g_gate * sh;
-        t_id[x] = base + g_gate * hv;
+        let e = element_backward(w, gr[x], sr[x], cr[x], hr[x]);
+        (ds[x], dc[x], dh[x]) = (e.ds, e.dc, e.dh);
+        t_tanh[x] = e.base + e.g_gate * e.tanh;
+        t_relu[x] = e.base + e.g_gate * e.relu;
+        t_sig[x] = e.base + e.g_gate * e.sigmoid;
+        t_id[x] = e.base + e.g_gate * hr[x];
     }
     let mut out = [0f64; 4];
     for (o, buf) in out.iter_mut().zip([&*t_tanh, &*t_relu, &*t_sig, &*t_id]) {
         *o = lane_sum(buf);
     }
     out
+}
+
+/// [`row_backward`] without the `d p_k` sums, for callers whose weights are constants.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn row_backward_inputs<T: Elem>(
+    w: &NodeWeights<T>,
+    gr: &[T],
+    sr: &[T],
+    cr: &[T],
+    hr: &[T],
+    ds: &mut [T],
+    dc: &mut [T],
+    dh: &mut [T],
+) {
+    let h = gr.len();
+    let (sr, cr, hr) = (&sr[..h], &cr[..h], &hr[..h]);
+    let (ds, dc, dh) = (&mut ds[..h], &mut dc[..h], &mut dh[..h]);
+    for x in 0..h {
+        let e = element_backward(w, gr[x], sr[x], cr[x], hr[x]);
+        (ds[x], dc[x], dh[x]) = (e.ds, e.dc, e.dh);
+    }
+}
+
+/// One element's gradients (`g` the output gradient, `s` the state, `c` and `h` the
+/// pre-activations), and what the `d p_k` terms are made of:
+/// `d p_k = base + g_gate * f_k(h)`.
+struct ElementGrad<T> {
+    ds: T,
+    dc: T,
+    dh: T,
+    base: T,
+    g_gate: T,
+    tanh: T,
+    relu: T,
+    sigmoid: T,
+}
+
+#[inline(always)]
+fn element_backward<T: Elem>(w: &NodeWeights<T>, gv: T, sv: T, cv: T, hv: T) -> ElementGrad<T> {
+    let one = T::one();
+    let gate = sigmoid(cv);
+    let (t, sh) = hv.tanh_sigmoid_v();
+    let r = relu(hv);
+    let f = w.tanh * t + w.relu * r + w.sigmoid * sh + w.identity * hv;
+    let ps = w.total * sv;
+    let relu_slope = if hv > T::zero() { w.relu } else { T::zero() };
+    let df = w.tanh * (one - t * t) + relu_slope + w.sigmoid * sh * (one - sh) + w.identity;
+    let g_gate = gv * gate;
+    ElementGrad {
+        ds: gv * w.total * (one - gate),
+        dc: gv * gate * (one - gate) * (f - ps),
+        dh: g_gate * df,
+        base: gv * (one - gate) * sv,
+        g_gate,
+        tanh: t,
+        relu: r,
+        sigmoid: sh,
+    }
 }
 
 /// The sum of `v`: 8 lane sums in `T` (a loop that vectorises), added in f64 in order.

@@ -27,10 +27,10 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::batch_norm::BatchStats;
-use crate::cpu::{contiguous, cpu_storage, Elem};
+use crate::cpu::{contiguous, cpu_storage, zeros_par, Elem};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul_par, MatRef};
-use crate::rnn_node::{row_backward, row_forward, NodeWeights};
+use crate::rnn_node::{row_backward, row_backward_inputs, row_forward, NodeWeights};
 
 const OP: &str = "rnn_sequence";
 /// `none, tanh, relu, sigmoid, identity`: the columns of `probs`.
@@ -607,9 +607,9 @@ fn batch_norm_rows_backward<T: Elem>(d: &mut [T], y: &[T], h: usize, inv: &[T]) 
 fn forward<T: Elem>(p: &Plan, v: &Views<T>) -> (Vec<T>, Tape<T>, Vec<BatchStats>) {
     let (tl, b, ni, h) = (p.t, p.b, p.ninp, p.h);
     let (bh, bh2, ns) = (b * h, b * 2 * h, p.n_states());
-    let mut states = vec![T::zero(); tl * ns * bh];
-    let mut ch0 = vec![T::zero(); tl * bh2];
-    let mut ch = vec![T::zero(); tl * p.rows * bh2];
+    let mut states = zeros_par(tl * ns * bh);
+    let mut ch0 = zeros_par(tl * bh2);
+    let mut ch = zeros_par(tl * p.rows * bh2);
     let mut out = vec![T::zero(); tl * bh];
     let mut stats = Vec::new();
     let (run_mean, mut inv_std) = match &p.norm {
@@ -750,7 +750,7 @@ fn backward<T: Elem>(
     let (tl, b, ni, h) = (p.t, p.b, p.ninp, p.h);
     let (bh, bh2, ns) = (b * h, b * 2 * h, p.n_states());
     let (w0x, w0h) = v.w0.split_at(ni * 2 * h);
-    let mut dch0 = vec![T::zero(); tl * bh2];
+    let mut dch0 = zeros_par(tl * bh2);
     let (mut dw0, mut dws) = if wants.weights {
         (
             vec![T::zero(); (ni + h) * 2 * h],
@@ -847,23 +847,19 @@ fn backward<T: Elem>(
                 .zip(d_ch[..np * bh2].par_chunks_mut(2 * h))
                 .enumerate()
                 .map_init(
-                    || vec![T::zero(); 4 * h],
+                    || vec![T::zero(); if wants.probs { 4 * h } else { 0 }],
                     |terms, (r, (ds, dch))| {
                         let (pi, bi) = (r / b, r % b);
                         let j = preds[pi].0;
                         let (dc, dg) = dch.split_at_mut(h);
                         let (c, g) = ch_i[r * 2 * h..][..2 * h].split_at(h);
-                        row_backward(
-                            &w[pi],
-                            &du[bi * h..][..h],
-                            &st[(j * b + bi) * h..][..h],
-                            c,
-                            g,
-                            ds,
-                            dc,
-                            dg,
-                            terms,
-                        )
+                        let (du, s) = (&du[bi * h..][..h], &st[(j * b + bi) * h..][..h]);
+                        if wants.probs {
+                            row_backward(&w[pi], du, s, c, g, ds, dc, dg, terms)
+                        } else {
+                            row_backward_inputs(&w[pi], du, s, c, g, ds, dc, dg);
+                            [0.0; 4]
+                        }
                     },
                 )
                 .collect();
@@ -909,24 +905,12 @@ fn backward<T: Elem>(
             .par_chunks_mut(h)
             .zip(dch0_t.par_chunks_mut(2 * h))
             .enumerate()
-            .for_each_init(
-                || vec![T::zero(); 4 * h],
-                |terms, (bi, (ds, dch))| {
-                    let (dc, dg) = dch.split_at_mut(h);
-                    let (c, g) = ch0_t[bi * 2 * h..][..2 * h].split_at(h);
-                    row_backward(
-                        &tanh,
-                        &du[bi * h..][..h],
-                        &h_prev[bi * h..][..h],
-                        c,
-                        g,
-                        ds,
-                        dc,
-                        dg,
-                        terms,
-                    );
-                },
-            );
+            .for_each(|(bi, (ds, dch))| {
+                let (dc, dg) = dch.split_at_mut(h);
+                let (c, g) = ch0_t[bi * 2 * h..][..2 * h].split_at(h);
+                let (du, s) = (&du[bi * h..][..h], &h_prev[bi * h..][..h]);
+                row_backward_inputs(&tanh, du, s, c, g, ds, dc, dg);
+            });
         let dch0_t = MatRef::rows(&*dch0_t, b, 2 * h);
         matmul_par(&mut d_hm, dch0_t, MatRef::transposed(w0h, h, 2 * h), false);
         if wants.weights {
@@ -1391,6 +1375,23 @@ mod tests {
         for w in &with_consts[1..3] {
             assert!(grads.get(w).is_none(), "a constant got a gradient");
         }
+        // Constant node weights (`probs`), variable matrices: the backward takes the
+        // path without the `probs` sums.
+        let w0 = Var::from_tensor(&xs[2])?;
+        let mut with_consts = xs.clone();
+        with_consts[2] = w0.as_tensor().clone();
+        let grads = run(&with_consts, &spec, Some(&m), false)?
+            .mul(&r)?
+            .sum_all()?
+            .backward()?;
+        assert!(grads.get(&with_consts[3]).is_none());
+        assert_close(
+            grads.get(w0.as_tensor()).expect("tracked"),
+            all.get(vars[2].as_tensor()).expect("tracked"),
+            1e-10,
+            1e-8,
+            "w0 with constant probs",
+        )?;
         Ok(())
     }
 
