@@ -603,17 +603,6 @@ fn batch_norm_rows_backward<T: Elem>(d: &mut [T], y: &[T], h: usize, inv: &[T]) 
     }
 }
 
-/// The row-major transpose of a row-major `rows x cols` matrix.
-fn transpose<T: Elem>(m: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut t = vec![T::zero(); rows * cols];
-    for (r, row) in m.chunks(cols).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            t[c * rows + r] = x;
-        }
-    }
-    t
-}
-
 /// The forward pass: the outputs `[T, B, H]`, the tape and the batch statistics.
 fn forward<T: Elem>(p: &Plan, v: &Views<T>) -> (Vec<T>, Tape<T>, Vec<BatchStats>) {
     let (tl, b, ni, h) = (p.t, p.b, p.ninp, p.h);
@@ -782,10 +771,6 @@ fn backward<T: Elem>(
                 .collect()
         })
         .collect();
-    // The products with transposed weights read row-major copies: `gemm` packs a
-    // transposed right-hand side on the calling thread, serially, at every call.
-    let ws_t: Vec<Vec<T>> = v.ws.iter().map(|w| transpose(w, h, 2 * h)).collect();
-    let w0h_t = transpose(w0h, h, 2 * h);
     let max_preds = p.nodes.iter().map(Vec::len).max().unwrap_or(1);
     let mut carry = vec![T::zero(); bh];
     let mut d_state = vec![T::zero(); ns * bh];
@@ -897,7 +882,7 @@ fn backward<T: Elem>(
                 matmul_par(
                     &mut d_masked[j0 * bh..][..len * bh],
                     dch_run,
-                    MatRef::rows(&ws_t[i], 2 * h, h),
+                    MatRef::transposed(v.ws[i], h, 2 * h),
                     true,
                 );
                 if wants.weights {
@@ -927,7 +912,7 @@ fn backward<T: Elem>(
                 row_backward_inputs(&tanh, du, s, c, g, ds, dc, dg);
             });
         let dch0_t = MatRef::rows(&*dch0_t, b, 2 * h);
-        matmul_par(&mut d_hm, dch0_t, MatRef::rows(&w0h_t, 2 * h, h), false);
+        matmul_par(&mut d_hm, dch0_t, MatRef::transposed(w0h, h, 2 * h), false);
         if wants.weights {
             mask_into(&mut hm, h_prev, v.mask_h);
             matmul_par(
@@ -947,7 +932,7 @@ fn backward<T: Elem>(
         matmul_par(
             &mut dx,
             MatRef::rows(&dch0, tl * b, 2 * h),
-            MatRef::rows(&transpose(w0x, ni, 2 * h), 2 * h, ni),
+            MatRef::transposed(w0x, ni, 2 * h),
             false,
         );
         if let Some(m) = v.mask_x {
