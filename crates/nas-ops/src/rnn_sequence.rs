@@ -512,15 +512,44 @@ struct Views<'a, T> {
 /// copy without a mask.
 fn mask_into<T: Elem>(dst: &mut [T], src: &[T], mask: Option<&[T]>) {
     match mask {
-        Some(m) => {
-            for (d, s) in dst.chunks_mut(m.len()).zip(src.chunks(m.len())) {
-                for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
-                    *d = s * m;
-                }
-            }
-        }
-        None => dst.copy_from_slice(src),
+        Some(m) => dst
+            .par_chunks_mut(m.len())
+            .zip(src.par_chunks(m.len()))
+            .for_each(|(d, s)| {
+                d.par_chunks_mut(PIECE)
+                    .zip(s.par_chunks(PIECE))
+                    .zip(m.par_chunks(PIECE))
+                    .for_each(|((d, s), m)| {
+                        for ((d, &s), &m) in d.iter_mut().zip(s).zip(m) {
+                            *d = s * m;
+                        }
+                    })
+            }),
+        None => dst
+            .par_chunks_mut(PIECE)
+            .zip(src.par_chunks(PIECE))
+            .for_each(|(d, s)| d.copy_from_slice(s)),
     }
+}
+
+/// Elements per parallel task of the element-wise loops (the `[B, H]` blocks are tens of
+/// thousands of elements: split, they run on every thread instead of one).
+const PIECE: usize = 4096;
+
+/// `dst += src`, in parallel pieces.
+fn add_into<T: Elem>(dst: &mut [T], src: &[T]) {
+    dst.par_chunks_mut(PIECE)
+        .zip(src.par_chunks(PIECE))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = *d + s;
+            }
+        });
+}
+
+/// `dst = 0`, in parallel pieces.
+fn zero_par<T: Elem>(dst: &mut [T]) {
+    dst.par_chunks_mut(PIECE).for_each(|d| d.fill(T::zero()));
 }
 
 /// `src * mask`, borrowed when there is no mask.
@@ -549,30 +578,29 @@ fn running<T: Elem>(mean: &[f64], var: &[f64], eps: f64) -> (Vec<T>, Vec<T>) {
 /// the inverse deviations to `inv` and returns the statistics.
 fn batch_norm_rows<T: Elem>(u: &mut [T], h: usize, eps: f64, inv: &mut [T]) -> BatchStats {
     let b = u.len() / h;
-    let mut mean = vec![0f64; h];
-    for row in u.chunks(h) {
-        for (m, &v) in mean.iter_mut().zip(row) {
-            *m += v.as_f64();
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= b as f64);
-    let mut var = vec![0f64; h];
-    for row in u.chunks(h) {
-        for ((s, &v), &m) in var.iter_mut().zip(row).zip(&mean) {
-            let d = v.as_f64() - m;
-            *s += d * d;
-        }
-    }
-    var.iter_mut().for_each(|v| *v /= b as f64);
+    let mean = column_sums(u, h, |x, _| x.as_f64())
+        .into_iter()
+        .map(|s| s / b as f64)
+        .collect::<Vec<_>>();
+    let var = column_sums(u, h, |x, c| {
+        let d = x.as_f64() - mean[c];
+        d * d
+    })
+    .into_iter()
+    .map(|s| s / b as f64)
+    .collect::<Vec<_>>();
     let mean_t: Vec<T> = mean.iter().map(|&m| T::of_f64(m)).collect();
     for (i, &v) in inv.iter_mut().zip(&var) {
         *i = T::of_f64(1.0 / (v + eps).sqrt());
     }
-    for row in u.chunks_mut(h) {
-        for ((x, &m), &i) in row.iter_mut().zip(&mean_t).zip(&*inv) {
-            *x = (*x - m) * i;
-        }
-    }
+    let inv = &*inv;
+    u.par_chunks_mut(h)
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|row| {
+            for ((x, &m), &i) in row.iter_mut().zip(&mean_t).zip(inv) {
+                *x = (*x - m) * i;
+            }
+        });
     BatchStats {
         mean,
         var,
@@ -580,27 +608,57 @@ fn batch_norm_rows<T: Elem>(u: &mut [T], h: usize, eps: f64, inv: &mut [T]) -> B
     }
 }
 
+/// Rows per parallel task of the row-wise loops over `[B, H]` blocks.
+const ROWS_PER_TASK: usize = 16;
+/// Columns per parallel task of the column sums.
+const COLS_PER_TASK: usize = 16;
+
+/// Per column `c` of the row-major `[B, h]` block `m`, the sum over rows of `f(x, c)` in
+/// f64, in row order (so the result does not depend on the thread count); blocks of
+/// columns in parallel.
+fn column_sums<T: Elem>(m: &[T], h: usize, f: impl Fn(T, usize) -> f64 + Sync) -> Vec<f64> {
+    let mut sums = vec![0f64; h];
+    sums.par_chunks_mut(COLS_PER_TASK)
+        .enumerate()
+        .for_each(|(blk, s)| {
+            let c0 = blk * COLS_PER_TASK;
+            for row in m.chunks(h) {
+                for (i, (acc, &x)) in s.iter_mut().zip(&row[c0..]).enumerate() {
+                    *acc += f(x, c0 + i);
+                }
+            }
+        });
+    sums
+}
+
 /// The backward of batch norm without affine parameters, in place on `d` (`[B, H]`):
 /// `d <- inv (d - mean_b(d) - y mean_b(d y))`, with `y` the normalised output.
 fn batch_norm_rows_backward<T: Elem>(d: &mut [T], y: &[T], h: usize, inv: &[T]) {
     let b = d.len() / h;
-    let mut sum_d = vec![0f64; h];
-    let mut sum_dy = vec![0f64; h];
-    for (dr, yr) in d.chunks(h).zip(y.chunks(h)) {
-        for (((sd, sdy), &dv), &yv) in sum_d.iter_mut().zip(&mut sum_dy).zip(dr).zip(yr) {
-            *sd += dv.as_f64();
-            *sdy += (dv * yv).as_f64();
-        }
-    }
-    let mean_d: Vec<T> = sum_d.iter().map(|&s| T::of_f64(s / b as f64)).collect();
-    let mean_dy: Vec<T> = sum_dy.iter().map(|&s| T::of_f64(s / b as f64)).collect();
-    for (dr, yr) in d.chunks_mut(h).zip(y.chunks(h)) {
-        for ((((dv, &yv), &md), &mdy), &i) in
-            dr.iter_mut().zip(yr).zip(&mean_d).zip(&mean_dy).zip(inv)
-        {
-            *dv = i * (*dv - md - yv * mdy);
-        }
-    }
+    let mut sums = vec![(0f64, 0f64); h];
+    sums.par_chunks_mut(COLS_PER_TASK)
+        .enumerate()
+        .for_each(|(blk, s)| {
+            let c0 = blk * COLS_PER_TASK;
+            for (dr, yr) in d.chunks(h).zip(y.chunks(h)) {
+                for ((acc, &dv), &yv) in s.iter_mut().zip(&dr[c0..]).zip(&yr[c0..]) {
+                    acc.0 += dv.as_f64();
+                    acc.1 += (dv * yv).as_f64();
+                }
+            }
+        });
+    let mean_d: Vec<T> = sums.iter().map(|s| T::of_f64(s.0 / b as f64)).collect();
+    let mean_dy: Vec<T> = sums.iter().map(|s| T::of_f64(s.1 / b as f64)).collect();
+    d.par_chunks_mut(h)
+        .zip(y.par_chunks(h))
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(dr, yr)| {
+            for ((((dv, &yv), &md), &mdy), &i) in
+                dr.iter_mut().zip(yr).zip(&mean_d).zip(&mean_dy).zip(inv)
+            {
+                *dv = i * (*dv - md - yv * mdy);
+            }
+        });
 }
 
 /// The forward pass: the outputs `[T, B, H]`, the tape and the batch statistics.
@@ -779,6 +837,7 @@ fn backward<T: Elem>(
     let mut d_preds = vec![T::zero(); max_preds * bh];
     let mut d_ch = vec![T::zero(); max_preds * bh2];
     let mut du = vec![T::zero(); bh];
+    let mut d_out = vec![T::zero(); bh];
     let mut d_hm = vec![T::zero(); bh];
     let mut hm = vec![T::zero(); bh];
     let scale = T::one() / T::of_f64(p.concat.len() as f64);
@@ -787,13 +846,14 @@ fn backward<T: Elem>(
         let (ds, dm) = (&d_state[k * bh..][..bh], &d_masked[k * bh..][..bh]);
         match v.mask_h {
             Some(m) => {
-                for (bi, row) in du.chunks_mut(h).enumerate() {
-                    let (dsr, dmr, mr) =
-                        (&ds[bi * h..][..h], &dm[bi * h..][..h], &m[bi * h..][..h]);
-                    for (((d, &s), &g), &m) in row.iter_mut().zip(dsr).zip(dmr).zip(mr) {
-                        *d = s + g * m;
-                    }
-                }
+                du.par_chunks_mut(PIECE)
+                    .zip(ds.par_chunks(PIECE))
+                    .zip(dm.par_chunks(PIECE).zip(m.par_chunks(PIECE)))
+                    .for_each(|((du, ds), (dm, m))| {
+                        for (((d, &s), &g), &m) in du.iter_mut().zip(ds).zip(dm).zip(m) {
+                            *d = s + g * m;
+                        }
+                    });
             }
             None => {
                 for ((d, &s), &g) in du.iter_mut().zip(ds).zip(dm) {
@@ -829,13 +889,20 @@ fn backward<T: Elem>(
             &out[(t - 1) * bh..][..bh]
         };
         mask_into(&mut state_masked, st, v.mask_h);
-        d_state.fill(T::zero());
-        d_masked.fill(T::zero());
+        zero_par(&mut d_state);
+        zero_par(&mut d_masked);
+        // The output's gradient, spread over the averaged states.
         let dout_t = &dout[t * bh..][..bh];
+        d_out
+            .par_chunks_mut(PIECE)
+            .zip(dout_t.par_chunks(PIECE).zip(carry.par_chunks(PIECE)))
+            .for_each(|(d, (g, c))| {
+                for ((d, &g), &c) in d.iter_mut().zip(g).zip(c) {
+                    *d = (g + c) * scale;
+                }
+            });
         for &k in &p.concat {
-            for ((d, &g), &c) in d_state[k * bh..][..bh].iter_mut().zip(dout_t).zip(&carry) {
-                *d = *d + (g + c) * scale;
-            }
+            add_into(&mut d_state[k * bh..][..bh], &d_out);
         }
         for (i, preds) in p.nodes.iter().enumerate().rev() {
             norm_back(&mut du, t, i + 1, &d_state, &d_masked, st);
@@ -870,12 +937,7 @@ fn backward<T: Elem>(
                 }
             }
             for (pi, &(j, _)) in preds.iter().enumerate() {
-                for (d, &g) in d_state[j * bh..][..bh]
-                    .iter_mut()
-                    .zip(&d_preds[pi * bh..][..bh])
-                {
-                    *d = *d + g;
-                }
+                add_into(&mut d_state[j * bh..][..bh], &d_preds[pi * bh..][..bh]);
             }
             for (p0, j0, len) in p.runs(i) {
                 let dch_run = MatRef::rows(&d_ch[p0 * bh2..][..len * bh2], len * b, 2 * h);
@@ -923,9 +985,7 @@ fn backward<T: Elem>(
             );
         }
         mask_into(&mut carry, &d_hm, v.mask_h);
-        for (c, &d) in carry.iter_mut().zip(&d_direct) {
-            *c = *c + d;
-        }
+        add_into(&mut carry, &d_direct);
     }
     let mut dx = vec![T::zero(); tl * b * ni];
     if wants.x {
