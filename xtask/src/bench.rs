@@ -23,9 +23,10 @@ RAYON_NUM_THREADS threads on both sides, default 2):
         one DARTS CIFAR search step (first, second order) and one training step
         (time and peak memory)
   darts-rnn-step [--python PY] [--order first|second|first,second] [--batch N] [--bptt N]
-                 [--nhid N] [--vocab N] [--repeats R]
+                 [--nhid N] [--vocab N] [--repeats R] [--rounds K]
         one DARTS recurrent (PTB) search step; defaults: the paper's search preset
-        (first, 256, 35, 300, 10000, 3) (time and peak memory)";
+        (first, 256, 35, 300, 10000, 3) (time and peak memory); --rounds K runs
+        ours and PyTorch alternately K times (median of the rounds)";
 
 pub fn run(args: &[&str]) -> Result<()> {
     match args.first() {

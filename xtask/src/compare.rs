@@ -70,6 +70,27 @@ pub struct Skipped {
     pub detail: String,
 }
 
+/// One result of several runs of a step bench: the median of their `seconds_per_step`
+/// and the largest `peak_rss_mb`.
+pub fn combine(runs: Vec<Value>) -> Value {
+    let mut secs: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r["seconds_per_step"].as_f64())
+        .collect();
+    secs.sort_by(f64::total_cmp);
+    let peak = runs
+        .iter()
+        .filter_map(|r| r["peak_rss_mb"].as_f64())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    match runs.len() {
+        1 => runs.into_iter().next().expect("one run"),
+        _ => serde_json::json!({
+            "seconds_per_step": secs.get(secs.len() / 2),
+            "peak_rss_mb": peak,
+        }),
+    }
+}
+
 /// Runs `python script args` on `threads` threads and reads the last line it prints as
 /// JSON; `Ok(Err(_))` when the script could not run (no such Python, no torch, a crash),
 /// an error when it ran but its last line is not JSON.
