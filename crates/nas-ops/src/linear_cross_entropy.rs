@@ -164,6 +164,17 @@ fn gradients<T: Elem>(
     (dx, dw, want_b.then_some(db))
 }
 
+impl LinearCrossEntropy {
+    /// The logits (before the bias), each row's log-sum-exp, and the mean loss.
+    fn forward<T: Elem>(&self, x: &[T], w: &[T], b: &[T]) -> (Vec<T>, Vec<f64>, f64) {
+        let g = &self.geom;
+        let z = logits(g, x, w);
+        let rows = xent_forward(&z, b, &self.targets, g.v);
+        let mean = rows.iter().map(|&(_, l)| l).sum::<f64>() / g.n as f64;
+        (z, rows.into_iter().map(|(lse, _)| lse).collect(), mean)
+    }
+}
+
 impl CustomOp3 for LinearCrossEntropy {
     fn name(&self) -> &'static str {
         OP
@@ -178,30 +189,21 @@ impl CustomOp3 for LinearCrossEntropy {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geom;
         let (saved, out) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                let (x, w, b) = (
+                let (z, lse, mean) = self.forward(
                     contiguous(x, l1, OP)?,
                     contiguous(w, l2, OP)?,
                     contiguous(b, l3, OP)?,
                 );
-                let z = logits(g, x, w);
-                let rows = xent_forward(&z, b, &self.targets, g.v);
-                let mean = rows.iter().map(|&(_, l)| l).sum::<f64>() / g.n as f64;
-                let lse = rows.into_iter().map(|(lse, _)| lse).collect();
                 (Saved::F32(z, lse), CpuStorage::F32(vec![mean as f32]))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                let (x, w, b) = (
+                let (z, lse, mean) = self.forward(
                     contiguous(x, l1, OP)?,
                     contiguous(w, l2, OP)?,
                     contiguous(b, l3, OP)?,
                 );
-                let z = logits(g, x, w);
-                let rows = xent_forward(&z, b, &self.targets, g.v);
-                let mean = rows.iter().map(|&(_, l)| l).sum::<f64>() / g.n as f64;
-                let lse = rows.into_iter().map(|(lse, _)| lse).collect();
                 (Saved::F64(z, lse), CpuStorage::F64(vec![mean]))
             }
             _ => return Err(crate::cpu::mismatch(OP, &[s1, s2, s3])),

@@ -404,6 +404,19 @@ impl Plan {
         self.nodes.len() + 1
     }
 
+    /// Per node, the weights of each predecessor (its row of `probs`).
+    fn node_weights<T: Elem>(&self, probs: &[T]) -> Vec<Vec<NodeWeights<T>>> {
+        self.nodes
+            .iter()
+            .map(|preds| {
+                preds
+                    .iter()
+                    .map(|&(_, row)| NodeWeights::of(&probs[row * N_PRIMITIVES..][..N_PRIMITIVES]))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Node `i`'s predecessors as runs of consecutive states, one matrix product each:
     /// `(first predecessor, first state, length)`.
     fn runs(&self, i: usize) -> Vec<(usize, usize, usize)> {
@@ -685,16 +698,7 @@ fn forward<T: Elem>(p: &Plan, v: &Views<T>) -> (Vec<T>, Tape<T>, Vec<BatchStats>
         false,
     );
     let tanh = NodeWeights::of(&TANH_ROW.map(T::of_f64));
-    let weights: Vec<Vec<NodeWeights<T>>> = p
-        .nodes
-        .iter()
-        .map(|preds| {
-            preds
-                .iter()
-                .map(|&(_, row)| NodeWeights::of(&v.probs[row * N_PRIMITIVES..][..N_PRIMITIVES]))
-                .collect()
-        })
-        .collect();
+    let weights = p.node_weights(v.probs);
     let mut hm = vec![T::zero(); bh];
     let mut state_masked = vec![T::zero(); ns * bh];
     let mut norm = |t: usize, k: usize, u: &mut [T]| match &p.norm {
@@ -819,16 +823,7 @@ fn backward<T: Elem>(
     };
     let mut dprobs = vec![0f64; p.prob_rows * N_PRIMITIVES];
     let tanh = NodeWeights::of(&TANH_ROW.map(T::of_f64));
-    let weights: Vec<Vec<NodeWeights<T>>> = p
-        .nodes
-        .iter()
-        .map(|preds| {
-            preds
-                .iter()
-                .map(|&(_, row)| NodeWeights::of(&v.probs[row * N_PRIMITIVES..][..N_PRIMITIVES]))
-                .collect()
-        })
-        .collect();
+    let weights = p.node_weights(v.probs);
     let max_preds = p.nodes.iter().map(Vec::len).max().unwrap_or(1);
     let mut carry = vec![T::zero(); bh];
     let mut d_state = vec![T::zero(); ns * bh];
