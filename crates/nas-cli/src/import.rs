@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use nas_darts::{import_reference, EvalNetConfig};
+use nas_darts::{
+    import_reference, reference_cifar_normalize, reference_imagenet_normalize, write_weights,
+    EvalNetConfig,
+};
 use nas_search_space::Genotype;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,10 +67,14 @@ pub fn run(args: ImportArgs) -> Result<()> {
         ..base
     };
     let tensors = import_reference(&args.from, &genotype, cfg)?;
-    nas_train::write_atomic_with(&args.output, |tmp| {
-        candle_core::safetensors::save(&tensors, tmp).map_err(std::io::Error::other)
-    })
-    .with_context(|| format!("writing {}", args.output.display()))?;
+    let normalize = match args.model {
+        Network::Cifar => reference_cifar_normalize(),
+        Network::Imagenet => reference_imagenet_normalize(),
+    };
+    // The network, genotype and normalisation travel in the file's metadata, so that
+    // `nas eval --checkpoint FILE` can rebuild the network.
+    write_weights(&args.output, &tensors, &cfg, &genotype, &normalize)
+        .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
         "{} tensors from {} written to {}",
         tensors.len(),

@@ -51,9 +51,16 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A training run directory.
+    /// A training run directory, or a weights file written by `nas import`.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// With a weights file: the data set whose test split to evaluate [default: cifar10
+    /// for a CIFAR network, imagenet for an ImageNet one].
+    #[arg(long)]
+    dataset: Option<String>,
+    /// With a weights file: images per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
     /// test or val.
     #[arg(long, default_value = "test")]
     split: String,
@@ -159,8 +166,29 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         data_dir: resolve_data_dir(args.data_dir.clone()),
         device: device(&args.device)?,
     };
-    let report = nas_darts::evaluate_run(&args.checkpoint, test, args.best, &opts)
-        .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
+    let report = if args.checkpoint.is_file() {
+        if !test || args.best {
+            bail!(
+                "{} is a weights file: it is evaluated on the test split (no --split val, no --best)",
+                args.checkpoint.display()
+            );
+        }
+        if args.batch_size == 0 {
+            bail!("--batch-size must be positive");
+        }
+        nas_darts::evaluate_weights(
+            &args.checkpoint,
+            args.dataset.as_deref(),
+            args.batch_size,
+            &opts,
+        )
+    } else {
+        if args.dataset.is_some() {
+            bail!("--dataset is for a weights file; a training run evaluates on its own data set");
+        }
+        nas_darts::evaluate_run(&args.checkpoint, test, args.best, &opts)
+    }
+    .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     let text = if args.json {
         serde_json::to_string_pretty(&serde_json::json!({
             "split": args.split, "top1": report.top1, "top5": report.top5, "loss": report.loss,

@@ -483,6 +483,37 @@ fn import_converts_a_reference_checkpoint() {
     let mut bad = args.to_vec();
     bad[4] = "darts-v1";
     fails_with(&run(&bad), "darts_v2_c4_l3.pt");
+
+    // The file evaluates as it is: the 20 real CIFAR-10 test images as a test split.
+    let data = dir.path().join("data");
+    let cifar = data.join("cifar10/cifar-10-batches-bin");
+    std::fs::create_dir_all(&cifar).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/datasets/cifar10-sample/test_batch_first20.bin"),
+        cifar.join("test_batch.bin"),
+    )
+    .unwrap();
+    let eval = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    let report: serde_json::Value = serde_json::from_str(&ok(&eval(&["--json"]))).unwrap();
+    assert_eq!(report["images"], 20, "{report}");
+    let top1 = report["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1), "{report}");
+    // An untrained-size network (C=4, 3 cells) still gives a finite loss near ln(10).
+    let loss = report["loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{report}");
+    fails_with(&eval(&["--split", "val"]), "weights file");
+    fails_with(&eval(&["--dataset", "digits"]), "takes 3x32x32 images");
 }
 
 #[test]

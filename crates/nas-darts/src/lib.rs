@@ -19,6 +19,7 @@ mod search_cell;
 mod search_network;
 mod train;
 mod train_config;
+mod weights_file;
 
 pub use architect::{ArchStep, Architect, Objective, Order};
 pub use config::{
@@ -44,7 +45,11 @@ pub use rnn_lm::{
 pub use search::{resume, search, SearchOptions, SearchOutcome};
 pub use search_cell::{edge_count, CellShape, SearchCell};
 pub use search_network::{count_parameters, Alphas, SearchCnn, SearchCnnConfig};
-pub use train::{evaluate_run, resume_training, train, EvalReport, TrainOutcome};
+pub use train::{evaluate_run, evaluate_weights, resume_training, train, EvalReport, TrainOutcome};
 pub use train_config::{
     TrainConfig, TrainDataConfig, TrainModelConfig, TrainOptimConfig, TRAIN_PRESETS,
+};
+pub use weights_file::{
+    read_weights, reference_cifar_normalize, reference_imagenet_normalize, write_weights,
+    WeightsFile, WEIGHTS_FORMAT,
 };

@@ -472,6 +472,94 @@ fn evaluate(
     })
 }
 
+/// Evaluates a weights file ([`write_weights`](crate::write_weights), what `nas import`
+/// writes) on the test split of `dataset` (`None`: CIFAR-10 for a CIFAR network, ImageNet
+/// for an ImageNet one), with the normalisation the file names.
+pub fn evaluate_weights(
+    path: &Path,
+    dataset: Option<&str>,
+    batch_size: usize,
+    opts: &SearchOptions,
+) -> Result<EvalReport> {
+    let file = crate::weights_file::read_weights(path, &opts.device)?;
+    let net_cfg = file.net;
+    let store = ParamStore::new(0);
+    let net = EvalNetwork::new(
+        &file.genotype,
+        net_cfg,
+        store.var_builder(DType::F32, &opts.device),
+    )?;
+    store
+        .set_all(&file.tensors)
+        .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+    let loader_cfg =
+        |normalize: &nas_data::Normalize| loader(batch_size, 0, 3, None, normalize, false);
+    let (source, count, classes) = match net_cfg.kind {
+        EvalKind::Cifar => {
+            let (_, set) = load_image_set(dataset.unwrap_or("cifar10"), &opts.data_dir, false)?;
+            if set.shape() != [net_cfg.in_channels, 32, 32] {
+                return Err(Error::Config(format!(
+                    "{}: a CIFAR network takes {}x32x32 images, the data set's are {:?}",
+                    path.display(),
+                    net_cfg.in_channels,
+                    set.shape()
+                )));
+            }
+            let (count, classes) = (set.len(), set.classes());
+            let eval = loader_cfg(&file.normalize);
+            let source = Source::Memory {
+                set: Arc::new(set),
+                train: eval.clone(),
+                eval,
+            };
+            (source, count, classes)
+        }
+        EvalKind::Imagenet => {
+            // The ImageNet loader normalises with the standard constants, the ones
+            // `nas import` records for an ImageNet network.
+            if file.normalize != crate::weights_file::reference_imagenet_normalize() {
+                return Err(Error::Config(format!(
+                    "{}: the ImageNet loader normalises with the standard ImageNet mean and \
+                     std; the file asks for {:?}",
+                    path.display(),
+                    file.normalize
+                )));
+            }
+            let name = dataset.unwrap_or("imagenet");
+            if name != Dataset::Imagenet.name() {
+                return Err(Error::Config(format!(
+                    "{}: an ImageNet network is evaluated on imagenet, not {name:?}",
+                    path.display()
+                )));
+            }
+            let folder = Dataset::Imagenet.image_folder(&opts.data_dir, false)?;
+            let (count, classes) = (folder.samples().len(), folder.classes().len());
+            let cfg = ImagenetLoaderConfig {
+                batch_size,
+                shuffle: false,
+                drop_last: false,
+                seed: 0,
+                transform: Transform::Eval,
+                prefetch: 4,
+            };
+            let source = Source::Folder {
+                folder: Arc::new(folder),
+                train: cfg.clone(),
+                eval: cfg,
+            };
+            (source, count, classes)
+        }
+    };
+    if classes != net_cfg.classes {
+        return Err(Error::Config(format!(
+            "{}: the network has {} classes, the data set {classes}",
+            path.display(),
+            net_cfg.classes
+        )));
+    }
+    evaluate(&net, &source, &Arc::new((0..count).collect()), &opts.device)
+}
+
 /// Evaluates the newest (or, with `best`, the best) checkpoint of the training run in
 /// `run_dir` on its validation split or on the test set.
 pub fn evaluate_run(

@@ -8,7 +8,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use nas_darts::{import_reference, EvalKind, EvalNetConfig, EvalNetwork};
+use nas_darts::{
+    import_reference, read_weights, reference_cifar_normalize, write_weights, EvalKind,
+    EvalNetConfig, EvalNetwork,
+};
 use nas_search_space::{bundled, Genotype};
 use nas_train::ParamStore;
 use rand::SeedableRng;
@@ -40,14 +43,38 @@ fn cfg(auxiliary: bool) -> EvalNetConfig {
 #[test]
 fn reference_weights_give_the_reference_logits() {
     let weights = import_reference(&fixture("darts_v2_c4_l3.pt"), &darts_v2(), cfg(false)).unwrap();
-    let store = ParamStore::new(0);
-    let net = EvalNetwork::new(
+    check_logits(&darts_v2(), cfg(false), &weights);
+}
+
+#[test]
+fn a_weights_file_rebuilds_the_network_that_gives_the_reference_logits() {
+    // What `nas import` writes and `nas eval --checkpoint FILE` reads: the network is
+    // rebuilt from the file's metadata alone.
+    let weights = import_reference(&fixture("darts_v2_c4_l3.pt"), &darts_v2(), cfg(false)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    write_weights(
+        &path,
+        &weights,
+        &cfg(false),
         &darts_v2(),
-        cfg(false),
-        store.var_builder(DType::F32, &Device::Cpu),
+        &reference_cifar_normalize(),
     )
     .unwrap();
-    store.set_all(&weights).unwrap();
+    let file = read_weights(&path, &Device::Cpu).unwrap();
+    check_logits(&file.genotype, file.net, &file.tensors);
+}
+
+/// Builds the network, loads `weights` and compares its logits on the fixture's input
+/// with the reference implementation's.
+fn check_logits(
+    genotype: &nas_search_space::CnnGenotype,
+    cfg: EvalNetConfig,
+    weights: &std::collections::HashMap<String, Tensor>,
+) {
+    let store = ParamStore::new(0);
+    let net = EvalNetwork::new(genotype, cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    store.set_all(weights).unwrap();
     let n = 2 * 3 * 32 * 32;
     let x: Vec<f32> = (0..n).map(|i| (0.01 * i as f64).sin() as f32).collect();
     let x = Tensor::from_vec(x, (2, 3, 32, 32), &Device::Cpu).unwrap();
