@@ -190,6 +190,26 @@ fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
 
 /// ImageNet: `train/` minus a seeded validation hold-out trains, `val/` is the test set
 /// (as in the papers); the transforms are the papers' (see `nas_data::imagenet`).
+/// ImageNet loader settings for one stream (training: shuffled, last partial batch
+/// dropped), seeded from the run seed as the in-memory loaders are.
+fn imagenet_loader(
+    batch_size: usize,
+    seed: u64,
+    transform: Transform,
+    training: bool,
+) -> ImagenetLoaderConfig {
+    ImagenetLoaderConfig {
+        batch_size,
+        shuffle: training,
+        drop_last: training,
+        seed: seed
+            .wrapping_mul(0x9e37_79b9)
+            .wrapping_add(if training { 1 } else { 3 }),
+        transform,
+        prefetch: 4,
+    }
+}
+
 fn load_imagenet(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
     let train_folder = Dataset::Imagenet.image_folder(data_dir, true)?;
     let test_folder = Dataset::Imagenet.image_folder(data_dir, false)?;
@@ -203,17 +223,8 @@ fn load_imagenet(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
     let pool: Vec<usize> = (0..train_folder.samples().len()).collect();
     let (train, val) = hold_out(&pool, cfg)?;
     let test = (0..test_folder.samples().len()).collect();
-    let loader = |transform: Transform, training: bool| ImagenetLoaderConfig {
-        batch_size: cfg.data.batch_size,
-        shuffle: training,
-        drop_last: training,
-        seed: cfg
-            .run
-            .seed
-            .wrapping_mul(0x9e37_79b9)
-            .wrapping_add(if training { 1 } else { 3 }),
-        transform,
-        prefetch: 4,
+    let loader = |transform: Transform, training: bool| {
+        imagenet_loader(cfg.data.batch_size, cfg.run.seed, transform, training)
     };
     let classes = train_folder.classes().len();
     Ok(TrainData {
@@ -534,14 +545,7 @@ pub fn evaluate_weights(
             }
             let folder = Dataset::Imagenet.image_folder(&opts.data_dir, false)?;
             let (count, classes) = (folder.samples().len(), folder.classes().len());
-            let cfg = ImagenetLoaderConfig {
-                batch_size,
-                shuffle: false,
-                drop_last: false,
-                seed: 0,
-                transform: Transform::Eval,
-                prefetch: 4,
-            };
+            let cfg = imagenet_loader(batch_size, 0, Transform::Eval, false);
             let source = Source::Folder {
                 folder: Arc::new(folder),
                 train: cfg.clone(),

@@ -152,38 +152,9 @@ impl BatchNorm {
 
     /// Folds the statistics of training batches into the running statistics, in order,
     /// as that many training-mode calls would (for fused ops that normalise many times
-    /// per call, such as [`rnn_sequence`](crate::rnn_sequence)). Computed in f64.
+    /// per call, such as [`rnn_sequence`](crate::rnn_sequence)).
     pub fn update_running_all(&self, stats: &[BatchStats]) -> Result<()> {
-        if stats.is_empty() {
-            return Ok(());
-        }
-        let m = self.cfg.momentum;
-        let dev = self.running_mean.device();
-        let dtype = self.running_mean.dtype();
-        let read = |t: &Tensor| -> Result<Vec<f64>> { t.to_dtype(DType::F64)?.to_vec1() };
-        let mut mean = read(self.running_mean.as_tensor())?;
-        let mut var = read(self.running_var.as_tensor())?;
-        for s in stats {
-            if s.mean.len() != mean.len() || s.var.len() != var.len() {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    expected: format!("statistics of {} channels", mean.len()),
-                    got: vec![s.mean.len()],
-                }
-                .into());
-            }
-            let unbiased = s.count as f64 / (s.count.max(2) - 1) as f64;
-            for (r, &b) in mean.iter_mut().zip(&s.mean) {
-                *r = (1.0 - m) * *r + m * b;
-            }
-            for (r, &b) in var.iter_mut().zip(&s.var) {
-                *r = (1.0 - m) * *r + m * b * unbiased;
-            }
-        }
-        self.running_mean
-            .set(&Tensor::new(mean.as_slice(), dev)?.to_dtype(dtype)?)?;
-        self.running_var
-            .set(&Tensor::new(var.as_slice(), dev)?.to_dtype(dtype)?)
+        stats.iter().try_for_each(|s| self.update_running(s))
     }
 
     fn update_running(&self, stats: &BatchStats) -> Result<()> {

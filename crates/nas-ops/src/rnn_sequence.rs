@@ -833,6 +833,7 @@ fn backward<T: Elem>(
     let mut d_ch = vec![T::zero(); max_preds * bh2];
     let mut du = vec![T::zero(); bh];
     let mut d_out = vec![T::zero(); bh];
+    let mut d_direct = vec![T::zero(); bh];
     let mut d_hm = vec![T::zero(); bh];
     let mut hm = vec![T::zero(); bh];
     let scale = T::one() / T::of_f64(p.concat.len() as f64);
@@ -957,7 +958,6 @@ fn backward<T: Elem>(
         let dch0_t = &mut dch0[t * bh2..][..bh2];
         let ch0_t = &tape.ch0[t * bh2..][..bh2];
         let du = &du;
-        let mut d_direct = vec![T::zero(); bh];
         d_direct
             .par_chunks_mut(h)
             .zip(dch0_t.par_chunks_mut(2 * h))
