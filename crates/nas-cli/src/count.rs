@@ -1,9 +1,9 @@
 //! `nas count`: parameter and multiply-accumulate counts of the networks, computed by
 //! building them.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use nas_darts::{count, count_parameters, EvalNetConfig, SearchCnnConfig};
+use nas_darts::{count, count_parameters, EvalGenotype, EvalNetConfig, SearchCnnConfig};
 use nas_search_space::Genotype;
 
 use crate::output::emit;
@@ -33,7 +33,7 @@ pub struct CountArgs {
     /// `C`, the first cells' channels [default: 16 search-cnn, 36 cifar, 48 imagenet].
     #[arg(long)]
     channels: Option<usize>,
-    /// Number of cells [default: 8 search-cnn, 20 cifar, 14 imagenet].
+    /// Number of cells [default: 8 search-cnn, 20 cifar (17 for ENAS micro cells), 14 imagenet].
     #[arg(long)]
     layers: Option<usize>,
     /// Number of classes [default: 10, 1000 for imagenet].
@@ -148,15 +148,11 @@ pub fn run(args: CountArgs) -> Result<()> {
                     args.model
                 );
             };
-            let genotype = match crate::genotype::load(spec, None)? {
-                Genotype::DartsCnn(g) => g,
-                other => bail!(
-                    "genotype {spec:?} is a {} genotype; the evaluation networks take a DARTS CNN genotype",
-                    other.kind().name()
-                ),
-            };
-            let base = match args.model {
-                Model::Cifar => EvalNetConfig::cifar_paper(),
+            let genotype = EvalGenotype::from_genotype(crate::genotype::load(spec, None)?)
+                .with_context(|| format!("genotype {spec:?}"))?;
+            let base = match (args.model, &genotype) {
+                (Model::Cifar, EvalGenotype::EnasMicro(_)) => EvalNetConfig::enas_paper(),
+                (Model::Cifar, _) => EvalNetConfig::cifar_paper(),
                 _ => EvalNetConfig::imagenet_paper(),
             };
             let cfg = EvalNetConfig {

@@ -73,7 +73,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
     };
     // The network, genotype and normalisation travel in the file's metadata, so that
     // `nas eval --checkpoint FILE` can rebuild the network.
-    write_weights(&args.output, &tensors, &cfg, &genotype, &normalize)
+    let cells = nas_darts::EvalGenotype::Darts(genotype);
+    write_weights(&args.output, &tensors, &cfg, &cells, &normalize)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(
         "{} tensors from {} written to {}",

@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nas_darts::{SearchOptions, TrainConfig, TRAIN_PRESETS};
-use nas_search_space::Genotype;
+use nas_darts::{EvalGenotype, SearchOptions, TrainConfig, TRAIN_PRESETS};
 
 use crate::data::resolve_data_dir;
 use crate::output::emit;
@@ -86,13 +85,21 @@ pub fn presets_help() -> String {
         .join("\n")
 }
 
-fn resolve(args: &TrainArgs) -> Result<TrainConfig> {
+/// The configuration: a file, a named preset, or the data set's default preset (ENAS's
+/// own training for ENAS cells on CIFAR).
+fn resolve(args: &TrainArgs, genotype: &EvalGenotype) -> Result<TrainConfig> {
     let cfg = match (&args.config, &args.preset) {
         (Some(path), _) => TrainConfig::from_file(path)?,
         (None, Some(name)) => TrainConfig::preset(name)?,
-        (None, None) => TrainConfig::preset(TrainConfig::default_preset_for(
-            args.dataset.as_deref().unwrap_or("digits"),
-        ))?,
+        (None, None) => {
+            let name = TrainConfig::default_preset_for(args.dataset.as_deref().unwrap_or("digits"));
+            let enas = matches!(genotype, EvalGenotype::EnasMicro(_));
+            TrainConfig::preset(if enas && name == "paper" {
+                "enas"
+            } else {
+                name
+            })?
+        }
     };
     let mut overrides = Vec::new();
     if let Some(d) = &args.dataset {
@@ -115,19 +122,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         nas_darts::resume_training(dir, &opts, &mut bars)
             .with_context(|| format!("resuming the training run in {}", dir.display()))?
     } else {
-        let cfg = resolve(&args)?;
+        let spec = args.genotype.as_deref().unwrap_or_default();
+        let genotype = EvalGenotype::from_genotype(crate::genotype::load(spec, None)?)
+            .with_context(|| format!("genotype {spec:?}"))?;
+        let cfg = resolve(&args, &genotype)?;
         if args.dry_run {
             print!("{}", cfg.to_toml()?);
             return Ok(());
         }
-        let spec = args.genotype.as_deref().unwrap_or_default();
-        let genotype = match crate::genotype::load(spec, None)? {
-            Genotype::DartsCnn(g) => g,
-            other => bail!(
-                "genotype {spec:?} is a {} genotype; nas train takes a DARTS CNN genotype",
-                other.kind().name()
-            ),
-        };
         let out = args.out.clone().unwrap_or_else(|| {
             let secs = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

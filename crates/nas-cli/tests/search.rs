@@ -326,9 +326,28 @@ fn count_of_evaluation_networks_matches_the_reference() {
     assert!(out.contains("3349342"), "{out}");
     fails_with(
         &run(&["count", "--model", "cifar", "--genotype", "darts-rnn-v2"]),
-        "DARTS CNN genotype",
+        "DARTS CNN or an ENAS micro genotype",
     );
     fails_with(&run(&["count", "--model", "cifar"]), "--genotype");
+    // ENAS micro cells count in ENAS's own network (17 cells by default); the figures
+    // are the reference TensorFlow graph's (see the unit test in nas-darts).
+    let out = ok(&run(&[
+        "count",
+        "--model",
+        "cifar",
+        "--genotype",
+        "enas-micro",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["config"]["layers"], 17, "{v}");
+    assert_eq!(v["params"], 3_894_372);
+    assert_eq!(v["params_with_aux"], 4_389_220);
+    assert_eq!(v["mult_adds"], 620_907_552u64);
+    fails_with(
+        &run(&["count", "--model", "imagenet", "--genotype", "enas-micro"]),
+        "CIFAR network only",
+    );
 }
 
 /// A small training run on the embedded digits.
@@ -418,6 +437,63 @@ fn train_reports_test_accuracy_resumes_after_sigkill_and_evaluates() {
 }
 
 #[test]
+fn train_builds_enas_micro_cells_and_evaluates_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let args = [
+        "train",
+        "--genotype",
+        "enas-micro",
+        "--out",
+        a.to_str().unwrap(),
+        "--set",
+        "model.channels=4",
+        "--set",
+        "run.epochs=3",
+        "--set",
+        "model.dropout=0.1",
+    ];
+    ok(&run(&args));
+    let ra = results(&a);
+    // The results name the genotype in ENAS's own notation; the cells learn the digits.
+    assert_eq!(
+        ra["genotype"],
+        "0 2 0 0 0 4 0 1 0 4 1 1 1 0 0 1 0 2 1 1 1 0 1 0 0 3 0 2 1 1 3 1 1 0 0 4 0 3 1 1"
+    );
+    assert!(ra["test"]["top1"].as_f64().unwrap() > 0.5, "{ra}");
+    let genotype = String::from_utf8(read(&a.join("genotype.json"))).unwrap();
+    assert!(genotype.contains("enas-micro"), "{genotype}");
+    // The run directory alone rebuilds the network.
+    let out = ok(&run(&[
+        "eval",
+        "--checkpoint",
+        a.to_str().unwrap(),
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["top1"], ra["test"]["top1"]);
+    // On CIFAR-10, ENAS cells default to ENAS's own final training.
+    let toml = ok(&run(&[
+        "train",
+        "--genotype",
+        "enas-micro",
+        "--dataset",
+        "cifar10",
+        "--dry-run",
+    ]));
+    for line in [
+        "batch_size = 144",
+        "layers = 17",
+        "schedule = \"sgdr\"",
+        "nesterov = true",
+        "dropout = 0.2",
+        "epochs = 630",
+    ] {
+        assert!(toml.contains(line), "{line} missing:\n{toml}");
+    }
+}
+
+#[test]
 fn train_refuses_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x");
@@ -435,8 +511,8 @@ fn train_refuses_what_it_cannot_do() {
         "auxiliary",
     );
     fails_with(
-        &run(&["train", "--genotype", "enas-micro", "--out", o]),
-        "DARTS CNN genotype",
+        &run(&["train", "--genotype", "darts-rnn-v2", "--out", o]),
+        "DARTS CNN or an ENAS micro genotype",
     );
     fails_with(
         &run(&[

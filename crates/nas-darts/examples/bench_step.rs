@@ -86,6 +86,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         ..EvalNetConfig::cifar_paper()
     };
     let store = ParamStore::new(0);
+    let genotype = nas_darts::EvalGenotype::Darts(genotype);
     let net = EvalNetwork::new(&genotype, cfg, store.var_builder(DType::F32, &dev))?;
     let mut sgd = Sgd::new(store.trainable(), SearchConfig::preset("paper")?.sgd())?;
     let (x, y) = batch(n, 1, &dev)?;

@@ -2,6 +2,12 @@
 //! `cnn/model.py`): a genotype's cells stacked into a large network trained from scratch,
 //! with an auxiliary head and drop path. Parameter names are the reference's state-dict
 //! names, so reference checkpoints map one to one.
+//!
+//! ENAS micro genotypes build ENAS's micro child network instead (`MicroChild._model` in
+//! the reference `src/cifar10/micro_child.py`): the same stem, [`EnasMicroEvalCell`]s,
+//! reductions at `p` and `2p + 1` with `p = (layers - 2) / 3`, the auxiliary head after
+//! the cell that follows the second reduction, drop path growing with the cell's depth,
+//! and ReLU, global pooling, dropout and a bias-free classifier at the end.
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -9,13 +15,15 @@ use nas_ops::{
     batch_norm, conv2d, global_avg_pool, pool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig,
     PoolConfig, PoolKind,
 };
-use nas_search_space::CnnGenotype;
+use nas_search_space::{CnnGenotype, CnnOp, EnasMicroGenotype, EnasMicroOp};
 use nas_train::ParamStore;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::enas_micro_cell::{EnasCellShape, EnasMicroEvalCell};
 use crate::error::{Error, Result};
 use crate::eval_cell::{op_mult_adds, EvalCell};
+use crate::eval_genotype::EvalGenotype;
 use crate::search_cell::CellShape;
 
 /// Which of the two networks.
@@ -56,6 +64,15 @@ impl EvalNetConfig {
             layers: 20,
             classes: 10,
             auxiliary: true,
+        }
+    }
+
+    /// ENAS's final CIFAR-10 network of micro cells (`scripts/cifar10_micro_final.sh`):
+    /// 36 filters, 15 + 2 cells, auxiliary head.
+    pub fn enas_paper() -> Self {
+        EvalNetConfig {
+            layers: 17,
+            ..Self::cifar_paper()
         }
     }
 
@@ -113,7 +130,9 @@ enum Stem {
 
 /// The auxiliary classifier: ReLU, 5x5 average pooling (stride 3 on CIFAR, 2 on
 /// ImageNet, padding not counted), 1x1 conv to 128, BN, ReLU, 2x2 conv to 768, BN (not on
-/// ImageNet: the reference omits it there), ReLU, linear.
+/// ImageNet: the reference omits it there), ReLU, linear. ENAS's head pads its 2x2
+/// convolution "SAME" (one row and column after), averages the result globally and has
+/// no classifier bias.
 #[derive(Debug, Clone)]
 struct AuxHead {
     pool: PoolConfig,
@@ -122,12 +141,14 @@ struct AuxHead {
     conv2: Conv2d,
     bn2: Option<BatchNorm>,
     classifier: candle_nn::Linear,
+    enas: bool,
 }
 
 impl AuxHead {
-    fn new(kind: EvalKind, c: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(kind: EvalKind, enas: bool, c: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
         let f = vb.pp("features");
         Ok(AuxHead {
+            enas,
             pool: PoolConfig {
                 kind: PoolKind::Avg {
                     count_include_pad: false,
@@ -152,7 +173,7 @@ impl AuxHead {
                 EvalKind::Cifar => Some(batch_norm(768, BatchNormConfig::default(), f.pp("6"))?),
                 EvalKind::Imagenet => None,
             },
-            classifier: linear(768, classes, vb.pp("classifier"))?,
+            classifier: linear(768, classes, !enas, vb.pp("classifier"))?,
         })
     }
 
@@ -162,25 +183,100 @@ impl AuxHead {
             .bn1
             .forward_t(&self.conv1.forward_t(&y, train)?, train)?
             .relu()?;
+        let y = if self.enas {
+            // TensorFlow's "SAME" for a 2x2 kernel: one zero row and column after.
+            y.pad_with_zeros(2, 0, 1)?.pad_with_zeros(3, 0, 1)?
+        } else {
+            y
+        };
         let mut y = self.conv2.forward_t(&y, train)?;
         if let Some(bn) = &self.bn2 {
             y = bn.forward_t(&y, train)?;
         }
-        let y = y.relu()?.flatten_from(1)?;
+        let y = if self.enas {
+            global_avg_pool(&y.relu()?)?
+        } else {
+            y.relu()?.flatten_from(1)?
+        };
         self.classifier.forward_t(&y, train)
     }
 }
 
-fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<candle_nn::Linear> {
+fn linear(c_in: usize, c_out: usize, bias: bool, vb: VarBuilder) -> Result<candle_nn::Linear> {
     let bound = 1.0 / (c_in as f64).sqrt();
     let init = Init::Uniform {
         lo: -bound,
         up: bound,
     };
+    let bias = if bias {
+        Some(vb.get_with_hints(c_out, "bias", init)?)
+    } else {
+        None
+    };
     Ok(candle_nn::Linear::new(
         vb.get_with_hints((c_out, c_in), "weight", init)?,
-        Some(vb.get_with_hints(c_out, "bias", init)?),
+        bias,
     ))
+}
+
+/// Inverted dropout with masks drawn from `rng` (so that runs are reproducible).
+fn dropout(x: &Tensor, p: f64, rng: &mut impl Rng) -> candle_core::Result<Tensor> {
+    let keep = 1.0 - p;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < keep {
+                (1.0 / keep) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+/// A cell of either family.
+#[derive(Debug, Clone)]
+enum Cell {
+    Darts(EvalCell),
+    Enas(EnasMicroEvalCell),
+}
+
+impl Cell {
+    fn multiplier(&self) -> usize {
+        match self {
+            Cell::Darts(c) => c.multiplier(),
+            Cell::Enas(c) => c.multiplier(),
+        }
+    }
+
+    fn forward(
+        &self,
+        s0: &Tensor,
+        s1: &Tensor,
+        train: bool,
+        drop_prob: f64,
+        rng: &mut impl Rng,
+    ) -> candle_core::Result<Tensor> {
+        match self {
+            Cell::Darts(c) => c.forward(s0, s1, train, drop_prob, rng),
+            Cell::Enas(c) => c.forward(s0, s1, train, drop_prob, rng),
+        }
+    }
+}
+
+/// The cells that reduce, and the cell after which the auxiliary head sits: DARTS's
+/// `layers / 3`, `2 layers / 3` and the second reduction cell; ENAS's `p`, `2p + 1`
+/// (`p = (layers - 2) / 3`, `layers - 2` being ENAS's `num_layers`) and the cell after
+/// the second reduction, which exists for every `layers >= 3`.
+fn layout(genotype: &EvalGenotype, layers: usize) -> ([usize; 2], usize) {
+    match genotype {
+        EvalGenotype::Darts(_) => ([layers / 3, 2 * layers / 3], 2 * layers / 3),
+        EvalGenotype::EnasMicro(_) => {
+            let p = (layers - 2) / 3;
+            ([p, 2 * p + 1], 2 * p + 2)
+        }
+    }
 }
 
 /// Parameter and operation counts of an evaluation network.
@@ -199,17 +295,28 @@ pub struct Counts {
 #[derive(Debug, Clone)]
 pub struct EvalNetwork {
     stem: Stem,
-    cells: Vec<EvalCell>,
+    cells: Vec<Cell>,
     aux: Option<AuxHead>,
     aux_after: usize,
     classifier: candle_nn::Linear,
     cfg: EvalNetConfig,
+    /// ENAS: ReLU before the global pooling, drop path scaled by depth.
+    enas: bool,
+    dropout: f64,
 }
 
 impl EvalNetwork {
     /// Builds the network for `genotype` under `vb`.
-    pub fn new(genotype: &CnnGenotype, cfg: EvalNetConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(genotype: &EvalGenotype, cfg: EvalNetConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
+        let enas = matches!(genotype, EvalGenotype::EnasMicro(_));
+        if enas && cfg.kind != EvalKind::Cifar {
+            return Err(Error::Config(
+                "ENAS micro genotypes build the CIFAR network only (ENAS has no ImageNet network)"
+                    .into(),
+            ));
+        }
+        let (reductions, aux_after) = layout(genotype, cfg.layers);
         let c = cfg.channels;
         let same3 = Conv2dConfig::same(3);
         let down3 = Conv2dConfig {
@@ -240,29 +347,40 @@ impl EvalNetwork {
             }
         };
         let mut c_curr = c;
-        let aux_after = 2 * cfg.layers / 3;
         let mut c_aux = 0;
         let mut cells = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let reduction = i == cfg.layers / 3 || i == 2 * cfg.layers / 3;
+            let reduction = reductions.contains(&i);
             if reduction {
                 c_curr *= 2;
             }
-            let shape = CellShape {
-                c_prev_prev,
-                c_prev,
-                c: c_curr,
-                steps: 0,
-                multiplier: 0,
-                reduction,
-                reduction_prev,
+            let vb_cell = vb.pp(format!("cells.{i}"));
+            let cell = match genotype {
+                EvalGenotype::Darts(g) => {
+                    let shape = CellShape {
+                        c_prev_prev,
+                        c_prev,
+                        c: c_curr,
+                        steps: 0,
+                        multiplier: 0,
+                        reduction,
+                        reduction_prev,
+                    };
+                    let cell = if reduction { g.reduce() } else { g.normal() };
+                    Cell::Darts(EvalCell::new(cell, shape, vb_cell)?)
+                }
+                EvalGenotype::EnasMicro(g) => {
+                    let shape = EnasCellShape {
+                        c_prev_prev,
+                        c_prev,
+                        c: c_curr,
+                        reduction,
+                        reduction_prev,
+                    };
+                    let cell = if reduction { g.reduce() } else { g.normal() };
+                    Cell::Enas(EnasMicroEvalCell::new(cell, shape, vb_cell)?)
+                }
             };
-            let cell_genotype = if reduction {
-                genotype.reduce()
-            } else {
-                genotype.normal()
-            };
-            let cell = EvalCell::new(cell_genotype, shape, vb.pp(format!("cells.{i}")))?;
             reduction_prev = reduction;
             (c_prev_prev, c_prev) = (c_prev, cell.multiplier() * c_curr);
             cells.push(cell);
@@ -273,6 +391,7 @@ impl EvalNetwork {
         let aux = if cfg.auxiliary {
             Some(AuxHead::new(
                 cfg.kind,
+                enas,
                 c_aux,
                 cfg.classes,
                 vb.pp("auxiliary_head"),
@@ -285,9 +404,17 @@ impl EvalNetwork {
             cells,
             aux,
             aux_after,
-            classifier: linear(c_prev, cfg.classes, vb.pp("classifier"))?,
+            classifier: linear(c_prev, cfg.classes, !enas, vb.pp("classifier"))?,
             cfg,
+            enas,
+            dropout: 0.0,
         })
+    }
+
+    /// Drops features before the classifier with probability `p` in training (ENAS's
+    /// `keep_prob`; DARTS uses none).
+    pub fn with_dropout(self, p: f64) -> Self {
+        EvalNetwork { dropout: p, ..self }
     }
 
     /// The sizes.
@@ -326,8 +453,15 @@ impl EvalNetwork {
             }
         };
         let mut aux_logits = None;
+        let layers = self.cells.len();
         for (i, cell) in self.cells.iter().enumerate() {
-            let out = cell.forward(&s0, &s1, train, drop_prob, rng)?;
+            // ENAS scales the drop probability by the cell's depth, (i + 1) / layers.
+            let p = if self.enas {
+                drop_prob * (i + 1) as f64 / layers as f64
+            } else {
+                drop_prob
+            };
+            let out = cell.forward(&s0, &s1, train, p, rng)?;
             (s0, s1) = (s1, out);
             if i == self.aux_after && train {
                 if let Some(aux) = &self.aux {
@@ -335,14 +469,19 @@ impl EvalNetwork {
                 }
             }
         }
-        let logits = self.classifier.forward_t(&global_avg_pool(&s1)?, train)?;
+        let s = if self.enas { s1.relu()? } else { s1 };
+        let mut features = global_avg_pool(&s)?;
+        if train && self.dropout > 0.0 {
+            features = dropout(&features, self.dropout, rng)?;
+        }
+        let logits = self.classifier.forward_t(&features, train)?;
         Ok((logits, aux_logits))
     }
 }
 
 /// Parameter counts (by building the network) and multiply-accumulates (by walking it)
 /// of `genotype` in the network `cfg`.
-pub fn count(genotype: &CnnGenotype, cfg: EvalNetConfig) -> Result<Counts> {
+pub fn count(genotype: &EvalGenotype, cfg: EvalNetConfig) -> Result<Counts> {
     let store = ParamStore::new(0);
     EvalNetwork::new(genotype, cfg, store.var_builder(DType::F32, &Device::Cpu))?;
     let params = store.count(|n| !n.starts_with("auxiliary_head."));
@@ -365,10 +504,21 @@ pub fn count(genotype: &CnnGenotype, cfg: EvalNetConfig) -> Result<Counts> {
     })
 }
 
-fn mult_adds(genotype: &CnnGenotype, cfg: EvalNetConfig) -> usize {
+fn mult_adds(genotype: &EvalGenotype, cfg: EvalNetConfig) -> usize {
+    match genotype {
+        EvalGenotype::Darts(g) => darts_mult_adds(g, cfg),
+        EvalGenotype::EnasMicro(g) => enas_mult_adds(g, cfg),
+    }
+}
+
+fn conv_mult_adds(h: usize, c_in: usize, c_out: usize, k: usize) -> usize {
+    h * h * c_in * c_out * k * k
+}
+
+fn darts_mult_adds(genotype: &CnnGenotype, cfg: EvalNetConfig) -> usize {
     let c = cfg.channels;
     let side = cfg.input_size();
-    let conv = |h: usize, c_in: usize, c_out: usize, k: usize| h * h * c_in * c_out * k * k;
+    let conv = conv_mult_adds;
     let mut total = 0;
     // Sides of s0 and s1, and their channels.
     let (mut h0, mut h1, mut c_pp, mut c_p, mut reduction_prev) = match cfg.kind {
@@ -419,17 +569,80 @@ fn mult_adds(genotype: &CnnGenotype, cfg: EvalNetConfig) -> usize {
     total + c_p * cfg.classes
 }
 
+/// The same walk through ENAS's micro child network (CIFAR layout).
+fn enas_mult_adds(genotype: &EnasMicroGenotype, cfg: EvalNetConfig) -> usize {
+    let conv = conv_mult_adds;
+    let side = cfg.input_size();
+    let mut f = cfg.channels;
+    let mut total = conv(side, cfg.in_channels, 3 * f, 3);
+    let (mut h1, mut c_pp, mut c_p, mut reduction_prev) = (side, 3 * f, 3 * f, false);
+    let (reductions, _) = layout(&EvalGenotype::EnasMicro(genotype.clone()), cfg.layers);
+    for i in 0..cfg.layers {
+        let reduction = reductions.contains(&i);
+        if reduction {
+            f *= 2;
+        }
+        // Calibration (a factorized reduction or a 1x1 conv), then `layer_base`.
+        if reduction_prev {
+            total += 2 * conv(h1, c_pp, f / 2, 1);
+        } else if c_pp != f {
+            total += conv(h1, c_pp, f, 1);
+        }
+        if c_p != f {
+            total += conv(h1, c_p, f, 1);
+        }
+        total += conv(h1, f, f, 1);
+        let cell = if reduction {
+            genotype.reduce()
+        } else {
+            genotype.normal()
+        };
+        let h_out = if reduction { h1.div_ceil(2) } else { h1 };
+        for node in cell.nodes() {
+            for (input, op) in [(node.x_input, node.x_op), (node.y_input, node.y_op)] {
+                let (stride, h_in) = match (reduction, input < 2) {
+                    (true, true) => (2, h1),
+                    (_, true) => (1, h1),
+                    (_, false) => (1, h_out),
+                };
+                total += op_mult_adds(as_cnn_op(op), f, h_in, h_in, stride);
+            }
+        }
+        let concat = cell.concat();
+        if reduction {
+            let inputs = concat.iter().filter(|&&s| s < 2).count();
+            total += inputs * 2 * conv(h_out, f, f / 2, 1);
+        }
+        reduction_prev = reduction;
+        h1 = h_out;
+        (c_pp, c_p) = (c_p, concat.len() * f);
+    }
+    total + c_p * cfg.classes
+}
+
+/// The DARTS op an ENAS micro op is built as.
+fn as_cnn_op(op: EnasMicroOp) -> CnnOp {
+    match op {
+        EnasMicroOp::SepConv3x3 => CnnOp::SepConv3x3,
+        EnasMicroOp::SepConv5x5 => CnnOp::SepConv5x5,
+        EnasMicroOp::AvgPool3x3 => CnnOp::AvgPool3x3,
+        EnasMicroOp::MaxPool3x3 => CnnOp::MaxPool3x3,
+        EnasMicroOp::Identity => CnnOp::SkipConnect,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nas_search_space::{bundled, Genotype};
     use rand::SeedableRng;
 
-    fn darts_v2() -> CnnGenotype {
-        match bundled("darts-v2").unwrap() {
-            Genotype::DartsCnn(g) => g,
-            other => panic!("{other:?}"),
-        }
+    fn cells(name: &str) -> EvalGenotype {
+        EvalGenotype::from_genotype(bundled(name).unwrap()).unwrap()
+    }
+
+    fn darts_v2() -> EvalGenotype {
+        cells("darts-v2")
     }
 
     /// Counts of the reference `NetworkCIFAR(36, 10, 20, True, g)` and
@@ -478,10 +691,7 @@ mod tests {
             ),
         ];
         for (name, cp, cpa, cm, ip, ipa, im) in table {
-            let g = match bundled(name).unwrap() {
-                Genotype::DartsCnn(g) => g,
-                other => panic!("{other:?}"),
-            };
+            let g = cells(name);
             let cifar = count(&g, EvalNetConfig::cifar_paper()).unwrap();
             assert_eq!(
                 (cifar.params, cifar.params_with_aux, cifar.mult_adds),
@@ -499,6 +709,141 @@ mod tests {
                 "{name} imagenet"
             );
         }
+    }
+
+    /// Trainable parameters of the ENAS reference's `MicroChild` (TensorFlow graph built
+    /// from `src/cifar10/micro_child.py` with a fixed arc and counted variable by
+    /// variable; without and with the `aux_head` scope), and the multiply-accumulates of
+    /// its Conv2D, depthwise and MatMul ops for one 32x32 image outside `aux_head`
+    /// (from the ops' static shapes). `layers` is its `num_layers + 2`.
+    /// Configuration A is ENAS's final network (`scripts/cifar10_micro_final.sh`): the
+    /// reference code gives 3.89M, not the 4.6M the paper reports.
+    #[test]
+    fn enas_counts_match_the_reference_implementation() {
+        let second = Genotype::EnasMicro(
+            nas_search_space::EnasMicroGenotype::from_arc(
+                "1 1 0 3 2 0 1 4 3 2 0 0 4 1 2 3 5 0 1 1 0 0 1 2 2 4 0 1 3 3 1 0 4 2 0 1 5 4 2 2",
+            )
+            .unwrap(),
+        );
+        let second = EvalGenotype::from_genotype(second).unwrap();
+        let micro = cells("enas-micro");
+        let table = [
+            (
+                "A",
+                micro.clone(),
+                36,
+                17,
+                true,
+                3_894_372,
+                4_389_220,
+                Some(620_907_552),
+            ),
+            (
+                "B",
+                micro.clone(),
+                8,
+                5,
+                true,
+                78_248,
+                501_416,
+                Some(13_559_360),
+            ),
+            ("C", micro, 12, 8, false, 245_124, 245_124, None),
+            ("D", second, 16, 8, true, 264_848, 675_728, Some(46_154_368)),
+        ];
+        for (name, g, channels, layers, auxiliary, params, with_aux, macs) in table {
+            let cfg = EvalNetConfig {
+                channels,
+                layers,
+                auxiliary,
+                ..EvalNetConfig::enas_paper()
+            };
+            let store = ParamStore::new(0);
+            EvalNetwork::new(&g, cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+            let counted = (
+                store.count(|n| !n.starts_with("auxiliary_head.")),
+                store.count(|_| true),
+            );
+            assert_eq!(counted, (params, with_aux), "{name}");
+            let counts = count(&g, cfg).unwrap();
+            assert_eq!(counts.params, params, "{name}");
+            if let Some(macs) = macs {
+                assert_eq!(counts.mult_adds, macs, "{name}");
+            }
+        }
+        assert_eq!(EvalNetConfig::enas_paper().layers, 17);
+    }
+
+    #[test]
+    fn enas_network_forward_shapes_names_and_errors() {
+        // ENAS's normal cell; a reduce cell that leaves input 1 unread, so that the
+        // output reduces it (`final_combine`).
+        let g = EvalGenotype::from_genotype(Genotype::EnasMicro(
+            nas_search_space::EnasMicroGenotype::from_arc(
+                "0 2 0 0 0 4 0 1 0 4 1 1 1 0 0 1 0 2 1 1 0 0 0 2 0 4 2 3 3 1 3 4 4 0 4 4 5 2 5 3",
+            )
+            .unwrap(),
+        ))
+        .unwrap();
+        let cfg = EvalNetConfig {
+            channels: 4,
+            layers: 5,
+            ..EvalNetConfig::enas_paper()
+        };
+        let store = ParamStore::new(1);
+        let net = EvalNetwork::new(&g, cfg, store.var_builder(DType::F32, &Device::Cpu))
+            .unwrap()
+            .with_dropout(0.2);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let (y, aux) = net.forward(&x, true, 0.4, &mut rng).unwrap();
+        assert_eq!(y.dims(), [2, 10]);
+        assert_eq!(aux.unwrap().dims(), [2, 10]);
+        // Evaluation: no auxiliary logits, and no randomness (drop path, dropout).
+        let (a, aux) = net.forward(&x, false, 0.4, &mut rng).unwrap();
+        assert!(aux.is_none());
+        let (b, _) = net.forward(&x, false, 0.4, &mut rng).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let names: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).collect();
+        for name in [
+            "stem.0.weight",
+            // Cell 0 reads the stem's 3C channels twice: both inputs are projected.
+            "cells.0.calibrate.pool_x.op.1.weight",
+            "cells.0.calibrate.pool_y.op.1.weight",
+            "cells.0.layer_base.op.1.weight",
+            "cells.0.cell_0.y_conv.op.1.weight",
+            // After the reduction cell 1, cell 2's older input is reduced.
+            "cells.2.calibrate.pool_x.conv_1.weight",
+            // A reduction cell reduces the input it outputs; its identity on an input
+            // is a factorized reduction.
+            "cells.1.final_combine.calibrate_1.conv_2.weight",
+            "cells.1.cell_0.x_conv.op.1.weight",
+            "cells.3.cell_1.x_conv.conv_1.weight",
+            "auxiliary_head.features.5.weight",
+            "classifier.weight",
+        ] {
+            assert!(
+                names.contains(&name.to_string()),
+                "{name} missing: {names:?}"
+            );
+        }
+        for name in ["classifier.bias", "auxiliary_head.classifier.bias"] {
+            assert!(
+                !names.contains(&name.to_string()),
+                "{name}: ENAS has no biases"
+            );
+        }
+        // ENAS has no ImageNet network.
+        let imagenet = EvalNetConfig {
+            kind: EvalKind::Imagenet,
+            ..cfg
+        };
+        let e = EvalNetwork::new(&g, imagenet, store.var_builder(DType::F32, &Device::Cpu))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CIFAR network only"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use nas_search_space::CnnGenotype;
 use nas_train::ParamStore;
 
 use crate::error::{Error, Result};
+use crate::eval_genotype::EvalGenotype;
 use crate::eval_network::{EvalNetConfig, EvalNetwork};
 
 /// The tensors of a reference checkpoint for `genotype` in the network `cfg`, by our
@@ -33,7 +34,8 @@ pub fn import_reference(
         by_name.insert(name, t);
     }
     let store = ParamStore::new(0);
-    EvalNetwork::new(genotype, cfg, store.var_builder(DType::F32, &Device::Cpu))?;
+    let cells = EvalGenotype::Darts(genotype.clone());
+    EvalNetwork::new(&cells, cfg, store.var_builder(DType::F32, &Device::Cpu))?;
     let mut out = HashMap::new();
     for (name, var) in store.all() {
         let t = by_name.remove(&name).ok_or_else(|| {

@@ -6,8 +6,10 @@
 mod architect;
 mod config;
 mod data;
+mod enas_micro_cell;
 mod error;
 mod eval_cell;
+mod eval_genotype;
 mod eval_network;
 mod import;
 mod lm;
@@ -26,8 +28,10 @@ pub use config::{
     ArchConfig, DataConfig, ModelConfig, RunConfig, SearchConfig, WeightsConfig, PRESETS,
 };
 pub use data::IMAGE_SETS;
+pub use enas_micro_cell::{EnasCellShape, EnasMicroEvalCell};
 pub use error::{Error, Result};
 pub use eval_cell::{op_mult_adds, EvalCell};
+pub use eval_genotype::EvalGenotype;
 pub use eval_network::{count, Counts, EvalKind, EvalNetConfig, EvalNetwork};
 pub use import::import_reference;
 pub use lm::{

@@ -17,7 +17,7 @@ use nas_data::imagenet::Transform;
 use nas_data::{
     split::darts_split, Augment, Batch, Dataset, ImageSet, ImagenetLoaderConfig, LoaderConfig,
 };
-use nas_search_space::{CnnGenotype, Genotype};
+use nas_search_space::Genotype;
 use nas_train::{
     cross_entropy, ensure_finite, grads, scalar, Average, CheckpointState, ParamStore, Progress,
     RunDir, Sgd, StepStats,
@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::data::{load_image_set, loader, normalize_for};
 use crate::error::{Error, Result};
+use crate::eval_genotype::EvalGenotype;
 use crate::eval_network::{EvalKind, EvalNetConfig, EvalNetwork};
 use crate::search::SearchOptions;
 use crate::train_config::TrainConfig;
@@ -260,7 +261,7 @@ fn net_config(cfg: &TrainConfig, data: &TrainData) -> EvalNetConfig {
 
 /// Trains `genotype` from scratch in a new run directory `out`.
 pub fn train(
-    genotype: &CnnGenotype,
+    genotype: &EvalGenotype,
     cfg: &TrainConfig,
     out: &Path,
     opts: &SearchOptions,
@@ -283,7 +284,7 @@ pub fn train(
         ParamStore::new(0).var_builder(DType::F32, &Device::Cpu),
     )?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
-    let g = Genotype::DartsCnn(genotype.clone());
+    let g = genotype.to_genotype();
     run.write("genotype.json", format!("{}\n", g.to_json()).as_bytes())?;
     tracing::info!(dir = %out.display(), "training started");
     run_training(genotype, cfg, run, data, opts, progress)
@@ -301,24 +302,19 @@ pub fn resume_training(
     run_training(&genotype, &cfg, run, data, opts, progress)
 }
 
-fn read_run(run_dir: &Path) -> Result<(TrainConfig, CnnGenotype)> {
+fn read_run(run_dir: &Path) -> Result<(TrainConfig, EvalGenotype)> {
     RunDir::open(run_dir, 1)?;
     let cfg = TrainConfig::from_file(&run_dir.join("config.toml"))?;
     let path = run_dir.join("genotype.json");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    match Genotype::from_json(&text)? {
-        Genotype::DartsCnn(g) => Ok((cfg, g)),
-        other => Err(Error::Config(format!(
-            "{}: a {} genotype; training takes a DARTS CNN genotype",
-            path.display(),
-            other.kind().name()
-        ))),
-    }
+    let genotype = EvalGenotype::from_genotype(Genotype::from_json(&text)?)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    Ok((cfg, genotype))
 }
 
 fn run_training(
-    genotype: &CnnGenotype,
+    genotype: &EvalGenotype,
     cfg: &TrainConfig,
     run: RunDir,
     data: TrainData,
@@ -328,7 +324,8 @@ fn run_training(
     let dev = &opts.device;
     let store = ParamStore::new(cfg.run.seed);
     let net_cfg = net_config(cfg, &data);
-    let net = EvalNetwork::new(genotype, net_cfg, store.var_builder(DType::F32, dev))?;
+    let net = EvalNetwork::new(genotype, net_cfg, store.var_builder(DType::F32, dev))?
+        .with_dropout(cfg.model.dropout);
     let params = store.count(|n| !n.starts_with("auxiliary_head."));
     let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
     let ckpt = run.resume(dev)?;
@@ -433,8 +430,10 @@ fn run_training(
     let val = evaluate(&net, &data.source, &data.val, dev)?;
     // The test set, once, with the final weights.
     let test = evaluate(&net, &data.test_source, &data.test, dev)?;
+    let g = genotype.to_genotype();
+    let genotype_text = g.to_text(g.native_format())?;
     let results = serde_json::json!({
-        "genotype": genotype.to_python()?,
+        "genotype": genotype_text,
         "params": params,
         "epochs": cfg.run.epochs,
         "best_val_accuracy": run.best()?.map(|(_, s)| s),

@@ -57,8 +57,12 @@ pub struct TrainModelConfig {
     pub auxiliary: bool,
     /// Weight of the auxiliary loss.
     pub auxiliary_weight: f64,
-    /// Final drop-path probability, reached linearly over the epochs.
+    /// Final drop-path probability, reached linearly over the epochs (ENAS cells scale
+    /// it further by depth: `(i + 1) / layers` in cell `i`).
     pub drop_path: f64,
+    /// Dropout probability of the features before the classifier (ENAS: `1 - keep_prob`).
+    #[serde(default)]
+    pub dropout: f64,
 }
 
 /// Optimizer settings.
@@ -71,19 +75,29 @@ pub struct TrainOptimConfig {
     pub lr_min: f64,
     /// Momentum.
     pub momentum: f64,
+    /// Nesterov momentum (ENAS).
+    #[serde(default)]
+    pub nesterov: bool,
     /// L2 weight decay.
     pub weight_decay: f64,
     /// Global-norm gradient clipping.
     pub grad_clip: f64,
     /// Label smoothing of the loss (0.1 on ImageNet).
     pub label_smoothing: f64,
-    /// `cosine` (to `lr_min` over the epochs) or `step` (times `gamma` every epoch, the
-    /// reference's ImageNet schedule).
+    /// `cosine` (to `lr_min` over the epochs), `step` (times `gamma` every epoch, the
+    /// reference's ImageNet schedule) or `sgdr` (cosine from `lr` to `lr_min` restarting
+    /// after `t0` epochs, each period `t_mul` times longer: ENAS).
     #[serde(default)]
     pub schedule: ScheduleKind,
     /// Decay per epoch of the `step` schedule.
     #[serde(default = "default_gamma")]
     pub gamma: f64,
+    /// First period of the `sgdr` schedule, in epochs.
+    #[serde(default = "default_t0")]
+    pub t0: usize,
+    /// Growth of the `sgdr` schedule's periods.
+    #[serde(default = "default_t_mul")]
+    pub t_mul: usize,
 }
 
 /// The learning-rate schedule of a training run.
@@ -95,10 +109,20 @@ pub enum ScheduleKind {
     Cosine,
     /// `lr * gamma^epoch`.
     Step,
+    /// Cosine with warm restarts.
+    Sgdr,
 }
 
 fn default_gamma() -> f64 {
     0.97
+}
+
+fn default_t0() -> usize {
+    10
+}
+
+fn default_t_mul() -> usize {
+    2
 }
 
 /// The presets of `nas train`.
@@ -107,6 +131,7 @@ pub const TRAIN_PRESETS: &[(&str, &str)] = &[
     ("fashion-mnist", "Fashion-MNIST (real), 6,000 training images (1,000 of them validate), C=8, 5 cells, 8 epochs: about 12 minutes on 2 cores"),
     ("paper", "the paper's CIFAR-10 training: C=36, 20 cells, batch 96, 600 epochs, cutout, drop path 0.2, auxiliary 0.4"),
     ("imagenet", "the paper's ImageNet training (mobile setting): C=48, 14 cells, batch 128, lr 0.1 times 0.97 per epoch, 250 epochs, label smoothing 0.1, auxiliary 0.4"),
+    ("enas", "ENAS's final CIFAR-10 training of micro cells (scripts/cifar10_micro_final.sh): C=36, 17 cells, batch 144, 630 epochs, Nesterov SGD, SGDR lr 0.05 to 0.0001 (T0=10, Tmul=2), weight decay 4e-4, drop path 0.4, dropout 0.2, auxiliary 0.4"),
 ];
 
 impl TrainConfig {
@@ -128,16 +153,20 @@ impl TrainConfig {
                 auxiliary: true,
                 auxiliary_weight: 0.4,
                 drop_path: 0.2,
+                dropout: 0.0,
             },
             optim: TrainOptimConfig {
                 lr: 0.025,
                 lr_min: 0.0,
                 momentum: 0.9,
+                nesterov: false,
                 weight_decay: 3e-4,
                 grad_clip: 5.0,
                 label_smoothing: 0.0,
                 schedule: ScheduleKind::Cosine,
                 gamma: 0.97,
+                t0: default_t0(),
+                t_mul: default_t_mul(),
             },
             run: RunConfig {
                 epochs: 600,
@@ -154,9 +183,40 @@ impl TrainConfig {
             auxiliary: false,
             auxiliary_weight: 0.4,
             drop_path: 0.1,
+            dropout: 0.0,
         };
         match name {
             "paper" => Ok(paper),
+            // ENAS's `l2_reg` 2e-4 is added to the loss as l2_reg * sum(w^2), a weight
+            // decay of 4e-4; its per-tensor clipping appends the unclipped gradients (a
+            // no-op), we clip the global norm to 5 as DARTS does.
+            "enas" => Ok(TrainConfig {
+                data: TrainDataConfig {
+                    batch_size: 144,
+                    cutout: 0,
+                    ..paper.data
+                },
+                model: TrainModelConfig {
+                    channels: 36,
+                    layers: 17,
+                    auxiliary: true,
+                    auxiliary_weight: 0.4,
+                    drop_path: 0.4,
+                    dropout: 0.2,
+                },
+                optim: TrainOptimConfig {
+                    lr: 0.05,
+                    lr_min: 0.0001,
+                    nesterov: true,
+                    weight_decay: 4e-4,
+                    schedule: ScheduleKind::Sgdr,
+                    ..paper.optim
+                },
+                run: RunConfig {
+                    epochs: 630,
+                    ..paper.run
+                },
+            }),
             "imagenet" => Ok(TrainConfig {
                 data: TrainDataConfig {
                     dataset: "imagenet".into(),
@@ -173,6 +233,7 @@ impl TrainConfig {
                     auxiliary: true,
                     auxiliary_weight: 0.4,
                     drop_path: 0.0,
+                    dropout: 0.0,
                 },
                 optim: TrainOptimConfig {
                     lr: 0.1,
@@ -270,7 +331,7 @@ impl TrainConfig {
     /// Checks ranges; the message names the key.
     pub fn validate(&self) -> Result<()> {
         let (d, m, o) = (&self.data, &self.model, &self.optim);
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 11] = [
             (
                 o.gamma > 0.0 && o.gamma <= 1.0,
                 "optim.gamma must be in (0, 1]",
@@ -281,6 +342,14 @@ impl TrainConfig {
             (
                 (0.0..1.0).contains(&m.drop_path),
                 "model.drop_path must be in [0, 1)",
+            ),
+            (
+                (0.0..1.0).contains(&m.dropout),
+                "model.dropout must be in [0, 1)",
+            ),
+            (
+                o.t0 >= 1 && o.t_mul >= 1,
+                "optim.t0 and optim.t_mul must be at least 1",
             ),
             (
                 m.auxiliary_weight >= 0.0,
@@ -311,7 +380,7 @@ impl TrainConfig {
             lr: self.optim.lr,
             momentum: self.optim.momentum,
             weight_decay: self.optim.weight_decay,
-            nesterov: false,
+            nesterov: self.optim.nesterov,
         }
     }
 
@@ -327,6 +396,12 @@ impl TrainConfig {
                 lr: self.optim.lr,
                 step_size: 1,
                 gamma: self.optim.gamma,
+            },
+            ScheduleKind::Sgdr => LrSchedule::Sgdr {
+                lr_max: self.optim.lr,
+                lr_min: self.optim.lr_min,
+                t0: self.optim.t0,
+                t_mul: self.optim.t_mul,
             },
         }
     }

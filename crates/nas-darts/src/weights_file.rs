@@ -8,9 +8,10 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use nas_data::Normalize;
-use nas_search_space::CnnGenotype;
+use nas_search_space::Genotype;
 
 use crate::error::{Error, Result};
+use crate::eval_genotype::EvalGenotype;
 use crate::eval_network::{EvalKind, EvalNetConfig};
 
 /// The `format` entry of the metadata.
@@ -40,7 +41,7 @@ pub struct WeightsFile {
     /// The network.
     pub net: EvalNetConfig,
     /// The genotype its cells are built from.
-    pub genotype: CnnGenotype,
+    pub genotype: EvalGenotype,
     /// The normalisation its inputs were trained with.
     pub normalize: Normalize,
     /// The tensors, by the network's names.
@@ -53,7 +54,7 @@ pub fn write_weights(
     path: &Path,
     tensors: &HashMap<String, Tensor>,
     net: &EvalNetConfig,
-    genotype: &CnnGenotype,
+    genotype: &EvalGenotype,
     normalize: &Normalize,
 ) -> Result<()> {
     let kind = match net.kind {
@@ -68,7 +69,7 @@ pub fn write_weights(
         ("layers", net.layers.to_string()),
         ("classes", net.classes.to_string()),
         ("auxiliary", net.auxiliary.to_string()),
-        ("genotype", to_json(genotype)?),
+        ("genotype", to_json(&genotype.to_genotype())?),
         ("mean", to_json(&normalize.mean)?),
         ("std", to_json(&normalize.std)?),
     ]
@@ -130,8 +131,12 @@ pub fn read_weights(path: &Path, device: &Device) -> Result<WeightsFile> {
     let parse = |k: &str| -> Result<serde_json::Value> {
         serde_json::from_str(field(k)?).map_err(|e| bad(format!("metadata {k:?}: {e}")))
     };
-    let genotype: CnnGenotype = serde_json::from_value(parse("genotype")?)
-        .map_err(|e| bad(format!("metadata genotype: {e}")))?;
+    // JSON with a `kind` (files before ENAS cells had none: the kind is then inferred).
+    let genotype = Genotype::from_json(field("genotype")?)
+        .map_err(|e| bad(format!("metadata genotype: {e}")))
+        .and_then(|g| {
+            EvalGenotype::from_genotype(g).map_err(|e| bad(format!("metadata genotype: {e}")))
+        })?;
     let channels_of = |k: &str| -> Result<Vec<f32>> {
         serde_json::from_value(parse(k)?).map_err(|e| bad(format!("metadata {k:?}: {e}")))
     };
@@ -170,15 +175,59 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device};
-    use nas_search_space::{bundled, Genotype};
+    use nas_search_space::bundled;
 
     use super::*;
 
-    fn darts_v2() -> CnnGenotype {
-        match bundled("darts-v2").expect("bundled") {
-            Genotype::DartsCnn(g) => g,
-            other => panic!("{other:?}"),
-        }
+    fn darts_v2() -> EvalGenotype {
+        EvalGenotype::from_genotype(bundled("darts-v2").expect("bundled")).expect("cells")
+    }
+
+    /// ENAS cells round trip, and a genotype written without a `kind` (files written
+    /// before ENAS cells were supported) still reads as DARTS cells.
+    #[test]
+    fn genotypes_of_both_families_read_back() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("w.safetensors");
+        let net = EvalNetConfig {
+            channels: 4,
+            layers: 5,
+            auxiliary: false,
+            ..EvalNetConfig::cifar_paper()
+        };
+        let tensors = HashMap::from([(
+            "classifier.weight".to_string(),
+            Tensor::zeros((10, 8), DType::F32, &Device::Cpu)?,
+        )]);
+        let enas = EvalGenotype::from_genotype(bundled("enas-micro").expect("bundled"))?;
+        let norm = reference_cifar_normalize();
+        write_weights(&path, &tensors, &net, &enas, &norm)?;
+        assert_eq!(read_weights(&path, &Device::Cpu)?.genotype, enas);
+
+        let EvalGenotype::Darts(plain) = darts_v2() else {
+            unreachable!()
+        };
+        let mut meta: HashMap<String, String> =
+            safetensors::SafeTensors::read_metadata(&std::fs::read(&path).expect("read"))
+                .expect("metadata")
+                .1
+                .metadata()
+                .clone()
+                .expect("metadata");
+        meta.insert(
+            "genotype".into(),
+            serde_json::to_string(&plain).expect("json"),
+        );
+        assert!(!meta["genotype"].contains("kind"));
+        let data: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        safetensors::serialize_to_file(
+            data.iter().map(|(k, v)| (k.as_str(), v)),
+            Some(meta),
+            &path,
+        )
+        .expect("write");
+        assert_eq!(read_weights(&path, &Device::Cpu)?.genotype, darts_v2());
+        Ok(())
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use nas_darts::{
-    import_reference, read_weights, reference_cifar_normalize, write_weights, EvalKind,
-    EvalNetConfig, EvalNetwork,
+    import_reference, read_weights, reference_cifar_normalize, write_weights, EvalGenotype,
+    EvalKind, EvalNetConfig, EvalNetwork,
 };
 use nas_search_space::{bundled, Genotype};
 use nas_train::ParamStore;
@@ -43,7 +43,7 @@ fn cfg(auxiliary: bool) -> EvalNetConfig {
 #[test]
 fn reference_weights_give_the_reference_logits() {
     let weights = import_reference(&fixture("darts_v2_c4_l3.pt"), &darts_v2(), cfg(false)).unwrap();
-    check_logits(&darts_v2(), cfg(false), &weights);
+    check_logits(&EvalGenotype::Darts(darts_v2()), cfg(false), &weights);
 }
 
 #[test]
@@ -57,7 +57,7 @@ fn a_weights_file_rebuilds_the_network_that_gives_the_reference_logits() {
         &path,
         &weights,
         &cfg(false),
-        &darts_v2(),
+        &EvalGenotype::Darts(darts_v2()),
         &reference_cifar_normalize(),
     )
     .unwrap();
@@ -68,7 +68,7 @@ fn a_weights_file_rebuilds_the_network_that_gives_the_reference_logits() {
 /// Builds the network, loads `weights` and compares its logits on the fixture's input
 /// with the reference implementation's.
 fn check_logits(
-    genotype: &nas_search_space::CnnGenotype,
+    genotype: &EvalGenotype,
     cfg: EvalNetConfig,
     weights: &std::collections::HashMap<String, Tensor>,
 ) {

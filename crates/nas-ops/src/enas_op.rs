@@ -5,8 +5,8 @@
 //! convolution, a separable one, or a 3x3 pooling (stride 1, "SAME", average without the
 //! padding); convolutions end in BN and ReLU. Micro cells (`_fixed_layer` of
 //! `micro_child.py`): separable convolutions stacked twice (ReLU, depthwise, pointwise,
-//! BN; the first strides), 3x3 pools, and the identity (FactorizedReduce when it strides):
-//! the same modules as DARTS's.
+//! BN; the first strides), 3x3 pools, and the identity (FactorizedReduce without ReLU when
+//! it strides): the same modules as DARTS's.
 
 use candle_core::Tensor;
 use candle_nn::{Init, ModuleT, VarBuilder};
@@ -41,7 +41,10 @@ pub fn enas_micro_op(
             bn: None,
         },
         EnasMicroOp::Identity if stride == 1 => DartsOp::Identity,
-        EnasMicroOp::Identity => DartsOp::FactorizedReduce(factorized_reduce(c, c, true, vb)?),
+        // `_factorized_reduction` without a ReLU in front.
+        EnasMicroOp::Identity => {
+            DartsOp::FactorizedReduce(factorized_reduce(c, c, true, vb)?.without_relu())
+        }
     })
 }
 

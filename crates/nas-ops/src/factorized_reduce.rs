@@ -1,6 +1,7 @@
 //! FactorizedReduce (DARTS's `cnn/operations.py`): halves the resolution without losing
 //! every other pixel. ReLU, then two 1x1 stride-2 convolutions, the second on the input
 //! shifted by one pixel, concatenated over channels, then BN. Names `conv_1`, `conv_2`, `bn`.
+//! ENAS's `_factorized_reduction` is the same without the ReLU ([`FactorizedReduce::without_relu`]).
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
@@ -16,6 +17,18 @@ pub struct FactorizedReduce {
     conv_1: Conv2d,
     conv_2: Conv2d,
     bn: BatchNorm,
+    relu: bool,
+}
+
+impl FactorizedReduce {
+    /// The same module without the leading ReLU (ENAS's identity at stride 2 and its
+    /// cells' output calibration).
+    pub fn without_relu(self) -> Self {
+        FactorizedReduce {
+            relu: false,
+            ..self
+        }
+    }
 }
 
 impl ModuleT for FactorizedReduce {
@@ -24,7 +37,7 @@ impl ModuleT for FactorizedReduce {
         let half = |offset: usize| PointwiseConfig {
             stride: 2,
             offset,
-            relu_input: true,
+            relu_input: self.relu,
         };
         let a = pointwise_conv2d(x, self.conv_1.weight(), half(0))?;
         // x[:, :, 1:, 1:] with stride 2: rows and columns 1, 3, 5, ...
@@ -65,5 +78,54 @@ pub fn factorized_reduce(
             },
             vb.pp("bn"),
         )?,
+        relu: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, randn};
+    use candle_core::{DType, Device, D};
+    use candle_nn::VarMap;
+
+    /// Both variants against plain tensors: (ReLU,) two strided 1x1 convolutions, concat,
+    /// and batch statistics normalisation (affine parameters start at 1 and 0).
+    #[test]
+    fn with_and_without_relu_match_plain_tensors() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[2, 3, 6, 6], DType::F64, &dev)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+        let fr = factorized_reduce(3, 4, true, vb)?;
+        for (relu, module) in [(true, fr.clone()), (false, fr.clone().without_relu())] {
+            let input = if relu { x.relu()? } else { x.clone() };
+            let conv = |w: &Conv2d, offset: usize| -> Result<Tensor> {
+                let shifted = input
+                    .narrow(2, offset, 6 - offset)?
+                    .narrow(3, offset, 6 - offset)?;
+                shifted.conv2d(w.weight(), 0, 2, 1, 1)
+            };
+            let y = Tensor::cat(&[conv(&fr.conv_1, 0)?, conv(&fr.conv_2, 1)?], 1)?;
+            let mean = y
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(2)?
+                .mean_keepdim(0)?;
+            let centred = y.broadcast_sub(&mean)?;
+            let var = centred
+                .sqr()?
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(2)?
+                .mean_keepdim(0)?;
+            let expected = centred.broadcast_div(&(var + 1e-5)?.sqrt()?)?;
+            let got = module.forward_t(&x, true)?;
+            assert_close(&got, &expected, 1e-10, 1e-10, &format!("relu={relu}"))?;
+        }
+        // The ReLU matters on this input, so the comparison above tells the two apart.
+        let a = fr.forward_t(&x, true)?;
+        let b = fr.without_relu().forward_t(&x, true)?;
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert!(diff > 1e-3, "{diff}");
+        Ok(())
+    }
 }
