@@ -163,22 +163,38 @@ pub(crate) fn backward<T: Elem>(
     scale: f64,
 ) -> (Vec<T>, Vec<T>) {
     let mut dz = crate::cpu::zeros_par(z.len());
-    let partial: Vec<Vec<f64>> = dz
-        .par_chunks_mut(v * ROWS_PER_TASK)
+    dz.par_chunks_mut(v * ROWS_PER_TASK)
         .zip(z.par_chunks(v * ROWS_PER_TASK))
+        .for_each(|(d, z)| d.copy_from_slice(z));
+    let db = backward_in_place(&mut dz, b, t, lse, v, scale);
+    (dz, db)
+}
+
+/// [`backward`] overwriting the logits `z` with `dz`; returns `db`. (A fused op whose
+/// saved logits serve one backward pass spares the new buffer.)
+pub(crate) fn backward_in_place<T: Elem>(
+    z: &mut [T],
+    b: &[T],
+    t: &[u32],
+    lse: &[f64],
+    v: usize,
+    scale: f64,
+) -> Vec<T> {
+    let partial: Vec<Vec<f64>> = z
+        .par_chunks_mut(v * ROWS_PER_TASK)
         .enumerate()
-        .map(|(task, (dzc, zc))| {
+        .map(|(task, zc)| {
             let mut db = vec![0f64; v];
-            for (r, (drow, row)) in dzc.chunks_mut(v).zip(zc.chunks(v)).enumerate() {
+            for (r, row) in zc.chunks_mut(v).enumerate() {
                 let i = task * ROWS_PER_TASK + r;
                 let shift = T::of_f64(lse[i]);
                 let s = T::of_f64(scale);
-                for ((d, &x), &bb) in drow.iter_mut().zip(row).zip(b) {
-                    *d = s * (x + bb - shift).exp_v();
+                for (d, &bb) in row.iter_mut().zip(b) {
+                    *d = s * (*d + bb - shift).exp_v();
                 }
                 let target = t[i] as usize;
-                drow[target] = drow[target] - s;
-                for (acc, &d) in db.iter_mut().zip(drow.iter()) {
+                row[target] = row[target] - s;
+                for (acc, &d) in db.iter_mut().zip(row.iter()) {
                     *acc += d.as_f64();
                 }
             }
@@ -191,7 +207,7 @@ pub(crate) fn backward<T: Elem>(
             *acc += x;
         }
     }
-    (dz, db.into_iter().map(T::of_f64).collect())
+    db.into_iter().map(T::of_f64).collect()
 }
 
 impl CustomOp3 for SoftmaxCrossEntropy {

@@ -72,6 +72,60 @@ pub(crate) fn matmul_par<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>,
     product(dst, lhs, rhs, accumulate, parallelism)
 }
 
+/// `lhs * rhs` as a new row-major vector, on all of rayon's threads, written once: the
+/// vector is not zeroed first (for large products, such as a decoder's logits, the zeroing
+/// pass and its memory traffic are a measurable share of the work).
+pub(crate) fn matmul_par_new<T: Elem>(lhs: MatRef<T>, rhs: MatRef<T>) -> Vec<T> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if m == 0 || n == 0 || k == 0 {
+        let mut dst = vec![T::zero(); m * n];
+        matmul_par(&mut dst, lhs, rhs, false);
+        return dst;
+    }
+    assert_eq!(rhs.rows, k, "gemm: inner dimensions differ");
+    assert!(
+        lhs.in_bounds() && rhs.in_bounds(),
+        "gemm: view out of bounds"
+    );
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut dst: Vec<T> = Vec::with_capacity(m * n);
+    // SAFETY: as in `product`, with `dst` the vector's spare capacity of m x n elements.
+    // With `read_dst` false the crate sets its `alpha` to zero, and its first pass over
+    // the depth stores `beta * sum` into every element of the m x n destination without
+    // reading it (later passes read what the first stored); so after the call every
+    // element is initialised and `set_len` is sound. k > 0, m > 0, n > 0 here.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
 fn product<T: Elem>(
     dst: &mut [T],
     lhs: MatRef<T>,
@@ -170,6 +224,49 @@ mod tests {
         for (x, y) in dst.iter().zip(&want) {
             assert!((x - 2.0 * y).abs() < 1e-12);
         }
+    }
+
+    /// A new destination written once equals the naive product: edge tiles (sizes that
+    /// are no multiple of any block), a depth over several of the crate's depth blocks
+    /// (later blocks read what the first stored), transposed operands, and empty sizes.
+    #[test]
+    fn new_products_are_written_in_full() {
+        for (m, k, n) in [(67, 700, 131), (1, 3, 1), (130, 1, 9)] {
+            let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
+            let want = naive(&a, &b, m, k, n);
+            let close = |got: &[f64], tol: f64| {
+                assert_eq!(got.len(), m * n);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!(
+                        (x - y).abs() < tol * (1.0 + y.abs()),
+                        "{m}x{k}x{n}: {x} {y}"
+                    );
+                }
+            };
+            close(
+                &matmul_par_new(MatRef::rows(&a, m, k), MatRef::rows(&b, k, n)),
+                1e-9,
+            );
+            let mut bt = vec![0.0; n * k];
+            for t in 0..k {
+                for j in 0..n {
+                    bt[j * k + t] = b[t * n + j];
+                }
+            }
+            let t = MatRef::transposed(&bt, n, k);
+            close(&matmul_par_new(MatRef::rows(&a, m, k), t), 1e-9);
+            let a32: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let b32: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+            let got = matmul_par_new(MatRef::rows(&a32, m, k), MatRef::rows(&b32, k, n));
+            let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
+            close(&got, 1e-3);
+        }
+        let none: Vec<f64> = Vec::new();
+        let z = matmul_par_new(MatRef::rows(&none, 3, 0), MatRef::rows(&none, 0, 2));
+        assert_eq!(z, vec![0.0; 6]);
+        let rhs = [1.0; 8];
+        assert!(matmul_par_new(MatRef::rows(&none, 0, 4), MatRef::rows(&rhs, 4, 2)).is_empty());
     }
 
     #[test]

@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
 
-use crate::cpu::{contiguous, cpu_storage, zeros_par, Elem};
-use crate::cross_entropy::{backward as xent_backward, check_targets, forward as xent_forward};
+use crate::cpu::{contiguous, cpu_storage, Elem};
+use crate::cross_entropy::{
+    backward_in_place as xent_backward, check_targets, forward as xent_forward,
+};
 use crate::error::{Error, Result};
-use crate::gemm::{matmul_par, MatRef};
+use crate::gemm::{matmul_par_new, MatRef};
 
 const OP: &str = "linear_cross_entropy";
 
@@ -116,22 +118,15 @@ struct LinearCrossEntropy {
 
 /// `x w^T`, `[n, v]`.
 fn logits<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
-    let mut z = zeros_par(g.n * g.v);
-    matmul_par(
-        &mut z,
-        MatRef::rows(x, g.n, g.k),
-        MatRef::transposed(w, g.v, g.k),
-        false,
-    );
-    z
+    matmul_par_new(MatRef::rows(x, g.n, g.k), MatRef::transposed(w, g.v, g.k))
 }
 
 /// The gradients of `x`, `w` and `bias` that are wanted, from the loss gradient `scale`
-/// (already divided by `n`).
+/// (already divided by `n`); the saved logits `z` become `dz` in place.
 #[allow(clippy::type_complexity)]
 fn gradients<T: Elem>(
     op: &LinearCrossEntropy,
-    z: &[T],
+    mut z: Vec<T>,
     lse: &[f64],
     x: &[T],
     w: &[T],
@@ -139,28 +134,12 @@ fn gradients<T: Elem>(
     scale: f64,
 ) -> (Option<Vec<T>>, Option<Vec<T>>, Option<Vec<T>>) {
     let g = &op.geom;
-    let (dz, db) = xent_backward(z, b, &op.targets, lse, g.v, scale);
+    let db = xent_backward(&mut z, b, &op.targets, lse, g.v, scale);
+    let dz = z;
     let [want_x, want_w, want_b] = op.wants;
-    let dx = want_x.then(|| {
-        let mut dx = vec![T::zero(); g.n * g.k];
-        matmul_par(
-            &mut dx,
-            MatRef::rows(&dz, g.n, g.v),
-            MatRef::rows(w, g.v, g.k),
-            false,
-        );
-        dx
-    });
-    let dw = want_w.then(|| {
-        let mut dw = vec![T::zero(); g.v * g.k];
-        matmul_par(
-            &mut dw,
-            MatRef::transposed(&dz, g.n, g.v),
-            MatRef::rows(x, g.n, g.k),
-            false,
-        );
-        dw
-    });
+    let dx = want_x.then(|| matmul_par_new(MatRef::rows(&dz, g.n, g.v), MatRef::rows(w, g.v, g.k)));
+    let dw = want_w
+        .then(|| matmul_par_new(MatRef::transposed(&dz, g.n, g.v), MatRef::rows(x, g.n, g.k)));
     (dx, dw, want_b.then_some(db))
 }
 
@@ -224,11 +203,18 @@ impl CustomOp3 for LinearCrossEntropy {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geom;
         let scale = grad.to_dtype(DType::F64)?.to_scalar::<f64>()? / g.n as f64;
-        let saved = self.saved.lock().unwrap_or_else(|e| e.into_inner());
-        let saved = saved.as_ref().ok_or_else(|| Error::Unsupported {
-            op: OP,
-            message: "backward without a forward".into(),
-        })?;
+        // The logits serve one backward pass (they become its `dz`).
+        let saved = self
+            .saved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| Error::Unsupported {
+                op: OP,
+                message: "backward without a forward, or a second backward through the same \
+                          forward (the op keeps its logits for one)"
+                    .into(),
+            })?;
         let (sx, lx) = x.storage_and_layout();
         let (sw, lw) = w.storage_and_layout();
         let (sb, lb) = bias.storage_and_layout();
@@ -245,7 +231,7 @@ impl CustomOp3 for LinearCrossEntropy {
                     contiguous($w, lw, OP)?,
                     contiguous($b, lb, OP)?,
                 );
-                let (dx, dw, db) = gradients(self, $z, $lse, x, w, b, scale);
+                let (dx, dw, db) = gradients(self, $z, &$lse, x, w, b, scale);
                 Ok((
                     dx.map(|d| Tensor::from_vec(d, (g.n, g.k), dev))
                         .transpose()?,
@@ -313,6 +299,17 @@ mod tests {
             |xs| linear_cross_entropy(&xs[0], &xs[1], &xs[2], &t),
             "linear_cross_entropy",
         )
+    }
+
+    #[test]
+    fn a_second_backward_through_one_forward_is_refused() -> Result<()> {
+        let (x, w, b, t) = case(DType::F32)?;
+        let xv = Var::from_tensor(&x)?;
+        let loss = linear_cross_entropy(xv.as_tensor(), &w, &b, &t)?;
+        loss.backward()?;
+        let e = loss.backward().unwrap_err().to_string();
+        assert!(e.contains("second backward"), "{e}");
+        Ok(())
     }
 
     #[test]

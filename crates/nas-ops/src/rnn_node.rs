@@ -203,12 +203,50 @@ fn forward<T: Elem>(g: &Geometry, s: &[T], ch: &[T], p: &[T]) -> Vec<T> {
 /// vectorises.
 #[inline(always)]
 pub(crate) fn row_forward<T: Elem>(w: &NodeWeights<T>, y: &mut [T], sr: &[T], cr: &[T], hr: &[T]) {
+    row_forward_with::<T, false>(w, y, sr, cr, hr)
+}
+
+/// [`row_forward`] with a row of gates `sigmoid(c)` (from [`gates_in_place`]) for `cr`.
+#[inline(always)]
+pub(crate) fn row_forward_gated<T: Elem>(
+    w: &NodeWeights<T>,
+    y: &mut [T],
+    sr: &[T],
+    gates: &[T],
+    hr: &[T],
+) {
+    row_forward_with::<T, true>(w, y, sr, gates, hr)
+}
+
+#[inline(always)]
+fn row_forward_with<T: Elem, const GATED: bool>(
+    w: &NodeWeights<T>,
+    y: &mut [T],
+    sr: &[T],
+    cr: &[T],
+    hr: &[T],
+) {
     for (((yv, &sv), &cv), &hv) in y.iter_mut().zip(sr).zip(cr).zip(hr) {
         let (t, sh) = hv.tanh_sigmoid_v();
         let f = w.tanh * t + w.relu * relu(hv) + w.sigmoid * sh + w.identity * hv;
         let ps = w.total * sv;
-        *yv = *yv + ps + sigmoid(cv) * (f - ps);
+        let gate = if GATED { cv } else { sigmoid(cv) };
+        *yv = *yv + ps + gate * (f - ps);
     }
+}
+
+/// Replaces the `c` half of every `[c, h]` row (`2 h` wide) by its gate `sigmoid(c)`:
+/// a tape that keeps gates instead of `c` spares the backward pass one exponential per
+/// element (it needs `c` only through its gate).
+pub(crate) fn gates_in_place<T: Elem>(ch: &mut [T], h: usize) {
+    if h == 0 {
+        return;
+    }
+    ch.par_chunks_mut(2 * h).for_each(|row| {
+        for c in &mut row[..h] {
+            *c = sigmoid(*c);
+        }
+    });
 }
 
 /// The backward pass of one row `(j, b)`: writes `d s`, `d c`, `d h` and returns the row's
@@ -216,9 +254,11 @@ pub(crate) fn row_forward<T: Elem>(w: &NodeWeights<T>, y: &mut [T], sr: &[T], cr
 /// reduction and no bounds checks (every slice is cut to `h`), which vectorises, writing
 /// each element's `d p_k` terms to `terms` (`4 h`); then per term a sum over 8 lanes,
 /// finished in f64.
+///
+/// With `GATED`, `cr` holds the gates `sigmoid(c)` ([`gates_in_place`]) instead of `c`.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
-pub(crate) fn row_backward<T: Elem>(
+pub(crate) fn row_backward<T: Elem, const GATED: bool>(
     w: &NodeWeights<T>,
     gr: &[T],
     sr: &[T],
@@ -237,7 +277,8 @@ pub(crate) fn row_backward<T: Elem>(
     let (t_sig, t_id) = rest.split_at_mut(h);
     let t_id = &mut t_id[..h];
     for x in 0..h {
-        let e = element_backward(w, gr[x], sr[x], cr[x], hr[x]);
+        let gate = if GATED { cr[x] } else { sigmoid(cr[x]) };
+        let e = element_backward(w, gr[x], sr[x], gate, hr[x]);
         (ds[x], dc[x], dh[x]) = (e.ds, e.dc, e.dh);
         t_tanh[x] = e.base + e.g_gate * e.tanh;
         t_relu[x] = e.base + e.g_gate * e.relu;
@@ -254,7 +295,7 @@ pub(crate) fn row_backward<T: Elem>(
 /// [`row_backward`] without the `d p_k` sums, for callers whose weights are constants.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn row_backward_inputs<T: Elem>(
+pub(crate) fn row_backward_inputs<T: Elem, const GATED: bool>(
     w: &NodeWeights<T>,
     gr: &[T],
     sr: &[T],
@@ -268,13 +309,14 @@ pub(crate) fn row_backward_inputs<T: Elem>(
     let (sr, cr, hr) = (&sr[..h], &cr[..h], &hr[..h]);
     let (ds, dc, dh) = (&mut ds[..h], &mut dc[..h], &mut dh[..h]);
     for x in 0..h {
-        let e = element_backward(w, gr[x], sr[x], cr[x], hr[x]);
+        let gate = if GATED { cr[x] } else { sigmoid(cr[x]) };
+        let e = element_backward(w, gr[x], sr[x], gate, hr[x]);
         (ds[x], dc[x], dh[x]) = (e.ds, e.dc, e.dh);
     }
 }
 
-/// One element's gradients (`g` the output gradient, `s` the state, `c` and `h` the
-/// pre-activations), and what the `d p_k` terms are made of:
+/// One element's gradients (`g` the output gradient, `s` the state, `gate = sigmoid(c)`
+/// and `h` the pre-activation), and what the `d p_k` terms are made of:
 /// `d p_k = base + g_gate * f_k(h)`.
 struct ElementGrad<T> {
     ds: T,
@@ -288,9 +330,8 @@ struct ElementGrad<T> {
 }
 
 #[inline(always)]
-fn element_backward<T: Elem>(w: &NodeWeights<T>, gv: T, sv: T, cv: T, hv: T) -> ElementGrad<T> {
+fn element_backward<T: Elem>(w: &NodeWeights<T>, gv: T, sv: T, gate: T, hv: T) -> ElementGrad<T> {
     let one = T::one();
-    let gate = sigmoid(cv);
     let (t, sh) = hv.tanh_sigmoid_v();
     let r = relu(hv);
     let f = w.tanh * t + w.relu * r + w.sigmoid * sh + w.identity * hv;
@@ -369,7 +410,7 @@ fn backward<T: Elem>(g: &Geometry, dy: &[T], s: &[T], ch: &[T], p: &[T]) -> Grad
                 let w = NodeWeights::of(&p[j * N_PRIMITIVES..(j + 1) * N_PRIMITIVES]);
                 let (dc, dh) = dch.split_at_mut(h);
                 let (cr, hr) = ch[row * 2 * h..(row + 1) * 2 * h].split_at(h);
-                row_backward(
+                row_backward::<T, false>(
                     &w,
                     &dy[bi * h..(bi + 1) * h],
                     &s[row * h..(row + 1) * h],

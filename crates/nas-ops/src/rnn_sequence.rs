@@ -30,7 +30,9 @@ use crate::batch_norm::BatchStats;
 use crate::cpu::{contiguous, cpu_storage, zeros_par, Elem};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul_par, MatRef};
-use crate::rnn_node::{row_backward, row_backward_inputs, row_forward, NodeWeights};
+use crate::rnn_node::{
+    gates_in_place, row_backward, row_backward_inputs, row_forward_gated, NodeWeights,
+};
 
 const OP: &str = "rnn_sequence";
 /// `none, tanh, relu, sigmoid, identity`: the columns of `probs`.
@@ -450,9 +452,10 @@ impl Wants {
 struct Tape<T> {
     /// Every state after the norm, `[T, S, B, H]`.
     states: Vec<T>,
-    /// State 0's projections, `[T, B, 2H]`.
+    /// State 0's projections, `[T, B, 2H]`, each row's `c` half replaced by its gate
+    /// `sigmoid(c)`.
     ch0: Vec<T>,
-    /// The nodes' projections, `[T, rows, B, 2H]`.
+    /// The nodes' projections, `[T, rows, B, 2H]`, gates in the `c` halves likewise.
     ch: Vec<T>,
     /// The norms' inverse standard deviations, `[T, S, H]` (batch norm) or `[H]`
     /// (running statistics); empty without a norm.
@@ -726,13 +729,15 @@ fn forward<T: Elem>(p: &Plan, v: &Views<T>) -> (Vec<T>, Tape<T>, Vec<BatchStats>
             MatRef::rows(w0h, h, 2 * h),
             true,
         );
+        // The tape keeps gates `sigmoid(c)`, not `c`.
+        gates_in_place(ch0_t, h);
         let st = &mut states[t * ns * bh..][..ns * bh];
         {
             let s0 = &mut st[..bh];
             let ch0_t = &*ch0_t;
             s0.par_chunks_mut(h).enumerate().for_each(|(bi, y)| {
                 let (c, g) = ch0_t[bi * 2 * h..][..2 * h].split_at(h);
-                row_forward(&tanh, y, &h_prev[bi * h..][..h], c, g);
+                row_forward_gated(&tanh, y, &h_prev[bi * h..][..h], c, g);
             });
             norm(t, 0, s0);
             mask_into(&mut state_masked[..bh], s0, v.mask_h);
@@ -748,6 +753,7 @@ fn forward<T: Elem>(p: &Plan, v: &Views<T>) -> (Vec<T>, Tape<T>, Vec<BatchStats>
                     false,
                 );
             }
+            gates_in_place(ch_i, h);
             let (prev, cur) = st.split_at_mut((i + 1) * bh);
             let u = &mut cur[..bh];
             let (ch_i, prev, w) = (&*ch_i, &*prev, &weights[i]);
@@ -757,7 +763,7 @@ fn forward<T: Elem>(p: &Plan, v: &Views<T>) -> (Vec<T>, Tape<T>, Vec<BatchStats>
                         continue;
                     }
                     let (c, g) = ch_i[(pi * b + bi) * 2 * h..][..2 * h].split_at(h);
-                    row_forward(w, y, &prev[(j * b + bi) * h..][..h], c, g);
+                    row_forward_gated(w, y, &prev[(j * b + bi) * h..][..h], c, g);
                 }
             });
             norm(t, i + 1, u);
@@ -918,9 +924,9 @@ fn backward<T: Elem>(
                         let (c, g) = ch_i[r * 2 * h..][..2 * h].split_at(h);
                         let (du, s) = (&du[bi * h..][..h], &st[(j * b + bi) * h..][..h]);
                         if wants.probs {
-                            row_backward(&w[pi], du, s, c, g, ds, dc, dg, terms)
+                            row_backward::<T, true>(&w[pi], du, s, c, g, ds, dc, dg, terms)
                         } else {
-                            row_backward_inputs(&w[pi], du, s, c, g, ds, dc, dg);
+                            row_backward_inputs::<T, true>(&w[pi], du, s, c, g, ds, dc, dg);
                             [0.0; 4]
                         }
                     },
@@ -966,7 +972,7 @@ fn backward<T: Elem>(
                 let (dc, dg) = dch.split_at_mut(h);
                 let (c, g) = ch0_t[bi * 2 * h..][..2 * h].split_at(h);
                 let (du, s) = (&du[bi * h..][..h], &h_prev[bi * h..][..h]);
-                row_backward_inputs(&tanh, du, s, c, g, ds, dc, dg);
+                row_backward_inputs::<T, true>(&tanh, du, s, c, g, ds, dc, dg);
             });
         let dch0_t = MatRef::rows(&*dch0_t, b, 2 * h);
         matmul_par(&mut d_hm, dch0_t, MatRef::transposed(w0h, h, 2 * h), false);
