@@ -364,6 +364,13 @@ const TINY_TRAIN: &[&str] = &[
     "data.batch_size=64",
 ];
 
+/// `nas eval --checkpoint DIR --json` plus `extra`, parsed.
+fn eval_json(run_dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["eval", "--checkpoint", run_dir.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&run(&args))).unwrap()
+}
+
 fn results(dir: &Path) -> serde_json::Value {
     serde_json::from_slice(&read(&dir.join("results.json"))).unwrap()
 }
@@ -412,24 +419,11 @@ fn train_reports_test_accuracy_resumes_after_sigkill_and_evaluates() {
     assert_eq!(results(&b)["test"]["loss"], ra["test"]["loss"]);
 
     // `nas eval` on the newest checkpoint gives the figures the run reported.
-    let out = ok(&run(&[
-        "eval",
-        "--checkpoint",
-        a.to_str().unwrap(),
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["top1"], ra["test"]["top1"]);
-    let out = ok(&run(&[
-        "eval",
-        "--checkpoint",
-        a.to_str().unwrap(),
-        "--split",
-        "val",
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["top1"], ra["val"]["top1"]);
+    assert_eq!(eval_json(&a, &[])["top1"], ra["test"]["top1"]);
+    assert_eq!(
+        eval_json(&a, &["--split", "val"])["top1"],
+        ra["val"]["top1"]
+    );
     fails_with(
         &run(&["eval", "--checkpoint", dir.path().to_str().unwrap()]),
         "config.toml",
@@ -464,14 +458,7 @@ fn train_builds_enas_micro_cells_and_evaluates_them() {
     let genotype = String::from_utf8(read(&a.join("genotype.json"))).unwrap();
     assert!(genotype.contains("enas-micro"), "{genotype}");
     // The run directory alone rebuilds the network.
-    let out = ok(&run(&[
-        "eval",
-        "--checkpoint",
-        a.to_str().unwrap(),
-        "--json",
-    ]));
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["top1"], ra["test"]["top1"]);
+    assert_eq!(eval_json(&a, &[])["top1"], ra["test"]["top1"]);
     // On CIFAR-10, ENAS cells default to ENAS's own final training.
     let toml = ok(&run(&[
         "train",

@@ -12,8 +12,8 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, ModuleT, VarBuilder};
 use nas_ops::{
-    batch_norm, conv2d, global_avg_pool, pool2d, BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig,
-    PoolConfig, PoolKind,
+    batch_norm, conv2d, drop_path_scales, global_avg_pool, pool2d, BatchNorm, BatchNormConfig,
+    Conv2d, Conv2dConfig, PoolConfig, PoolKind,
 };
 use nas_search_space::{CnnGenotype, CnnOp, EnasMicroGenotype, EnasMicroOp};
 use nas_train::ParamStore;
@@ -219,17 +219,12 @@ fn linear(c_in: usize, c_out: usize, bias: bool, vb: VarBuilder) -> Result<candl
     ))
 }
 
-/// Inverted dropout with masks drawn from `rng` (so that runs are reproducible).
+/// Inverted dropout with masks drawn from `rng` (so that runs are reproducible): one
+/// drop-path draw per element.
 fn dropout(x: &Tensor, p: f64, rng: &mut impl Rng) -> candle_core::Result<Tensor> {
-    let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| {
-            if rng.random::<f64>() < keep {
-                (1.0 / keep) as f32
-            } else {
-                0.0
-            }
-        })
+    let mask: Vec<f32> = drop_path_scales(x.elem_count(), 1.0 - p, rng)?
+        .into_iter()
+        .map(|s| s as f32)
         .collect();
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask

@@ -106,15 +106,10 @@ impl LmMasks {
             if p == 0.0 {
                 return Ok(None);
             }
-            let keep = 1.0 - p;
-            let data: Vec<f32> = (0..rows * cols)
-                .map(|_| {
-                    if rng.random::<f64>() < keep {
-                        (1.0 / keep) as f32
-                    } else {
-                        0.0
-                    }
-                })
+            // One drop-path draw per element: the same draws as an inverted dropout.
+            let data: Vec<f32> = nas_ops::drop_path_scales(rows * cols, 1.0 - p, rng)?
+                .into_iter()
+                .map(|s| s as f32)
                 .collect();
             Ok(Some(
                 Tensor::from_vec(data, (rows, cols), device)?.to_dtype(dtype)?,

@@ -63,13 +63,7 @@ pub(crate) fn matmul<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>, acc
 /// The product splits the destination into blocks, each summed in the same order on any
 /// number of threads, so results do not depend on the thread count.
 pub(crate) fn matmul_par<T: Elem>(dst: &mut [T], lhs: MatRef<T>, rhs: MatRef<T>, accumulate: bool) {
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    product(dst, lhs, rhs, accumulate, parallelism)
+    product(dst, lhs, rhs, accumulate, all_threads())
 }
 
 /// `lhs * rhs` as a new row-major vector, on all of rayon's threads, written once: the
@@ -82,48 +76,39 @@ pub(crate) fn matmul_par_new<T: Elem>(lhs: MatRef<T>, rhs: MatRef<T>) -> Vec<T> 
         matmul_par(&mut dst, lhs, rhs, false);
         return dst;
     }
-    assert_eq!(rhs.rows, k, "gemm: inner dimensions differ");
+    check(m * n, lhs, rhs);
+    let mut dst: Vec<T> = Vec::with_capacity(m * n);
+    // SAFETY: the vector's spare capacity holds m x n elements (the destination `call`
+    // needs); the operands were checked. With `read_dst` false the crate sets its `alpha`
+    // to zero, and its first pass over the depth stores `beta * sum` into every element
+    // of the m x n destination without reading it (later passes read what the first
+    // stored); so after the call every element is initialised and `set_len` is sound.
+    // k > 0, m > 0, n > 0 here.
+    unsafe {
+        call(dst.as_mut_ptr(), lhs, rhs, false, all_threads());
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+fn all_threads() -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// Panics unless `lhs * rhs` is defined, fills `dst_len` elements, and both views lie
+/// inside their slices.
+fn check<T: Elem>(dst_len: usize, lhs: MatRef<T>, rhs: MatRef<T>) {
+    assert_eq!(rhs.rows, lhs.cols, "gemm: inner dimensions differ");
+    assert_eq!(dst_len, lhs.rows * rhs.cols, "gemm: destination size");
     assert!(
         lhs.in_bounds() && rhs.in_bounds(),
         "gemm: view out of bounds"
     );
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut dst: Vec<T> = Vec::with_capacity(m * n);
-    // SAFETY: as in `product`, with `dst` the vector's spare capacity of m x n elements.
-    // With `read_dst` false the crate sets its `alpha` to zero, and its first pass over
-    // the depth stores `beta * sum` into every element of the m x n destination without
-    // reading it (later passes read what the first stored); so after the call every
-    // element is initialised and `set_len` is sound. k > 0, m > 0, n > 0 here.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        dst.set_len(m * n);
-    }
-    dst
 }
 
 fn product<T: Elem>(
@@ -133,13 +118,8 @@ fn product<T: Elem>(
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
+    check(dst.len(), lhs, rhs);
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(rhs.rows, k, "gemm: inner dimensions differ");
-    assert_eq!(dst.len(), m * n, "gemm: destination size");
-    assert!(
-        lhs.in_bounds() && rhs.in_bounds(),
-        "gemm: view out of bounds"
-    );
     if m == 0 || n == 0 {
         return;
     }
@@ -149,25 +129,42 @@ fn product<T: Elem>(
         }
         return;
     }
-    // SAFETY: `dst` holds m x n elements written with row stride n and column stride 1;
-    // `in_bounds` checked that every (row, col) of `lhs` and `rhs` is inside its slice;
-    // the three do not overlap (one is borrowed mutably). `T` is f32 or f64, which the
-    // crate supports.
+    // SAFETY: `dst` holds the m x n elements `call` writes (checked above).
+    unsafe { call(dst.as_mut_ptr(), lhs, rhs, accumulate, parallelism) }
+}
+
+/// `dst = lhs * rhs` (or `+=` with `read_dst`), row-major with row stride `rhs.cols`.
+///
+/// # Safety
+/// `dst` must be valid for writes (and, with `read_dst`, reads) of `lhs.rows * rhs.cols`
+/// elements and overlap neither operand; the operands must have passed [`check`]. The
+/// views being inside their slices makes every read of `lhs` and `rhs` valid; `T` is f32
+/// or f64, which the crate supports.
+unsafe fn call<T: Elem>(
+    dst: *mut T,
+    lhs: MatRef<T>,
+    rhs: MatRef<T>,
+    read_dst: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
-            accumulate,
+            read_dst,
             lhs.data.as_ptr(),
             lhs.cs as isize,
             lhs.rs as isize,
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
+            // alpha (ignored when `read_dst` is false) and beta.
             T::one(),
             T::one(),
             false,
