@@ -16,13 +16,14 @@
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
-use nas_ops::Conv2dConfig;
 use nas_ops::{
-    drop_path_scales, drop_path_sum, enas_micro_op, factorized_reduce, relu_conv_bn, DartsOp,
-    FactorizedReduce, ReluConvBn, Term,
+    enas_micro_op, factorized_reduce, relu_conv_bn, Conv2dConfig, DartsOp, FactorizedReduce,
+    ReluConvBn,
 };
 use nas_search_space::{EnasMicroCell, EnasMicroOp};
 use rand::Rng;
+
+use crate::eval_cell::node_sum;
 
 /// How the older input is calibrated.
 #[derive(Debug, Clone)]
@@ -169,16 +170,9 @@ impl EnasMicroEvalCell {
         for branches in &self.nodes {
             let mut outputs = Vec::with_capacity(2);
             for b in branches {
-                let h = b.op.forward_t(&states[b.input], train)?;
-                let scales = if train && drop_prob > 0.0 && b.droppable {
-                    Some(drop_path_scales(h.dim(0)?, 1.0 - drop_prob, rng)?)
-                } else {
-                    None
-                };
-                outputs.push((h, scales));
+                outputs.push((b.op.forward_t(&states[b.input], train)?, b.droppable));
             }
-            let terms: Vec<Term> = outputs.iter().map(|(h, s)| (h, s.as_deref())).collect();
-            states.push(drop_path_sum(&terms)?);
+            states.push(node_sum(outputs, train, drop_prob, rng)?);
         }
         let out = self
             .combine

@@ -78,24 +78,41 @@ impl EvalCell {
         let s1 = self.preprocess1.forward_t(s1, train)?;
         let mut states = vec![s0, s1];
         for node in 0..self.ops.len() / self.per_node {
-            // Drop path and the node's sum as one fused op; masks drawn op by op.
             let mut outputs = Vec::with_capacity(self.per_node);
             for k in node * self.per_node..(node + 1) * self.per_node {
                 let op = &self.ops[k];
-                let h = op.forward_t(&states[self.inputs[k]], train)?;
-                let scales = if train && drop_prob > 0.0 && !op.is_identity() {
-                    Some(drop_path_scales(h.dim(0)?, 1.0 - drop_prob, rng)?)
-                } else {
-                    None
-                };
-                outputs.push((h, scales));
+                outputs.push((
+                    op.forward_t(&states[self.inputs[k]], train)?,
+                    !op.is_identity(),
+                ));
             }
-            let terms: Vec<Term> = outputs.iter().map(|(h, s)| (h, s.as_deref())).collect();
-            states.push(drop_path_sum(&terms)?);
+            states.push(node_sum(outputs, train, drop_prob, rng)?);
         }
         let out: Vec<&Tensor> = self.concat.iter().map(|&i| &states[i]).collect();
         Tensor::cat(&out, 1)
     }
+}
+
+/// A node's sum of its op outputs `(h, droppable)`, each droppable one dropped per sample
+/// with probability `drop_prob` in training: drop path and the sum as one fused op, masks
+/// drawn op by op in order (shared by the DARTS and ENAS cells).
+pub(crate) fn node_sum(
+    outputs: Vec<(Tensor, bool)>,
+    train: bool,
+    drop_prob: f64,
+    rng: &mut impl Rng,
+) -> candle_core::Result<Tensor> {
+    let mut scaled = Vec::with_capacity(outputs.len());
+    for (h, droppable) in outputs {
+        let scales = if train && drop_prob > 0.0 && droppable {
+            Some(drop_path_scales(h.dim(0)?, 1.0 - drop_prob, rng)?)
+        } else {
+            None
+        };
+        scaled.push((h, scales));
+    }
+    let terms: Vec<Term> = scaled.iter().map(|(h, s)| (h, s.as_deref())).collect();
+    drop_path_sum(&terms)
 }
 
 /// Multiply-accumulates of one op for one image whose input is `h x w` (output `h' x w'`
