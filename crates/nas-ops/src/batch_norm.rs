@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
+use crate::reduce;
 
 const OP: &str = "batch_norm";
 
@@ -256,33 +257,47 @@ struct BatchNormTrain {
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
-/// Per-channel mean and biased variance (two passes, f64 accumulation).
+/// Per-channel mean and biased variance. Each plane is read from memory once: a
+/// vectorised sum gives a first estimate `m` of its mean, and one more pass over the
+/// plane (in cache by then) the sums of `x - m` and `(x - m)^2`, from which its exact mean
+/// and squared deviations follow without cancellation. The planes are merged in f64
+/// (Chan et al.'s pairwise update: `M2 = sum_p M2_p + sum_p hw * (mean_p - mean)^2`).
 fn channel_stats<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     let count = (g.n * g.hw) as f64;
+    let hw = g.hw as f64;
     (0..g.c)
         .into_par_iter()
         .map(|c| {
-            let planes =
-                || (0..g.n).map(move |n| &x[(n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw]);
-            let sum: f64 = planes()
-                .map(|p| p.iter().map(|v| v.as_f64()).sum::<f64>())
-                .sum();
-            let mean = sum / count;
-            let sq: f64 = planes()
-                .map(|p| p.iter().map(|v| (v.as_f64() - mean).powi(2)).sum::<f64>())
-                .sum();
-            (mean, sq / count)
+            let mut m2 = 0.0f64;
+            let mut plane_means = Vec::with_capacity(g.n);
+            for n in 0..g.n {
+                let p = &x[(n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw];
+                let m = T::of_f64(reduce::sum(p).as_f64() / hw);
+                let (dev, sq) = reduce::sum_dev_and_sq_dev(p, m);
+                let (dev, sq) = (dev.as_f64(), sq.as_f64());
+                plane_means.push(m.as_f64() + dev / hw);
+                m2 += sq - dev * dev / hw;
+            }
+            let mean = plane_means.iter().sum::<f64>() / g.n as f64;
+            let between: f64 = plane_means.iter().map(|pm| (pm - mean).powi(2)).sum();
+            (mean, (m2 + hw * between).max(0.0) / count)
         })
         .unzip()
 }
 
-fn normalise<T: Elem>(g: &Geometry, x: &[T], scale: &[f64], shift: &[f64]) -> Vec<T> {
+/// `y = scale * x + shift` per channel, computed as `scale * (x - m) + (shift + scale * m)`
+/// with `m` the mean rounded to T: `shift` is `beta - scale * mean`, so the plain form
+/// cancels in f32 when the mean is large against the spread.
+fn normalise<T: Elem>(g: &Geometry, x: &[T], mean: &[f64], scale: &[f64], shift: &[f64]) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(g.hw).enumerate().for_each(|(plane, yp)| {
         let c = plane % g.c;
-        let (a, b) = (T::of_f64(scale[c]), T::of_f64(shift[c]));
+        let m = T::of_f64(mean[c]);
+        let a = T::of_f64(scale[c]);
+        // shift = beta - scale * mean, so y = scale * (x - m) + (shift + scale * m).
+        let b = T::of_f64(shift[c] + scale[c] * m.as_f64());
         for (yv, &xv) in yp.iter_mut().zip(&x[plane * g.hw..(plane + 1) * g.hw]) {
-            *yv = xv * a + b;
+            *yv = (xv - m).mul_add(a, b);
         }
     });
     y
@@ -294,8 +309,8 @@ impl BatchNormTrain {
         let (mean, var) = channel_stats(g, x);
         let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
         let affine = affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
-        let (scale, shift) = self.finish(mean, var, affine)?;
-        Ok(T::storage(normalise(g, x, &scale, &shift)))
+        let (scale, shift) = self.finish(mean.clone(), var, affine)?;
+        Ok(T::storage(normalise(g, x, &mean, &scale, &shift)))
     }
 
     /// Saves the batch statistics for the backward pass and returns the per-channel
@@ -517,16 +532,18 @@ impl CustomOp2 for BnReduce {
                 .into_par_iter()
                 .map(|c| {
                     let (mean, inv) = (self.saved.mean[c], self.saved.inv_std[c]);
+                    // sum(dy * (x - mean)) from deviations about the mean rounded to T:
+                    // sum(dy * (x - m_t)) - (mean - m_t) * sum(dy).
+                    let mean_t = T::of_f64(mean);
+                    let shift = mean - mean_t.as_f64();
                     let (mut a, mut b) = (0.0f64, 0.0f64);
                     for n in 0..g.n {
                         let range = (n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw;
-                        for (&d, &v) in dy[range.clone()].iter().zip(&x[range]) {
-                            let d = d.as_f64();
-                            a += d;
-                            b += d * (v.as_f64() - mean) * inv;
-                        }
+                        let (s, p) = reduce::sum_and_dot_dev(&dy[range.clone()], &x[range], mean_t);
+                        a += s.as_f64();
+                        b += p.as_f64();
                     }
-                    (a, b)
+                    (a, (b - shift * a) * inv)
                 })
                 .unzip();
             let out: Vec<T> = sum_dy
@@ -594,15 +611,18 @@ impl CustomOp3 for BnInputGrad {
                 let (mean, inv) = (self.saved.mean[c], self.saved.inv_std[c]);
                 let sum_dy = sums[c].as_f64();
                 let sum_dy_xhat = sums[g.c + c].as_f64();
-                // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * x + q.
+                // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * (x - m) + q
+                // with m the mean rounded to T (subtracted first: p * x + q would cancel
+                // in f32 when the mean is large against the spread).
                 let k = self.gamma[c] * inv;
                 let (a, b) = (sum_dy / m, sum_dy_xhat / m);
                 let p = -k * b * inv;
-                let q = -k * a + k * b * inv * mean;
+                let mean_t = T::of_f64(mean);
+                let q = -k * a + p * (mean_t.as_f64() - mean);
                 let (k, p, q) = (T::of_f64(k), T::of_f64(p), T::of_f64(q));
                 let range = plane * g.hw..(plane + 1) * g.hw;
                 for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
-                    *d = k * gv + p * xv + q;
+                    *d = k.mul_add(gv, p.mul_add(xv - mean_t, q));
                 }
             });
             Ok((T::storage(dx), l1.shape().clone()))
@@ -685,6 +705,34 @@ mod tests {
             |v| Ok(batch_norm_train(&v[0], Some((&v[1], &v[2])), 1e-5)?.0),
             "bn affine",
         )
+    }
+
+    /// A large mean and a small spread (where one-pass sums of squares in f32 cancel):
+    /// the f32 kernels' statistics and input gradient against the f64 kernels' on the
+    /// same values.
+    #[test]
+    fn f32_statistics_survive_a_large_offset() -> Result<()> {
+        let dev = Device::Cpu;
+        let x32 =
+            ((randn(&[5, 3, 9, 11], DType::F64, &dev)? * 0.05)? + 300.0)?.to_dtype(DType::F32)?;
+        let x64 = x32.to_dtype(DType::F64)?;
+        let r = randn(&[5, 3, 9, 11], DType::F64, &dev)?;
+        let (_, s32) = batch_norm_train(&x32, None, 1e-5)?;
+        let (_, s64) = batch_norm_train(&x64, None, 1e-5)?;
+        for c in 0..3 {
+            assert!((s32.mean[c] - s64.mean[c]).abs() < 1e-8 * 300.0, "mean {c}");
+            let rel = (s32.var[c] - s64.var[c]).abs() / s64.var[c];
+            assert!(rel < 1e-5, "variance {c}: {} vs {}", s32.var[c], s64.var[c]);
+        }
+        let grad = |x: &Tensor| -> Result<Tensor> {
+            let v = Var::from_tensor(x)?;
+            let y = batch_norm_train(v.as_tensor(), None, 1e-5)?.0;
+            let loss = (y.to_dtype(DType::F64)? * &r)?.sum_all()?;
+            Ok(loss.backward()?.get(v.as_tensor()).expect("grad").clone())
+        };
+        let (g32, g64) = (grad(&x32)?.to_dtype(DType::F64)?, grad(&x64)?);
+        let scale = g64.abs()?.max_all()?.to_scalar::<f64>()?;
+        assert_close(&g32, &g64, 1e-4 * scale, 0.0, "bn input gradient")
     }
 
     #[test]

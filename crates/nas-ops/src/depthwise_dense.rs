@@ -5,7 +5,8 @@
 use rayon::prelude::*;
 
 use crate::cpu::Elem;
-use crate::padded::{dot, Dense};
+use crate::padded::Dense;
+use crate::reduce::dot;
 
 /// Forward: planes in parallel, `k * k` contiguous passes per plane.
 pub(crate) fn forward<T: Elem>(d: &Dense, c: usize, x: &[T], w: &[T], relu: bool) -> Vec<T> {

@@ -25,6 +25,7 @@ mod padded;
 mod pointwise;
 mod pool;
 mod pool_dense;
+mod reduce;
 mod relu_conv_bn;
 mod rnn_node;
 mod rnn_sequence;

@@ -77,26 +77,6 @@ impl Dense {
     }
 }
 
-/// `sum_i a[i] * b[i]` with 8 independent lanes (so that it vectorises), added up in a
-/// fixed order.
-pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
-    let mut lanes = [T::zero(); 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: T = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .fold(T::zero(), |s, (&u, &v)| s + u * v);
-    for (u, v) in ca.zip(cb) {
-        for l in 0..8 {
-            lanes[l] = lanes[l] + u[l] * v[l];
-        }
-    }
-    ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6]))
-        + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
-        + tail
-}
-
 /// Every `s`-th row and column of each `oh1 x ow1` plane of `full`, as `oh x ow` planes:
 /// a strided op's output from its stride-1 version.
 pub(crate) fn subsample<T: Copy>(

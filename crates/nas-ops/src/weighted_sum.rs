@@ -7,10 +7,13 @@ use rayon::prelude::*;
 
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
+use crate::reduce;
 
 const OP: &str = "weighted_sum";
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
+/// Elements per vectorised dot product, added up in f64.
+const BLOCK: usize = 1 << 11;
 
 /// `sum_k weights[k] * outputs[k]` for `outputs` `[k, ...]` and `weights` `[k]`.
 pub fn weighted_sum(outputs: &Tensor, weights: &Tensor) -> Result<Tensor> {
@@ -64,9 +67,9 @@ fn weight_grad<T: Elem>(dy: &[T], o: &[T]) -> Vec<T> {
                 .enumerate()
                 .map(|(chunk, dc)| {
                     let oc = &o[kk * size + chunk * CHUNK..kk * size + chunk * CHUNK + dc.len()];
-                    dc.iter()
-                        .zip(oc)
-                        .map(|(&d, &v)| (d * v).as_f64())
+                    dc.chunks(BLOCK)
+                        .zip(oc.chunks(BLOCK))
+                        .map(|(d, v)| reduce::dot(d, v).as_f64())
                         .sum::<f64>()
                 })
                 .collect();
