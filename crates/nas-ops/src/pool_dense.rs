@@ -10,16 +10,19 @@ use crate::padded::Dense;
 /// Per output position of the wide grid: `(first valid input index, input index of the
 /// window's top-left tap)`; the second may lie outside the plane (padding), it is only
 /// used plus a tap offset that lands inside.
-fn window_bases(d: &Dense) -> (Vec<u32>, Vec<i64>) {
+///
+/// Both are 32-bit, as wide as an f32, so that the argmax loop vectorises (i64 bases
+/// halved its vectors); a plane has far fewer than 2^31 elements.
+fn window_bases(d: &Dense) -> (Vec<u32>, Vec<i32>) {
     let (p, wp) = (d.padding as i64, d.wp());
     let mut first = vec![0u32; d.wide_len()];
-    let mut base = vec![0i64; d.wide_len()];
+    let mut base = vec![0i32; d.wide_len()];
     for r in 0..d.oh {
         for c in 0..wp {
             let (top, left) = (r as i64 - p, c as i64 - p);
             let (fr, fc) = (top.max(0), left.max(0).min(d.w as i64 - 1));
             first[r * wp + c] = (fr * d.w as i64 + fc) as u32;
-            base[r * wp + c] = top * d.w as i64 + left;
+            base[r * wp + c] = (top * d.w as i64 + left) as i32;
         }
     }
     (first, base)
@@ -50,7 +53,7 @@ pub(crate) fn max_forward<T: Elem>(d: &Dense, x: &[T]) -> (Vec<T>, Vec<u32>) {
                 at.clear();
                 at.extend_from_slice(&first);
                 for t in 0..d.k * d.k {
-                    let off = ((t / d.k) * d.w + t % d.k) as i64;
+                    let off = ((t / d.k) * d.w + t % d.k) as i32;
                     let src = &padded[d.shift(t)..d.shift(t) + best.len()];
                     for (((b, a), &v), &bs) in
                         best.iter_mut().zip(at.iter_mut()).zip(src).zip(&base)
@@ -58,7 +61,11 @@ pub(crate) fn max_forward<T: Elem>(d: &Dense, x: &[T]) -> (Vec<T>, Vec<u32>) {
                         let take = (v > *b) | (v.is_nan() & !b.is_nan());
                         *b = if take { v } else { *b };
                         // Junk columns may wrap; they are dropped below.
-                        *a = if take { (bs + off) as u32 } else { *a };
+                        *a = if take {
+                            bs.wrapping_add(off) as u32
+                        } else {
+                            *a
+                        };
                     }
                 }
                 let wp = d.wp();

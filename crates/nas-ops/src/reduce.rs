@@ -1,5 +1,7 @@
 //! Reductions over contiguous slices written so that the compiler vectorises them: each
-//! keeps [`LANES`] independent accumulators (four AVX2 registers of f32), so that the
+//! keeps [`LANES`] independent accumulators, four groups of eight (four AVX2 registers of
+//! f32; the groups are written out because one flat array of 32 lanes came out as
+//! two-wide vectors with spills), so that the
 //! loop is bound by the load and FMA throughput rather than by the latency of one long
 //! chain of additions, and adds the lanes up in a fixed order (results are
 //! deterministic). Callers reduce blocks of a few thousand elements with these and
@@ -10,25 +12,18 @@ use crate::cpu::Elem;
 /// Independent accumulators per reduction.
 const LANES: usize = 32;
 
-/// The lanes added up pairwise, in a fixed order.
+/// The lanes added up one by one, in a fixed order. (Adding the groups first as vectors,
+/// or pairwise, made LLVM give up the eight-wide accumulators of the loops above.)
 #[inline(always)]
-fn total<T: Elem>(lanes: &[T; LANES]) -> T {
-    let mut width = LANES;
-    let mut l = *lanes;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            l[i] = l[i] + l[i + width];
-        }
-    }
-    l[0]
+fn total<T: Elem>(acc: [[T; 8]; 4]) -> T {
+    acc.iter().flatten().fold(T::zero(), |s, &v| s + v)
 }
 
 /// `sum_i a[i] * b[i]` over the common length.
 pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut lanes = [T::zero(); LANES];
+    let mut acc = [[T::zero(); 8]; 4];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail = ca
         .remainder()
@@ -36,30 +31,36 @@ pub(crate) fn dot<T: Elem>(a: &[T], b: &[T]) -> T {
         .zip(cb.remainder())
         .fold(T::zero(), |s, (&u, &v)| u.mul_add(v, s));
     for (u, v) in ca.zip(cb) {
-        for l in 0..LANES {
-            lanes[l] = u[l].mul_add(v[l], lanes[l]);
+        for (g, acc) in acc.iter_mut().enumerate() {
+            let (u, v) = (&u[8 * g..8 * g + 8], &v[8 * g..8 * g + 8]);
+            for l in 0..8 {
+                acc[l] = u[l].mul_add(v[l], acc[l]);
+            }
         }
     }
-    total(&lanes) + tail
+    total(acc) + tail
 }
 
 /// `sum_i a[i]`.
 pub(crate) fn sum<T: Elem>(a: &[T]) -> T {
-    let mut lanes = [T::zero(); LANES];
+    let mut acc = [[T::zero(); 8]; 4];
     let ca = a.chunks_exact(LANES);
     let tail = ca.remainder().iter().fold(T::zero(), |s, &u| s + u);
     for u in ca {
-        for l in 0..LANES {
-            lanes[l] = lanes[l] + u[l];
+        for (g, acc) in acc.iter_mut().enumerate() {
+            let u = &u[8 * g..8 * g + 8];
+            for l in 0..8 {
+                acc[l] = acc[l] + u[l];
+            }
         }
     }
-    total(&lanes) + tail
+    total(acc) + tail
 }
 
 /// `(sum_i (a[i] - m), sum_i (a[i] - m)^2)`: for `m` near the mean, both without the
 /// cancellation of plain sums of values and squares.
 pub(crate) fn sum_dev_and_sq_dev<T: Elem>(a: &[T], m: T) -> (T, T) {
-    let (mut s, mut q) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let (mut s, mut q) = ([[T::zero(); 8]; 4], [[T::zero(); 8]; 4]);
     let ca = a.chunks_exact(LANES);
     let (ts, tq) = ca
         .remainder()
@@ -68,20 +69,23 @@ pub(crate) fn sum_dev_and_sq_dev<T: Elem>(a: &[T], m: T) -> (T, T) {
             (s + (u - m), (u - m).mul_add(u - m, q))
         });
     for u in ca {
-        for l in 0..LANES {
-            let d = u[l] - m;
-            s[l] = s[l] + d;
-            q[l] = d.mul_add(d, q[l]);
+        for g in 0..4 {
+            let u = &u[8 * g..8 * g + 8];
+            for l in 0..8 {
+                let d = u[l] - m;
+                s[g][l] = s[g][l] + d;
+                q[g][l] = d.mul_add(d, q[g][l]);
+            }
         }
     }
-    (total(&s) + ts, total(&q) + tq)
+    (total(s) + ts, total(q) + tq)
 }
 
 /// `(sum_i d[i], sum_i d[i] * (x[i] - m))` over the common length.
 pub(crate) fn sum_and_dot_dev<T: Elem>(d: &[T], x: &[T], m: T) -> (T, T) {
     let n = d.len().min(x.len());
     let (d, x) = (&d[..n], &x[..n]);
-    let (mut s, mut p) = ([T::zero(); LANES], [T::zero(); LANES]);
+    let (mut s, mut p) = ([[T::zero(); 8]; 4], [[T::zero(); 8]; 4]);
     let (cd, cx) = (d.chunks_exact(LANES), x.chunks_exact(LANES));
     let (ts, tp) = cd
         .remainder()
@@ -91,12 +95,15 @@ pub(crate) fn sum_and_dot_dev<T: Elem>(d: &[T], x: &[T], m: T) -> (T, T) {
             (s + u, u.mul_add(v - m, p))
         });
     for (u, v) in cd.zip(cx) {
-        for l in 0..LANES {
-            s[l] = s[l] + u[l];
-            p[l] = u[l].mul_add(v[l] - m, p[l]);
+        for g in 0..4 {
+            let (u, v) = (&u[8 * g..8 * g + 8], &v[8 * g..8 * g + 8]);
+            for l in 0..8 {
+                s[g][l] = s[g][l] + u[l];
+                p[g][l] = u[l].mul_add(v[l] - m, p[g][l]);
+            }
         }
     }
-    (total(&s) + ts, total(&p) + tp)
+    (total(s) + ts, total(p) + tp)
 }
 
 #[cfg(test)]
