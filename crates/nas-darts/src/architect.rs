@@ -180,12 +180,18 @@ fn second_order<M: Objective>(
         }
         var.set(&(w - (d * xi)?)?)?;
     }
-    // At w': dalpha and v.
-    let loss = model.loss(val)?;
-    let val_loss = scalar(&loss)?;
-    let store = loss.backward()?;
-    let dalpha = or_zeros(grads::collect(&store, arch), arch)?;
-    let mut v = or_zeros(grads::collect(&store, weights), weights)?;
+    // At w': dalpha and v. The loss (and with it the graph of every activation of the
+    // forward pass) is dropped here, before the two passes at w+ and w-: kept alive to the
+    // end, it had doubled the step's peak memory.
+    let (val_loss, dalpha, mut v) = {
+        let loss = model.loss(val)?;
+        let val_loss = scalar(&loss)?;
+        let store = loss.backward()?;
+        drop(loss);
+        let dalpha = or_zeros(grads::collect(&store, arch), arch)?;
+        let v = or_zeros(grads::collect(&store, weights), weights)?;
+        (val_loss, dalpha, v)
+    };
     if let Some(max_norm) = clip {
         clip_in_place(&mut v, max_norm)?;
     }
