@@ -146,6 +146,11 @@ impl BatchNorm {
         self.running_var.as_tensor()
     }
 
+    /// `(gamma, beta)`, if the BN has affine parameters.
+    pub fn affine(&self) -> Option<(&Tensor, &Tensor)> {
+        self.affine.as_ref().map(|(g, b)| (g, b))
+    }
+
     /// The settings.
     pub fn config(&self) -> BatchNormConfig {
         self.cfg
@@ -175,8 +180,7 @@ impl BatchNorm {
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if train {
-            let affine = self.affine.as_ref().map(|(g, b)| (g, b));
-            let (y, stats) = batch_norm_train(x, affine, self.cfg.eps)?;
+            let (y, stats) = batch_norm_train(x, self.affine(), self.cfg.eps)?;
             self.update_running(&stats)?;
             return Ok(y);
         }
@@ -237,11 +241,12 @@ fn dims(x: &Tensor) -> Result<(usize, usize, usize, usize)> {
     }
 }
 
+/// `[n, c, h * w]`: the layout the CPU kernels see.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c: usize,
-    hw: usize,
+pub(crate) struct Geometry {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -262,7 +267,7 @@ struct BatchNormTrain {
 /// plane (in cache by then) the sums of `x - m` and `(x - m)^2`, from which its exact mean
 /// and squared deviations follow without cancellation. The planes are merged in f64
 /// (Chan et al.'s pairwise update: `M2 = sum_p M2_p + sum_p hw * (mean_p - mean)^2`).
-fn channel_stats<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn channel_stats<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<f64>, Vec<f64>) {
     let count = (g.n * g.hw) as f64;
     let hw = g.hw as f64;
     (0..g.c)
@@ -288,7 +293,13 @@ fn channel_stats<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<f64>, Vec<f64>) {
 /// `y = scale * x + shift` per channel, computed as `scale * (x - m) + (shift + scale * m)`
 /// with `m` the mean rounded to T: `shift` is `beta - scale * mean`, so the plain form
 /// cancels in f32 when the mean is large against the spread.
-fn normalise<T: Elem>(g: &Geometry, x: &[T], mean: &[f64], scale: &[f64], shift: &[f64]) -> Vec<T> {
+pub(crate) fn normalise<T: Elem>(
+    g: &Geometry,
+    x: &[T],
+    mean: &[f64],
+    scale: &[f64],
+    shift: &[f64],
+) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(g.hw).enumerate().for_each(|(plane, yp)| {
         let c = plane % g.c;
@@ -301,6 +312,90 @@ fn normalise<T: Elem>(g: &Geometry, x: &[T], mean: &[f64], scale: &[f64], shift:
         }
     });
     y
+}
+
+/// Per channel `(inv_std, scale, shift)`: `y = scale * x + shift` normalises the batch
+/// (and applies `gamma` and `beta` when given).
+pub(crate) fn scale_shift(
+    mean: &[f64],
+    var: &[f64],
+    eps: f64,
+    affine: Option<(&[f64], &[f64])>,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let (mut scale, mut shift) = (inv_std.clone(), vec![0.0; mean.len()]);
+    for ch in 0..mean.len() {
+        let (gamma, beta) = match affine {
+            Some((gm, bt)) => (gm[ch], bt[ch]),
+            None => (1.0, 0.0),
+        };
+        scale[ch] = inv_std[ch] * gamma;
+        shift[ch] = beta - mean[ch] * scale[ch];
+    }
+    (inv_std, scale, shift)
+}
+
+/// Per channel `(sum(dy), sum(dy * xhat))` with `xhat = (x - mean) * inv_std`: the
+/// gradients of `beta` and `gamma`, and what the input gradient needs. (With `mean` 0 and
+/// `inv_std` 1, `x` is `xhat` itself: a BN without affine parameters can pass its output.)
+pub(crate) fn grad_sums<T: Elem>(
+    g: &Geometry,
+    dy: &[T],
+    x: &[T],
+    mean: &[f64],
+    inv_std: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    (0..g.c)
+        .into_par_iter()
+        .map(|c| {
+            // sum(dy * (x - mean)) from deviations about the mean rounded to T:
+            // sum(dy * (x - m_t)) - (mean - m_t) * sum(dy).
+            let mean_t = T::of_f64(mean[c]);
+            let shift = mean[c] - mean_t.as_f64();
+            let (mut a, mut b) = (0.0f64, 0.0f64);
+            for n in 0..g.n {
+                let range = (n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw;
+                let (s, p) = reduce::sum_and_dot_dev(&dy[range.clone()], &x[range], mean_t);
+                a += s.as_f64();
+                b += p.as_f64();
+            }
+            (a, (b - shift * a) * inv_std[c])
+        })
+        .unzip()
+}
+
+/// `dx = k * (dy - sum(dy) / m - xhat * sum(dy * xhat) / m)` per channel, `xhat = (x -
+/// mean) * inv_std`, `m = n * h * w`; `k` is `gamma * inv_std` of the forward pass.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn input_grad<T: Elem>(
+    g: &Geometry,
+    dy: &[T],
+    x: &[T],
+    mean: &[f64],
+    inv_std: &[f64],
+    k: &[f64],
+    (sum_dy, sum_dy_xhat): (&[f64], &[f64]),
+) -> Vec<T> {
+    let m = (g.n * g.hw) as f64;
+    let mut dx = vec![T::zero(); dy.len()];
+    dx.par_chunks_mut(g.hw)
+        .enumerate()
+        .for_each(|(plane, dxp)| {
+            let c = plane % g.c;
+            // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * (x - m_t) + q with
+            // m_t the mean rounded to T (subtracted first: p * x + q would cancel in f32 when
+            // the mean is large against the spread).
+            let (a, b) = (sum_dy[c] / m, sum_dy_xhat[c] / m);
+            let p = -k[c] * b * inv_std[c];
+            let mean_t = T::of_f64(mean[c]);
+            let q = -k[c] * a + p * (mean_t.as_f64() - mean[c]);
+            let (kt, p, q) = (T::of_f64(k[c]), T::of_f64(p), T::of_f64(q));
+            let range = plane * g.hw..(plane + 1) * g.hw;
+            for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
+                *d = kt.mul_add(gv, p.mul_add(xv - mean_t, q));
+            }
+        });
+    dx
 }
 
 impl BatchNormTrain {
@@ -321,17 +416,8 @@ impl BatchNormTrain {
         var: Vec<f64>,
         affine: Option<(Vec<f64>, Vec<f64>)>,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let c = self.geom.c;
-        let inv_std: Vec<f64> = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        let (mut scale, mut shift) = (inv_std.clone(), vec![0.0; c]);
-        for ch in 0..c {
-            let (gamma, beta) = match &affine {
-                Some((gm, bt)) => (gm[ch], bt[ch]),
-                None => (1.0, 0.0),
-            };
-            scale[ch] = inv_std[ch] * gamma;
-            shift[ch] = beta - mean[ch] * scale[ch];
-        }
+        let affine = affine.as_ref().map(|(g, b)| (&g[..], &b[..]));
+        let (inv_std, scale, shift) = scale_shift(&mean, &var, self.eps, affine);
         let mut saved = self.saved.lock().map_err(|_| Error::Unsupported {
             op: OP,
             message: "statistics lock poisoned".into(),
@@ -528,24 +614,8 @@ impl CustomOp2 for BnReduce {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x], |T| {
-            let (sum_dy, sum_dy_xhat): (Vec<f64>, Vec<f64>) = (0..g.c)
-                .into_par_iter()
-                .map(|c| {
-                    let (mean, inv) = (self.saved.mean[c], self.saved.inv_std[c]);
-                    // sum(dy * (x - mean)) from deviations about the mean rounded to T:
-                    // sum(dy * (x - m_t)) - (mean - m_t) * sum(dy).
-                    let mean_t = T::of_f64(mean);
-                    let shift = mean - mean_t.as_f64();
-                    let (mut a, mut b) = (0.0f64, 0.0f64);
-                    for n in 0..g.n {
-                        let range = (n * g.c + c) * g.hw..(n * g.c + c + 1) * g.hw;
-                        let (s, p) = reduce::sum_and_dot_dev(&dy[range.clone()], &x[range], mean_t);
-                        a += s.as_f64();
-                        b += p.as_f64();
-                    }
-                    (a, (b - shift * a) * inv)
-                })
-                .unzip();
+            let (sum_dy, sum_dy_xhat) =
+                grad_sums(g, dy, x, &self.saved.mean, &self.saved.inv_std);
             let out: Vec<T> = sum_dy
                 .iter()
                 .chain(&sum_dy_xhat)
@@ -603,28 +673,21 @@ impl CustomOp3 for BnInputGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
-        let m = (g.n * g.hw) as f64;
+        let k: Vec<f64> = (0..g.c)
+            .map(|c| self.gamma[c] * self.saved.inv_std[c])
+            .collect();
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => sums], |T| {
-            let mut dx = vec![T::of_f64(0.0); dy.len()];
-            dx.par_chunks_mut(g.hw).enumerate().for_each(|(plane, dxp)| {
-                let c = plane % g.c;
-                let (mean, inv) = (self.saved.mean[c], self.saved.inv_std[c]);
-                let sum_dy = sums[c].as_f64();
-                let sum_dy_xhat = sums[g.c + c].as_f64();
-                // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * (x - m) + q
-                // with m the mean rounded to T (subtracted first: p * x + q would cancel
-                // in f32 when the mean is large against the spread).
-                let k = self.gamma[c] * inv;
-                let (a, b) = (sum_dy / m, sum_dy_xhat / m);
-                let p = -k * b * inv;
-                let mean_t = T::of_f64(mean);
-                let q = -k * a + p * (mean_t.as_f64() - mean);
-                let (k, p, q) = (T::of_f64(k), T::of_f64(p), T::of_f64(q));
-                let range = plane * g.hw..(plane + 1) * g.hw;
-                for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
-                    *d = k.mul_add(gv, p.mul_add(xv - mean_t, q));
-                }
-            });
+            let sums: Vec<f64> = sums.iter().map(|v| v.as_f64()).collect();
+            let (sum_dy, sum_dy_xhat) = sums.split_at(g.c);
+            let dx = input_grad(
+                g,
+                dy,
+                x,
+                &self.saved.mean,
+                &self.saved.inv_std,
+                &k,
+                (sum_dy, sum_dy_xhat),
+            );
             Ok((T::storage(dx), l1.shape().clone()))
         })
     }

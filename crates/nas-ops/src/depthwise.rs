@@ -55,7 +55,7 @@ pub fn depthwise_conv2d_slow(x: &Tensor, w: &Tensor, cfg: DepthwiseConfig) -> Re
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+pub(crate) struct Geometry {
     n: usize,
     c: usize,
     h: usize,
@@ -69,7 +69,7 @@ struct Geometry {
 const OP: &str = "depthwise_conv2d";
 
 impl Geometry {
-    fn new(x: &[usize], w: &[usize], cfg: DepthwiseConfig) -> Result<Self> {
+    pub(crate) fn new(x: &[usize], w: &[usize], cfg: DepthwiseConfig) -> Result<Self> {
         let &[n, c, h, wd] = x else {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -155,7 +155,7 @@ impl Geometry {
         o * self.cfg.stride + tap * self.cfg.dilation - self.cfg.padding
     }
 
-    fn out_shape(&self) -> Shape {
+    pub(crate) fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.c, self.oh, self.ow))
     }
 
@@ -244,7 +244,7 @@ impl Geometry {
     }
 }
 
-fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     if let Some(d) = g.dense() {
         let full = depthwise_dense::forward(&d, g.c, x, w, g.cfg.relu_input);
         if g.cfg.stride == 1 {
@@ -284,7 +284,7 @@ fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Ve
     y
 }
 
-fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
+pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
     if let Some(d) = g.dense() {
         let dy = g.unit_stride_grad(&d, dy);
         return depthwise_dense::input_grad(&d, g.c, &dy, w, x, g.cfg.relu_input);
@@ -319,7 +319,7 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
     dx
 }
 
-fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+pub(crate) fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
     if let Some(d) = g.dense() {
         let dy = g.unit_stride_grad(&d, dy);
         return depthwise_dense::weight_grad(&d, g.c, &dy, x, g.cfg.relu_input);

@@ -31,6 +31,7 @@ mod rnn_node;
 mod rnn_sequence;
 pub mod runtime;
 mod sep_conv;
+mod separable;
 #[cfg(test)]
 mod testing;
 mod weighted_sum;
@@ -55,4 +56,5 @@ pub use rnn_sequence::{
     rnn_sequence, rnn_sequence_slow, RnnCellSpec, RnnNorm, RnnSequence, RnnSequenceOutput,
 };
 pub use sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
+pub use separable::{separable_block_train, separable_block_train_slow};
 pub use weighted_sum::{weighted_sum, weighted_sum_slow};

@@ -70,7 +70,7 @@ pub fn pointwise_conv2d_slow(x: &Tensor, w: &Tensor, cfg: PointwiseConfig) -> Re
 const OP: &str = "pointwise_conv2d";
 
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
+pub(crate) struct Geometry {
     n: usize,
     cin: usize,
     cout: usize,
@@ -82,7 +82,7 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn new(x: &[usize], w: &[usize], cfg: PointwiseConfig) -> Result<Self> {
+    pub(crate) fn new(x: &[usize], w: &[usize], cfg: PointwiseConfig) -> Result<Self> {
         let &[n, cin, h, wd] = x else {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -149,7 +149,7 @@ impl Geometry {
         self.cfg.stride == 1
     }
 
-    fn out_shape(&self) -> Shape {
+    pub(crate) fn out_shape(&self) -> Shape {
         Shape::from((self.n, self.cout, self.oh, self.ow))
     }
 
@@ -181,7 +181,7 @@ impl Geometry {
 const DW_ROWS: usize = 8;
 
 /// `y[n] = w x[n]`, one product per image, images in parallel.
-fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let (pi, po) = (g.plane_in(), g.plane_out());
     let mut y = vec![T::zero(); g.n * g.cout * po];
     y.par_chunks_mut(g.cout * po)
@@ -201,7 +201,7 @@ fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
 
 /// `dx[n] = w^T dy[n]`, scattered back to the pixels the forward read and masked by the
 /// ReLU.
-fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
+pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
     let (pi, po) = (g.plane_in(), g.plane_out());
     let mut dx = vec![T::zero(); g.n * g.cin * pi];
     dx.par_chunks_mut(g.cin * pi)
@@ -238,7 +238,7 @@ fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
 
 /// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over blocks of output
 /// channels, each summing the images in order.
-fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+pub(crate) fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
     let (pi, po) = (g.plane_in(), g.plane_out());
     let operands: Vec<Option<Vec<T>>> = x.par_chunks(g.cin * pi).map(|xi| g.operand(xi)).collect();
     let mut dw = vec![T::zero(); g.cout * g.cin];

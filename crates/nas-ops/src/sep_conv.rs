@@ -11,6 +11,7 @@ use crate::batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
 use crate::conv::pointwise;
 use crate::depthwise::{depthwise_conv2d, DepthwiseConfig};
 use crate::error::Result;
+use crate::separable::separable_block_train;
 
 /// ReLU, depthwise, pointwise, BN: one half of a [`SepConv`], or a whole [`DilConv`].
 #[derive(Debug, Clone)]
@@ -23,6 +24,20 @@ pub struct DepthwiseSeparable {
 
 impl ModuleT for DepthwiseSeparable {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            // One graph node (`separable.rs`); the running statistics as BN's own
+            // training-mode forward updates them.
+            let (y, stats) = separable_block_train(
+                x,
+                &self.depthwise,
+                &self.pointwise,
+                self.bn.affine(),
+                self.cfg,
+                self.bn.config().eps,
+            )?;
+            self.bn.update_running_all(std::slice::from_ref(&stats))?;
+            return Ok(y);
+        }
         let y = depthwise_conv2d(x, &self.depthwise, self.cfg)?;
         self.bn.forward_t(&pointwise(&y, &self.pointwise)?, train)
     }

@@ -1,0 +1,431 @@
+//! The ReLU-depthwise-pointwise-BN block of DARTS's separable and dilated convolutions
+//! (`sep_conv.rs`), in training mode, as one graph node on the CPU.
+//!
+//! As three ops (depthwise, pointwise, BN) the block costs candle's backward pass a zeroed
+//! gradient buffer and an addition for each of the two intermediate tensors, and keeps the
+//! pointwise output alive for BN's backward. Here the backward runs the same kernels
+//! (`depthwise.rs`, `pointwise.rs`, `batch_norm.rs`) straight from one intermediate to the
+//! next, and without affine parameters BN's normalised input is the block's own output,
+//! so only the depthwise output is saved. The parameters travel as one flat tensor
+//! (`[depthwise, pointwise, gamma, beta]`), whose gradient candle splits back into the
+//! variables.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use crate::batch_norm::{self as bn, batch_norm_train, batch_norm_train_slow, BatchStats};
+use crate::cpu::{dispatch, Elem};
+use crate::depthwise::{self, depthwise_conv2d, depthwise_conv2d_slow, DepthwiseConfig};
+use crate::error::{Error, Result};
+use crate::pointwise::{self, pointwise_conv2d, pointwise_conv2d_slow, PointwiseConfig};
+
+const OP: &str = "separable_block";
+
+/// Training-mode `BN(pointwise(depthwise(x)))` (the depthwise convolution applies ReLU
+/// first when `cfg.relu_input`), BN normalising with the batch's statistics and then
+/// applying `affine = (gamma, beta)` when given. Returns the output and BN's batch
+/// statistics (for the running statistics). One fused op on the CPU; on other devices the
+/// three ops one after the other.
+pub fn separable_block_train(
+    x: &Tensor,
+    dw: &Tensor,
+    pw: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    cfg: DepthwiseConfig,
+    eps: f64,
+) -> Result<(Tensor, BatchStats)> {
+    let dw_geom = depthwise::Geometry::new(x.dims(), dw.dims(), cfg)?;
+    let mid = dw_geom.out_shape();
+    let pw_geom = pointwise::Geometry::new(mid.dims(), pw.dims(), PointwiseConfig::default())?;
+    let out = pw_geom.out_shape();
+    let &[n, c_out, oh, ow] = out.dims() else {
+        unreachable!("pointwise outputs are [n, c, h, w]")
+    };
+    if let Some((gamma, beta)) = affine {
+        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+            if t.dims() != [c_out] {
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    expected: format!("{name} [{c_out}]"),
+                    got: t.dims().to_vec(),
+                }
+                .into());
+            }
+        }
+    }
+    if !x.device().is_cpu() {
+        let y = pointwise_conv2d(&depthwise_conv2d(x, dw, cfg)?, pw, Default::default())?;
+        return batch_norm_train(&y, affine, eps);
+    }
+    let mut parts = vec![dw.flatten_all()?, pw.flatten_all()?];
+    if let Some((gamma, beta)) = affine {
+        parts.extend([gamma.clone(), beta.clone()]);
+    }
+    let params = Tensor::cat(&parts, 0)?;
+    let saved = Arc::new(Mutex::new(None));
+    let op = SeparableBlock {
+        geom: BlockGeometry {
+            dw: dw_geom,
+            pw: pw_geom,
+            bn: bn::Geometry {
+                n,
+                c: c_out,
+                hw: oh * ow,
+            },
+            dw_len: dw.elem_count(),
+            pw_len: pw.elem_count(),
+            affine: affine.is_some(),
+            eps,
+        },
+        saved: saved.clone(),
+    };
+    let y = x.contiguous()?.apply_op2(&params, op)?;
+    let saved = lock(&saved)?;
+    let saved = saved.as_ref().ok_or_else(|| Error::Unsupported {
+        op: OP,
+        message: "no statistics after the forward pass".into(),
+    })?;
+    let stats = BatchStats {
+        mean: saved.mean.clone(),
+        var: saved.var.clone(),
+        count: n * oh * ow,
+    };
+    Ok((y, stats))
+}
+
+/// The plain-tensor reference: the three ops' `_slow` versions one after the other.
+pub fn separable_block_train_slow(
+    x: &Tensor,
+    dw: &Tensor,
+    pw: &Tensor,
+    affine: Option<(&Tensor, &Tensor)>,
+    cfg: DepthwiseConfig,
+    eps: f64,
+) -> Result<Tensor> {
+    let y = depthwise_conv2d_slow(x, dw, cfg)?;
+    let y = pointwise_conv2d_slow(&y, pw, PointwiseConfig::default())?;
+    batch_norm_train_slow(&y, affine, eps)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BlockGeometry {
+    dw: depthwise::Geometry,
+    pw: pointwise::Geometry,
+    bn: bn::Geometry,
+    dw_len: usize,
+    pw_len: usize,
+    affine: bool,
+    eps: f64,
+}
+
+/// The flat parameters, split.
+struct Params<'a, T> {
+    dw: &'a [T],
+    pw: &'a [T],
+    /// `(gamma, beta)`.
+    affine: Option<(&'a [T], &'a [T])>,
+}
+
+impl BlockGeometry {
+    fn split<'a, T>(&self, params: &'a [T]) -> Params<'a, T> {
+        let (dw, rest) = params.split_at(self.dw_len);
+        let (pw, rest) = rest.split_at(self.pw_len);
+        let affine = self.affine.then(|| rest.split_at(self.bn.c));
+        Params { dw, pw, affine }
+    }
+}
+
+/// What the forward pass leaves for the backward pass.
+struct Saved {
+    /// The depthwise output (the pointwise product's input).
+    mid: CpuStorage,
+    /// The pointwise output, kept only with affine parameters (BN's backward then reads
+    /// its normalised input from it; without, that is the block's output).
+    pre_bn: Option<CpuStorage>,
+    params: CpuStorage,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+type Shared<T> = Arc<Mutex<Option<T>>>;
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| {
+        Error::Unsupported {
+            op: OP,
+            message: "saved state lock poisoned".into(),
+        }
+        .into()
+    })
+}
+
+fn saved_slice<T: Elem>(s: &CpuStorage) -> Result<&[T]> {
+    T::slice(s).ok_or_else(|| {
+        Error::Unsupported {
+            op: OP,
+            message: "saved tensors of another dtype".into(),
+        }
+        .into()
+    })
+}
+
+struct SeparableBlock {
+    geom: BlockGeometry,
+    saved: Shared<Saved>,
+}
+
+impl SeparableBlock {
+    fn run<T: Elem>(&self, x: &[T], params: &[T]) -> Result<Vec<T>> {
+        let g = &self.geom;
+        let Params { dw, pw, affine } = g.split(params);
+        let mid = depthwise::forward(&g.dw, x, dw);
+        let pre_bn = pointwise::forward(&g.pw, &mid, pw);
+        let (mean, var) = bn::channel_stats(&g.bn, &pre_bn);
+        let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
+        let affine = affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
+        let (inv_std, scale, shift) = bn::scale_shift(
+            &mean,
+            &var,
+            g.eps,
+            affine.as_ref().map(|(gm, bt)| (&gm[..], &bt[..])),
+        );
+        let y = bn::normalise(&g.bn, &pre_bn, &mean, &scale, &shift);
+        *lock(&self.saved)? = Some(Saved {
+            mid: T::storage(mid),
+            pre_bn: g.affine.then(|| T::storage(pre_bn)),
+            params: T::storage(params.to_vec()),
+            mean,
+            var,
+            inv_std,
+        });
+        Ok(y)
+    }
+}
+
+impl CustomOp2 for SeparableBlock {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(OP, [(s1, l1) => x, (s2, l2) => params], |T| {
+            Ok((T::storage(self.run::<T>(x, params)?), self.geom.pw.out_shape()))
+        })
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let back = SeparableBackward {
+            geom: self.geom,
+            saved: self.saved.clone(),
+            dparams: Arc::new(Mutex::new(None)),
+        };
+        let dx = dy.contiguous()?.apply_op3_no_bwd(x, y, &back)?;
+        let dparams = lock(&back.dparams)?
+            .take()
+            .ok_or_else(|| Error::Unsupported {
+                op: OP,
+                message: "no parameter gradient after the backward pass".into(),
+            })?;
+        let dparams = match dparams {
+            CpuStorage::F32(v) => Tensor::from_vec(v, params.shape(), x.device())?,
+            CpuStorage::F64(v) => Tensor::from_vec(v, params.shape(), x.device())?,
+            _ => {
+                return Err(Error::Unsupported {
+                    op: OP,
+                    message: "parameter gradient of an unsupported dtype".into(),
+                }
+                .into())
+            }
+        };
+        Ok((Some(dx), Some(dparams)))
+    }
+}
+
+/// `(dy, x, y) -> dx`, the parameters' gradient left in `dparams`.
+struct SeparableBackward {
+    geom: BlockGeometry,
+    saved: Shared<Saved>,
+    dparams: Shared<CpuStorage>,
+}
+
+impl SeparableBackward {
+    fn run<T: Elem>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<Vec<T>> {
+        let g = &self.geom;
+        let saved = lock(&self.saved)?;
+        let s = saved.as_ref().ok_or_else(|| Error::Unsupported {
+            op: OP,
+            message: "backward before forward".into(),
+        })?;
+        let params = saved_slice::<T>(&s.params)?;
+        let Params { dw, pw, affine } = g.split(params);
+        let mid = saved_slice::<T>(&s.mid)?;
+        // BN's normalised input: the pointwise output standardised with the batch
+        // statistics, or without affine parameters the block's output itself.
+        let c = g.bn.c;
+        let (src, mean, inv) = match &s.pre_bn {
+            Some(pre) => (saved_slice::<T>(pre)?, s.mean.clone(), s.inv_std.clone()),
+            None => (y, vec![0.0; c], vec![1.0; c]),
+        };
+        let (sum_dy, sum_dy_xhat) = bn::grad_sums(&g.bn, dy, src, &mean, &inv);
+        let k: Vec<f64> = (0..c)
+            .map(|ch| affine.map_or(1.0, |(gm, _)| gm[ch].as_f64()) * s.inv_std[ch])
+            .collect();
+        let d_pre = bn::input_grad(&g.bn, dy, src, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
+        let d_pw = pointwise::weight_grad(&g.pw, &d_pre, mid);
+        let d_mid = pointwise::input_grad(&g.pw, &d_pre, pw, mid);
+        drop(d_pre);
+        let d_dw = depthwise::weight_grad(&g.dw, &d_mid, x);
+        let dx = depthwise::input_grad(&g.dw, &d_mid, dw, x);
+        let mut dparams = Vec::with_capacity(params.len());
+        dparams.extend(d_dw);
+        dparams.extend(d_pw);
+        if g.affine {
+            dparams.extend(sum_dy_xhat.iter().map(|&v| T::of_f64(v)));
+            dparams.extend(sum_dy.iter().map(|&v| T::of_f64(v)));
+        }
+        *lock(&self.dparams)? = Some(T::storage(dparams));
+        Ok(dx)
+    }
+}
+
+impl CustomOp3 for SeparableBackward {
+    fn name(&self) -> &'static str {
+        "separable_block_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => y], |T| {
+            Ok((T::storage(self.run::<T>(dy, x, y)?), l2.shape().clone()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device, Var};
+
+    /// Odd sizes, both strides, dilation, with and without ReLU.
+    fn configs() -> Vec<(usize, DepthwiseConfig)> {
+        let cfg = |k: usize, stride, dilation, relu_input| DepthwiseConfig {
+            stride,
+            padding: dilation * (k - 1) / 2,
+            dilation,
+            relu_input,
+        };
+        vec![
+            (3, cfg(3, 1, 1, true)),
+            (3, cfg(3, 2, 1, true)),
+            (5, cfg(5, 1, 2, true)),
+            (3, cfg(3, 2, 2, false)),
+        ]
+    }
+
+    #[test]
+    fn matches_the_three_ops_and_the_slow_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, cfg) in configs() {
+            let x = Var::from_tensor(&randn(&[3, 4, 7, 9], DType::F32, &dev)?)?;
+            let dw = Var::from_tensor(&randn(&[4, 1, k, k], DType::F32, &dev)?)?;
+            let pw = Var::from_tensor(&randn(&[5, 4, 1, 1], DType::F32, &dev)?)?;
+            let gamma = Var::from_tensor(&(randn(&[5], DType::F32, &dev)? + 1.0)?)?;
+            let beta = Var::from_tensor(&randn(&[5], DType::F32, &dev)?)?;
+            for affine in [false, true] {
+                let aff = affine.then(|| (gamma.as_tensor(), beta.as_tensor()));
+                let (y, stats) =
+                    separable_block_train(&x, dw.as_tensor(), pw.as_tensor(), aff, cfg, 1e-5)?;
+                let slow = separable_block_train_slow(&x, &dw, &pw, aff, cfg, 1e-5)?;
+                let r = randn(y.dims(), DType::F32, &dev)?;
+                assert_close(&y, &slow, 1e-4, 1e-4, "block vs slow")?;
+                // The three fused ops one after the other: same output, statistics and
+                // gradients.
+                let mid = depthwise_conv2d(&x, &dw, cfg)?;
+                let pre = pointwise_conv2d(&mid, &pw, Default::default())?;
+                let (y3, stats3) = batch_norm_train(&pre, aff, 1e-5)?;
+                assert_close(&y, &y3, 1e-5, 1e-5, "block vs three ops")?;
+                assert_eq!(stats.count, stats3.count);
+                for (a, b) in stats.var.iter().zip(&stats3.var) {
+                    assert!((a - b).abs() < 1e-6 * (1.0 + b.abs()), "variance");
+                }
+                let vars = [&x, &dw, &pw, &gamma, &beta];
+                let g1 = (y.broadcast_mul(&r))?.sum_all()?.backward()?;
+                let g3 = (y3.broadcast_mul(&r))?.sum_all()?.backward()?;
+                for v in vars.iter().take(if affine { 5 } else { 3 }) {
+                    let (a, b) = (g1.get(v).expect("grad"), g3.get(v).expect("grad"));
+                    assert_close(a, b, 1e-4, 1e-4, "input and parameter gradients")?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, cfg) in configs() {
+            let x = randn(&[2, 3, 7, 5], DType::F64, &dev)?;
+            let dw = randn(&[3, 1, k, k], DType::F64, &dev)?;
+            let pw = randn(&[4, 3, 1, 1], DType::F64, &dev)?;
+            let gamma = (randn(&[4], DType::F64, &dev)? + 1.0)?;
+            let beta = randn(&[4], DType::F64, &dev)?;
+            grad_check(
+                &[x.clone(), dw.clone(), pw.clone()],
+                |v| Ok(separable_block_train(&v[0], &v[1], &v[2], None, cfg, 1e-5)?.0),
+                "separable block, no affine",
+            )?;
+            grad_check(
+                &[x, dw, pw, gamma, beta],
+                |v| {
+                    let aff = Some((&v[3], &v[4]));
+                    Ok(separable_block_train(&v[0], &v[1], &v[2], aff, cfg, 1e-5)?.0)
+                },
+                "separable block, affine",
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn shape_errors_name_the_parameter() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 3, 5, 5), DType::F32, &dev).unwrap();
+        let dw = Tensor::zeros((3, 1, 3, 3), DType::F32, &dev).unwrap();
+        let pw = Tensor::zeros((4, 3, 1, 1), DType::F32, &dev).unwrap();
+        let bad = Tensor::zeros(3, DType::F32, &dev).unwrap();
+        let cfg = DepthwiseConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let err = separable_block_train(&x, &dw, &pw, Some((&bad, &bad)), cfg, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gamma [4]"), "{err}");
+        let err = separable_block_train(&x, &pw, &pw, None, cfg, 1e-5)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("weight"), "{err}");
+    }
+}
