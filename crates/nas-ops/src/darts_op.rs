@@ -10,6 +10,7 @@ use crate::conv::subsample;
 use crate::error::{Error, Result};
 use crate::factorized_reduce::{factorized_reduce, FactorizedReduce};
 use crate::pool::{pool2d, PoolConfig};
+use crate::pool_bn::pool_bn_train;
 use crate::sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
 use crate::weighted_sum::weighted_sum;
 
@@ -53,6 +54,12 @@ impl ModuleT for DartsOp {
             DartsOp::Zero { stride } => subsample(x, *stride, 0)?.zeros_like(),
             DartsOp::Identity => Ok(x.clone()),
             DartsOp::FactorizedReduce(op) => op.forward_t(x, train),
+            DartsOp::Pool { cfg, bn: Some(bn) } if train && bn.affine().is_none() => {
+                // One graph node (`pool_bn.rs`).
+                let (y, stats) = pool_bn_train(x, *cfg, bn.config().eps)?;
+                bn.update_running_all(std::slice::from_ref(&stats))?;
+                Ok(y)
+            }
             DartsOp::Pool { cfg, bn } => {
                 let y = pool2d(x, *cfg)?;
                 match bn {

@@ -24,6 +24,7 @@ mod linear_cross_entropy;
 mod padded;
 mod pointwise;
 mod pool;
+mod pool_bn;
 mod pool_dense;
 mod reduce;
 mod relu_conv_bn;
@@ -50,6 +51,7 @@ pub use factorized_reduce::{factorized_reduce, FactorizedReduce};
 pub use linear_cross_entropy::{linear_cross_entropy, linear_cross_entropy_slow};
 pub use pointwise::{pointwise_conv2d, pointwise_conv2d_slow, PointwiseConfig};
 pub use pool::{pool2d, pool2d_slow, PoolConfig, PoolKind};
+pub use pool_bn::{pool_bn_train, pool_bn_train_slow};
 pub use relu_conv_bn::{relu_conv_bn, ReluConvBn};
 pub use rnn_node::{rnn_node, rnn_node_slow};
 pub use rnn_sequence::{

@@ -128,18 +128,18 @@ pub fn pool2d_slow(x: &Tensor, cfg: PoolConfig) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    n: usize,
-    c: usize,
+pub(crate) struct Geometry {
+    pub n: usize,
+    pub c: usize,
     h: usize,
     w: usize,
-    oh: usize,
-    ow: usize,
+    pub oh: usize,
+    pub ow: usize,
     cfg: PoolConfig,
 }
 
 impl Geometry {
-    fn new(x: &[usize], cfg: PoolConfig) -> Result<Self> {
+    pub(crate) fn new(x: &[usize], cfg: PoolConfig) -> Result<Self> {
         let &[n, c, h, w] = x else {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -279,7 +279,7 @@ impl Geometry {
 
 /// Pools every plane; for max pooling also returns, per output, the plane-local index of
 /// the first window position (row-major) holding the maximum, as PyTorch picks it.
-fn forward<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>) {
+pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>) {
     if let Some((d, one)) = g.dense() {
         let (y, arg) = match g.cfg.kind {
             PoolKind::Max => {
@@ -360,7 +360,7 @@ fn forward_windows<T: Elem>(g: &Geometry, x: &[T]) -> (Vec<T>, Option<Vec<u32>>)
 }
 
 /// `dx` for max pooling: each output's gradient goes to its saved argmax.
-fn max_backward<T: Elem>(g: &Geometry, dy: &[T], arg: &[u32]) -> Vec<T> {
+pub(crate) fn max_backward<T: Elem>(g: &Geometry, dy: &[T], arg: &[u32]) -> Vec<T> {
     let (plane_in, plane_out) = (g.h * g.w, g.oh * g.ow);
     let mut dx = vec![T::zero(); g.n * g.c * plane_in];
     dx.par_chunks_mut(plane_in)
@@ -374,7 +374,7 @@ fn max_backward<T: Elem>(g: &Geometry, dy: &[T], arg: &[u32]) -> Vec<T> {
     dx
 }
 
-fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
+pub(crate) fn avg_backward<T: Elem>(g: &Geometry, dy: &[T]) -> Vec<T> {
     if let Some((d, one)) = g.dense() {
         if g.cfg.stride == 1 {
             return pool_dense::avg_backward(&d, dy, &one.divisors());

@@ -1,0 +1,225 @@
+//! Pooling followed by BN without affine parameters, in training mode, as one graph node
+//! on the CPU: the search network's `max_pool_3x3` and `avg_pool_3x3` (DARTS's
+//! `model_search.py` puts `BatchNorm2d(C, affine=False)` after each pool).
+//!
+//! BN without affine parameters outputs its normalised input, so its backward reads the
+//! block's output and the pooled tensor need not be kept; max pooling's backward needs only
+//! the argmax. One node instead of two also spares candle's backward a zeroed gradient and
+//! an addition for the pooled tensor.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+use crate::batch_norm::{self as bn, batch_norm_train, batch_norm_train_slow, BatchStats};
+use crate::cpu::{dispatch, Elem};
+use crate::error::{Error, Result};
+use crate::pool::{self, pool2d, pool2d_slow, PoolConfig};
+
+const OP: &str = "pool_bn";
+
+/// Training-mode `BN(pool(x))`, BN without affine parameters normalising with the batch's
+/// statistics. Returns the output and the batch statistics (for the running statistics).
+/// One fused op on the CPU; on other devices the two ops one after the other.
+pub fn pool_bn_train(x: &Tensor, cfg: PoolConfig, eps: f64) -> Result<(Tensor, BatchStats)> {
+    let geom = pool::Geometry::new(x.dims(), cfg)?;
+    if !x.device().is_cpu() {
+        return batch_norm_train(&pool2d(x, cfg)?, None, eps);
+    }
+    let saved = Arc::new(Mutex::new(None));
+    let y = x.contiguous()?.apply_op1(PoolBn {
+        geom,
+        eps,
+        saved: saved.clone(),
+    })?;
+    let saved = lock(&saved)?;
+    let saved = saved.as_ref().ok_or_else(|| Error::Unsupported {
+        op: OP,
+        message: "no statistics after the forward pass".into(),
+    })?;
+    let stats = BatchStats {
+        mean: saved.mean.clone(),
+        var: saved.var.clone(),
+        count: geom.n * geom.oh * geom.ow,
+    };
+    Ok((y, stats))
+}
+
+/// The plain-tensor reference: the two ops' `_slow` versions one after the other.
+pub fn pool_bn_train_slow(x: &Tensor, cfg: PoolConfig, eps: f64) -> Result<Tensor> {
+    batch_norm_train_slow(&pool2d_slow(x, cfg)?, None, eps)
+}
+
+fn bn_geometry(g: &pool::Geometry) -> bn::Geometry {
+    bn::Geometry {
+        n: g.n,
+        c: g.c,
+        hw: g.oh * g.ow,
+    }
+}
+
+struct Saved {
+    /// Max pooling's argmax (plane-local input index per output).
+    argmax: Option<Vec<u32>>,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| {
+        Error::Unsupported {
+            op: OP,
+            message: "saved state lock poisoned".into(),
+        }
+        .into()
+    })
+}
+
+struct PoolBn {
+    geom: pool::Geometry,
+    eps: f64,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+impl PoolBn {
+    fn run<T: Elem>(&self, x: &[T]) -> Result<Vec<T>> {
+        let (pooled, argmax) = pool::forward(&self.geom, x);
+        let bg = bn_geometry(&self.geom);
+        let (mean, var) = bn::channel_stats(&bg, &pooled);
+        let (inv_std, scale, shift) = bn::scale_shift(&mean, &var, self.eps, None);
+        let y = bn::normalise(&bg, &pooled, &mean, &scale, &shift);
+        *lock(&self.saved)? = Some(Saved {
+            argmax,
+            mean,
+            var,
+            inv_std,
+        });
+        Ok(y)
+    }
+}
+
+impl CustomOp1 for PoolBn {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.geom;
+        dispatch!(OP, [(s, l) => x], |T| {
+            Ok((
+                T::storage(self.run::<T>(x)?),
+                Shape::from((g.n, g.c, g.oh, g.ow)),
+            ))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let back = PoolBnBackward {
+            geom: self.geom,
+            saved: self.saved.clone(),
+            input_shape: x.shape().clone(),
+        };
+        Ok(Some(dy.contiguous()?.apply_op2_no_bwd(y, &back)?))
+    }
+}
+
+/// `(dy, y) -> dx`.
+struct PoolBnBackward {
+    geom: pool::Geometry,
+    saved: Arc<Mutex<Option<Saved>>>,
+    input_shape: Shape,
+}
+
+impl PoolBnBackward {
+    fn run<T: Elem>(&self, dy: &[T], y: &[T]) -> Result<Vec<T>> {
+        let saved = lock(&self.saved)?;
+        let s = saved.as_ref().ok_or_else(|| Error::Unsupported {
+            op: OP,
+            message: "backward before forward".into(),
+        })?;
+        // The output is BN's normalised input: mean 0, scale 1 for `grad_sums`.
+        let bg = bn_geometry(&self.geom);
+        let (zero, one) = (vec![0.0; bg.c], vec![1.0; bg.c]);
+        let (sum_dy, sum_dy_xhat) = bn::grad_sums(&bg, dy, y, &zero, &one);
+        let d_pooled = bn::input_grad(&bg, dy, y, &zero, &one, &s.inv_std, (&sum_dy, &sum_dy_xhat));
+        Ok(match &s.argmax {
+            Some(arg) => pool::max_backward(&self.geom, &d_pooled, arg),
+            None => pool::avg_backward(&self.geom, &d_pooled),
+        })
+    }
+}
+
+impl CustomOp2 for PoolBnBackward {
+    fn name(&self) -> &'static str {
+        "pool_bn_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(OP, [(s1, l1) => dy, (s2, l2) => y], |T| {
+            Ok((T::storage(self.run::<T>(dy, y)?), self.input_shape.clone()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::PoolKind;
+    use crate::testing::{assert_close, grad_check, randn};
+    use candle_core::{DType, Device, Var};
+
+    fn configs() -> Vec<PoolConfig> {
+        vec![
+            PoolConfig::darts(true, 1),
+            PoolConfig::darts(true, 2),
+            PoolConfig::darts(false, 1),
+            PoolConfig::darts(false, 2),
+        ]
+    }
+
+    #[test]
+    fn matches_the_two_ops_and_the_slow_reference() -> Result<()> {
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            let x = Var::from_tensor(&randn(&[3, 4, 7, 9], DType::F32, &dev)?)?;
+            let (y, stats) = pool_bn_train(&x, cfg, 1e-5)?;
+            assert_close(&y, &pool_bn_train_slow(&x, cfg, 1e-5)?, 1e-4, 1e-4, "slow")?;
+            let (y2, stats2) = batch_norm_train(&pool2d(&x, cfg)?, None, 1e-5)?;
+            assert_close(&y, &y2, 1e-5, 1e-5, "pool then BN")?;
+            assert_eq!(stats.count, stats2.count);
+            let r = randn(y.dims(), DType::F32, &dev)?;
+            let g1 = (&y * &r)?.sum_all()?.backward()?;
+            let g2 = (&y2 * &r)?.sum_all()?.backward()?;
+            let (a, b) = (g1.get(&x).expect("grad"), g2.get(&x).expect("grad"));
+            assert_close(a, b, 1e-4, 1e-4, "input gradient")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            // Distinct values, so that no max-pool window has a tie that a finite
+            // difference would split.
+            let x = randn(&[2, 3, 7, 5], DType::F64, &dev)?;
+            let what = match cfg.kind {
+                PoolKind::Max => "max pool + BN",
+                PoolKind::Avg { .. } => "avg pool + BN",
+            };
+            grad_check(
+                std::slice::from_ref(&x),
+                |v| Ok(pool_bn_train(&v[0], cfg, 1e-5)?.0),
+                what,
+            )?;
+        }
+        Ok(())
+    }
+}
