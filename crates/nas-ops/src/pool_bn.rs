@@ -15,6 +15,7 @@ use crate::batch_norm::{self as bn, batch_norm_train, batch_norm_train_slow, Bat
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
 use crate::pool::{self, pool2d, pool2d_slow, PoolConfig};
+use crate::separable::lock;
 
 const OP: &str = "pool_bn";
 
@@ -32,16 +33,14 @@ pub fn pool_bn_train(x: &Tensor, cfg: PoolConfig, eps: f64) -> Result<(Tensor, B
         eps,
         saved: saved.clone(),
     })?;
-    let saved = lock(&saved)?;
-    let saved = saved.as_ref().ok_or_else(|| Error::Unsupported {
-        op: OP,
-        message: "no statistics after the forward pass".into(),
-    })?;
-    let stats = BatchStats {
-        mean: saved.mean.clone(),
-        var: saved.var.clone(),
-        count: geom.n * geom.oh * geom.ow,
-    };
+    let saved = lock(&saved, OP)?;
+    let stats = saved
+        .as_ref()
+        .ok_or_else(|| Error::Unsupported {
+            op: OP,
+            message: "no statistics after the forward pass".into(),
+        })?
+        .stats(&geom);
     Ok((y, stats))
 }
 
@@ -58,7 +57,8 @@ fn bn_geometry(g: &pool::Geometry) -> bn::Geometry {
     }
 }
 
-struct Saved {
+/// What the forward pass leaves for the backward pass.
+pub(crate) struct PoolBnState {
     /// Max pooling's argmax (plane-local input index per output).
     argmax: Option<Vec<u32>>,
     mean: Vec<f64>,
@@ -66,37 +66,66 @@ struct Saved {
     inv_std: Vec<f64>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
-    m.lock().map_err(|_| {
-        Error::Unsupported {
-            op: OP,
-            message: "saved state lock poisoned".into(),
+impl PoolBnState {
+    pub(crate) fn stats(&self, g: &pool::Geometry) -> BatchStats {
+        BatchStats {
+            mean: self.mean.clone(),
+            var: self.var.clone(),
+            count: g.n * g.oh * g.ow,
         }
-        .into()
-    })
+    }
+}
+
+/// The output and what the backward pass needs.
+pub(crate) fn pool_bn_forward<T: Elem>(
+    g: &pool::Geometry,
+    eps: f64,
+    x: &[T],
+) -> (Vec<T>, PoolBnState) {
+    let (pooled, argmax) = pool::forward(g, x);
+    let bg = bn_geometry(g);
+    let (mean, var) = bn::channel_stats(&bg, &pooled);
+    let (inv_std, scale, shift) = bn::scale_shift(&mean, &var, eps, None);
+    let y = bn::normalise(&bg, &pooled, &mean, &scale, &shift);
+    let state = PoolBnState {
+        argmax,
+        mean,
+        var,
+        inv_std,
+    };
+    (y, state)
+}
+
+/// `dx` from the output gradient and the output.
+pub(crate) fn pool_bn_backward<T: Elem>(
+    g: &pool::Geometry,
+    st: &PoolBnState,
+    dy: &[T],
+    y: &[T],
+) -> Vec<T> {
+    // The output is BN's normalised input: mean 0, scale 1 for `grad_sums`.
+    let bg = bn_geometry(g);
+    let (zero, one) = (vec![0.0; bg.c], vec![1.0; bg.c]);
+    let (sum_dy, sum_dy_xhat) = bn::grad_sums(&bg, dy, y, &zero, &one);
+    let d_pooled = bn::input_grad(
+        &bg,
+        dy,
+        y,
+        &zero,
+        &one,
+        &st.inv_std,
+        (&sum_dy, &sum_dy_xhat),
+    );
+    match &st.argmax {
+        Some(arg) => pool::max_backward(g, &d_pooled, arg),
+        None => pool::avg_backward(g, &d_pooled),
+    }
 }
 
 struct PoolBn {
     geom: pool::Geometry,
     eps: f64,
-    saved: Arc<Mutex<Option<Saved>>>,
-}
-
-impl PoolBn {
-    fn run<T: Elem>(&self, x: &[T]) -> Result<Vec<T>> {
-        let (pooled, argmax) = pool::forward(&self.geom, x);
-        let bg = bn_geometry(&self.geom);
-        let (mean, var) = bn::channel_stats(&bg, &pooled);
-        let (inv_std, scale, shift) = bn::scale_shift(&mean, &var, self.eps, None);
-        let y = bn::normalise(&bg, &pooled, &mean, &scale, &shift);
-        *lock(&self.saved)? = Some(Saved {
-            argmax,
-            mean,
-            var,
-            inv_std,
-        });
-        Ok(y)
-    }
+    saved: Arc<Mutex<Option<PoolBnState>>>,
 }
 
 impl CustomOp1 for PoolBn {
@@ -107,10 +136,9 @@ impl CustomOp1 for PoolBn {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = &self.geom;
         dispatch!(OP, [(s, l) => x], |T| {
-            Ok((
-                T::storage(self.run::<T>(x)?),
-                Shape::from((g.n, g.c, g.oh, g.ow)),
-            ))
+            let (y, state) = pool_bn_forward::<T>(g, self.eps, x);
+            *lock(&self.saved, OP)? = Some(state);
+            Ok((T::storage(y), Shape::from((g.n, g.c, g.oh, g.ow))))
         })
     }
 
@@ -127,27 +155,8 @@ impl CustomOp1 for PoolBn {
 /// `(dy, y) -> dx`.
 struct PoolBnBackward {
     geom: pool::Geometry,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: Arc<Mutex<Option<PoolBnState>>>,
     input_shape: Shape,
-}
-
-impl PoolBnBackward {
-    fn run<T: Elem>(&self, dy: &[T], y: &[T]) -> Result<Vec<T>> {
-        let saved = lock(&self.saved)?;
-        let s = saved.as_ref().ok_or_else(|| Error::Unsupported {
-            op: OP,
-            message: "backward before forward".into(),
-        })?;
-        // The output is BN's normalised input: mean 0, scale 1 for `grad_sums`.
-        let bg = bn_geometry(&self.geom);
-        let (zero, one) = (vec![0.0; bg.c], vec![1.0; bg.c]);
-        let (sum_dy, sum_dy_xhat) = bn::grad_sums(&bg, dy, y, &zero, &one);
-        let d_pooled = bn::input_grad(&bg, dy, y, &zero, &one, &s.inv_std, (&sum_dy, &sum_dy_xhat));
-        Ok(match &s.argmax {
-            Some(arg) => pool::max_backward(&self.geom, &d_pooled, arg),
-            None => pool::avg_backward(&self.geom, &d_pooled),
-        })
-    }
 }
 
 impl CustomOp2 for PoolBnBackward {
@@ -163,7 +172,13 @@ impl CustomOp2 for PoolBnBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => y], |T| {
-            Ok((T::storage(self.run::<T>(dy, y)?), self.input_shape.clone()))
+            let saved = lock(&self.saved, OP)?;
+            let st = saved.as_ref().ok_or_else(|| Error::Unsupported {
+                op: OP,
+                message: "backward before forward".into(),
+            })?;
+            let dx = pool_bn_backward(&self.geom, st, dy, y);
+            Ok((T::storage(dx), self.input_shape.clone()))
         })
     }
 }

@@ -10,6 +10,7 @@
 //! (`[depthwise, pointwise, gamma, beta]`), whose gradient candle splits back into the
 //! variables.
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -35,13 +36,8 @@ pub fn separable_block_train(
     cfg: DepthwiseConfig,
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
-    let dw_geom = depthwise::Geometry::new(x.dims(), dw.dims(), cfg)?;
-    let mid = dw_geom.out_shape();
-    let pw_geom = pointwise::Geometry::new(mid.dims(), pw.dims(), PointwiseConfig::default())?;
-    let out = pw_geom.out_shape();
-    let &[n, c_out, oh, ow] = out.dims() else {
-        unreachable!("pointwise outputs are [n, c, h, w]")
-    };
+    let geom = BlockGeometry::new(x.dims(), dw.dims(), pw.dims(), cfg, affine.is_some(), eps)?;
+    let c_out = geom.bn.c;
     if let Some((gamma, beta)) = affine {
         for (name, t) in [("gamma", gamma), ("beta", beta)] {
             if t.dims() != [c_out] {
@@ -63,33 +59,16 @@ pub fn separable_block_train(
         parts.extend([gamma.clone(), beta.clone()]);
     }
     let params = Tensor::cat(&parts, 0)?;
-    let saved = Arc::new(Mutex::new(None));
+    let saved: Shared = Arc::new(Mutex::new(None));
     let op = SeparableBlock {
-        geom: BlockGeometry {
-            dw: dw_geom,
-            pw: pw_geom,
-            bn: bn::Geometry {
-                n,
-                c: c_out,
-                hw: oh * ow,
-            },
-            dw_len: dw.elem_count(),
-            pw_len: pw.elem_count(),
-            affine: affine.is_some(),
-            eps,
-        },
+        geom,
         saved: saved.clone(),
     };
     let y = x.contiguous()?.apply_op2(&params, op)?;
-    let saved = lock(&saved)?;
-    let saved = saved.as_ref().ok_or_else(|| Error::Unsupported {
-        op: OP,
-        message: "no statistics after the forward pass".into(),
-    })?;
-    let stats = BatchStats {
-        mean: saved.mean.clone(),
-        var: saved.var.clone(),
-        count: n * oh * ow,
+    let saved = lock(&saved, OP)?;
+    let stats = match y.dtype() {
+        candle_core::DType::F32 => geom.stats(&downcast::<Saved<f32>>(&saved, OP)?.state),
+        _ => geom.stats(&downcast::<Saved<f64>>(&saved, OP)?.state),
     };
     Ok((y, stats))
 }
@@ -108,8 +87,9 @@ pub fn separable_block_train_slow(
     batch_norm_train_slow(&y, affine, eps)
 }
 
+/// The shapes of one block.
 #[derive(Debug, Clone, Copy)]
-struct BlockGeometry {
+pub(crate) struct BlockGeometry {
     dw: depthwise::Geometry,
     pw: pointwise::Geometry,
     bn: bn::Geometry,
@@ -119,89 +99,207 @@ struct BlockGeometry {
     eps: f64,
 }
 
-/// The flat parameters, split.
-struct Params<'a, T> {
-    dw: &'a [T],
-    pw: &'a [T],
+/// One block's parameters as slices.
+pub(crate) struct Params<'a, T> {
+    pub dw: &'a [T],
+    pub pw: &'a [T],
     /// `(gamma, beta)`.
-    affine: Option<(&'a [T], &'a [T])>,
+    pub affine: Option<(&'a [T], &'a [T])>,
 }
 
 impl BlockGeometry {
-    fn split<'a, T>(&self, params: &'a [T]) -> Params<'a, T> {
+    /// The geometry of a block on `x` with these weight shapes (errors name the op and
+    /// the shapes).
+    pub(crate) fn new(
+        x: &[usize],
+        dw: &[usize],
+        pw: &[usize],
+        cfg: DepthwiseConfig,
+        affine: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        let dw_geom = depthwise::Geometry::new(x, dw, cfg)?;
+        let mid = dw_geom.out_shape();
+        let pw_geom = pointwise::Geometry::new(mid.dims(), pw, PointwiseConfig::default())?;
+        let out = pw_geom.out_shape();
+        let &[n, c, oh, ow] = out.dims() else {
+            unreachable!("pointwise outputs are [n, c, h, w]")
+        };
+        Ok(BlockGeometry {
+            dw: dw_geom,
+            pw: pw_geom,
+            bn: bn::Geometry { n, c, hw: oh * ow },
+            dw_len: dw.iter().product(),
+            pw_len: pw.iter().product(),
+            affine,
+            eps,
+        })
+    }
+
+    /// Output shape `[n, c_out, oh, ow]`.
+    pub(crate) fn out_shape(&self) -> Shape {
+        self.pw.out_shape()
+    }
+
+    /// Number of parameters (depthwise, pointwise, and gamma and beta if affine).
+    pub(crate) fn param_len(&self) -> usize {
+        self.dw_len + self.pw_len + if self.affine { 2 * self.bn.c } else { 0 }
+    }
+
+    /// The flat parameters `[depthwise, pointwise, gamma, beta]` split.
+    pub(crate) fn split<'a, T>(&self, params: &'a [T]) -> Params<'a, T> {
         let (dw, rest) = params.split_at(self.dw_len);
         let (pw, rest) = rest.split_at(self.pw_len);
         let affine = self.affine.then(|| rest.split_at(self.bn.c));
         Params { dw, pw, affine }
     }
+
+    /// BN's statistics as [`BatchStats`].
+    pub(crate) fn stats(&self, st: &BlockState<impl Elem>) -> BatchStats {
+        BatchStats {
+            mean: st.mean.clone(),
+            var: st.var.clone(),
+            count: self.bn.n * self.bn.hw,
+        }
+    }
 }
 
-/// What the forward pass leaves for the backward pass.
-struct Saved {
+/// What a block's forward pass leaves for its backward pass.
+pub(crate) struct BlockState<T> {
     /// The depthwise output (the pointwise product's input).
-    mid: CpuStorage,
+    mid: Vec<T>,
     /// The pointwise output, kept only with affine parameters (BN's backward then reads
     /// its normalised input from it; without, that is the block's output).
-    pre_bn: Option<CpuStorage>,
-    params: CpuStorage,
+    pre_bn: Option<Vec<T>>,
     mean: Vec<f64>,
     var: Vec<f64>,
     inv_std: Vec<f64>,
 }
 
-type Shared<T> = Arc<Mutex<Option<T>>>;
+/// The block's output and what its backward pass needs.
+pub(crate) fn block_forward<T: Elem>(
+    g: &BlockGeometry,
+    x: &[T],
+    p: &Params<'_, T>,
+) -> (Vec<T>, BlockState<T>) {
+    let mid = depthwise::forward(&g.dw, x, p.dw);
+    let pre_bn = pointwise::forward(&g.pw, &mid, p.pw);
+    let (mean, var) = bn::channel_stats(&g.bn, &pre_bn);
+    let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
+    let affine = p.affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
+    let (inv_std, scale, shift) = bn::scale_shift(
+        &mean,
+        &var,
+        g.eps,
+        affine.as_ref().map(|(gm, bt)| (&gm[..], &bt[..])),
+    );
+    let y = bn::normalise(&g.bn, &pre_bn, &mean, &scale, &shift);
+    let state = BlockState {
+        mid,
+        pre_bn: g.affine.then_some(pre_bn),
+        mean,
+        var,
+        inv_std,
+    };
+    (y, state)
+}
 
-fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+/// `(dx, dparams)` from the output gradient `dy`, the input `x` and the output `y`.
+pub(crate) fn block_backward<T: Elem>(
+    g: &BlockGeometry,
+    st: &BlockState<T>,
+    p: &Params<'_, T>,
+    dy: &[T],
+    x: &[T],
+    y: &[T],
+) -> (Vec<T>, Vec<T>) {
+    // BN's normalised input: the pointwise output standardised with the batch
+    // statistics, or without affine parameters the block's output itself.
+    let c = g.bn.c;
+    let (src, mean, inv) = match &st.pre_bn {
+        Some(pre) => (&pre[..], st.mean.clone(), st.inv_std.clone()),
+        None => (y, vec![0.0; c], vec![1.0; c]),
+    };
+    let (sum_dy, sum_dy_xhat) = bn::grad_sums(&g.bn, dy, src, &mean, &inv);
+    let k: Vec<f64> = (0..c)
+        .map(|ch| p.affine.map_or(1.0, |(gm, _)| gm[ch].as_f64()) * st.inv_std[ch])
+        .collect();
+    let d_pre = bn::input_grad(&g.bn, dy, src, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
+    let d_pw = pointwise::weight_grad(&g.pw, &d_pre, &st.mid);
+    let d_mid = pointwise::input_grad(&g.pw, &d_pre, p.pw, &st.mid);
+    drop(d_pre);
+    let d_dw = depthwise::weight_grad(&g.dw, &d_mid, x);
+    let dx = depthwise::input_grad(&g.dw, &d_mid, p.dw, x);
+    let mut dparams = Vec::with_capacity(g.param_len());
+    dparams.extend(d_dw);
+    dparams.extend(d_pw);
+    if g.affine {
+        dparams.extend(sum_dy_xhat.iter().map(|&v| T::of_f64(v)));
+        dparams.extend(sum_dy.iter().map(|&v| T::of_f64(v)));
+    }
+    (dx, dparams)
+}
+
+/// A block's state and a copy of its parameters, for the backward pass.
+struct Saved<T> {
+    state: BlockState<T>,
+    params: Vec<T>,
+}
+
+/// Saved state of whichever float type ran (`Saved<f32>` or `Saved<f64>`).
+type Shared = Arc<Mutex<Option<Box<dyn Any + Send>>>>;
+
+pub(crate) fn lock<'a, T>(
+    m: &'a Mutex<T>,
+    op: &'static str,
+) -> Result<std::sync::MutexGuard<'a, T>> {
     m.lock().map_err(|_| {
         Error::Unsupported {
-            op: OP,
+            op,
             message: "saved state lock poisoned".into(),
         }
         .into()
     })
 }
 
-fn saved_slice<T: Elem>(s: &CpuStorage) -> Result<&[T]> {
-    T::slice(s).ok_or_else(|| {
-        Error::Unsupported {
-            op: OP,
-            message: "saved tensors of another dtype".into(),
+/// The saved state as `S`, or an error naming `op`.
+pub(crate) fn downcast<'a, S: 'static>(
+    saved: &'a Option<Box<dyn Any + Send>>,
+    op: &'static str,
+) -> Result<&'a S> {
+    saved
+        .as_ref()
+        .ok_or_else(|| Error::Unsupported {
+            op,
+            message: "backward before forward".into(),
+        })?
+        .downcast_ref::<S>()
+        .ok_or_else(|| {
+            Error::Unsupported {
+                op,
+                message: "saved state of another dtype".into(),
+            }
+            .into()
+        })
+}
+
+/// A tensor from a flat CPU vector of either float type.
+pub(crate) fn tensor_from(v: CpuStorage, shape: &Shape, op: &'static str) -> Result<Tensor> {
+    let dev = candle_core::Device::Cpu;
+    match v {
+        CpuStorage::F32(v) => Tensor::from_vec(v, shape, &dev),
+        CpuStorage::F64(v) => Tensor::from_vec(v, shape, &dev),
+        _ => Err(Error::Unsupported {
+            op,
+            message: "a gradient of an unsupported dtype".into(),
         }
-        .into()
-    })
+        .into()),
+    }
 }
 
 struct SeparableBlock {
     geom: BlockGeometry,
-    saved: Shared<Saved>,
-}
-
-impl SeparableBlock {
-    fn run<T: Elem>(&self, x: &[T], params: &[T]) -> Result<Vec<T>> {
-        let g = &self.geom;
-        let Params { dw, pw, affine } = g.split(params);
-        let mid = depthwise::forward(&g.dw, x, dw);
-        let pre_bn = pointwise::forward(&g.pw, &mid, pw);
-        let (mean, var) = bn::channel_stats(&g.bn, &pre_bn);
-        let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
-        let affine = affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
-        let (inv_std, scale, shift) = bn::scale_shift(
-            &mean,
-            &var,
-            g.eps,
-            affine.as_ref().map(|(gm, bt)| (&gm[..], &bt[..])),
-        );
-        let y = bn::normalise(&g.bn, &pre_bn, &mean, &scale, &shift);
-        *lock(&self.saved)? = Some(Saved {
-            mid: T::storage(mid),
-            pre_bn: g.affine.then(|| T::storage(pre_bn)),
-            params: T::storage(params.to_vec()),
-            mean,
-            var,
-            inv_std,
-        });
-        Ok(y)
-    }
+    saved: Shared,
 }
 
 impl CustomOp2 for SeparableBlock {
@@ -217,7 +315,13 @@ impl CustomOp2 for SeparableBlock {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!(OP, [(s1, l1) => x, (s2, l2) => params], |T| {
-            Ok((T::storage(self.run::<T>(x, params)?), self.geom.pw.out_shape()))
+            let (y, state) = block_forward::<T>(&self.geom, x, &self.geom.split(params));
+            let saved = Saved {
+                state,
+                params: params.to_vec(),
+            };
+            *lock(&self.saved, OP)? = Some(Box::new(saved));
+            Ok((T::storage(y), self.geom.out_shape()))
         })
     }
 
@@ -234,72 +338,21 @@ impl CustomOp2 for SeparableBlock {
             dparams: Arc::new(Mutex::new(None)),
         };
         let dx = dy.contiguous()?.apply_op3_no_bwd(x, y, &back)?;
-        let dparams = lock(&back.dparams)?
+        let dparams = lock(&back.dparams, OP)?
             .take()
             .ok_or_else(|| Error::Unsupported {
                 op: OP,
                 message: "no parameter gradient after the backward pass".into(),
             })?;
-        let dparams = match dparams {
-            CpuStorage::F32(v) => Tensor::from_vec(v, params.shape(), x.device())?,
-            CpuStorage::F64(v) => Tensor::from_vec(v, params.shape(), x.device())?,
-            _ => {
-                return Err(Error::Unsupported {
-                    op: OP,
-                    message: "parameter gradient of an unsupported dtype".into(),
-                }
-                .into())
-            }
-        };
-        Ok((Some(dx), Some(dparams)))
+        Ok((Some(dx), Some(tensor_from(dparams, params.shape(), OP)?)))
     }
 }
 
 /// `(dy, x, y) -> dx`, the parameters' gradient left in `dparams`.
 struct SeparableBackward {
     geom: BlockGeometry,
-    saved: Shared<Saved>,
-    dparams: Shared<CpuStorage>,
-}
-
-impl SeparableBackward {
-    fn run<T: Elem>(&self, dy: &[T], x: &[T], y: &[T]) -> Result<Vec<T>> {
-        let g = &self.geom;
-        let saved = lock(&self.saved)?;
-        let s = saved.as_ref().ok_or_else(|| Error::Unsupported {
-            op: OP,
-            message: "backward before forward".into(),
-        })?;
-        let params = saved_slice::<T>(&s.params)?;
-        let Params { dw, pw, affine } = g.split(params);
-        let mid = saved_slice::<T>(&s.mid)?;
-        // BN's normalised input: the pointwise output standardised with the batch
-        // statistics, or without affine parameters the block's output itself.
-        let c = g.bn.c;
-        let (src, mean, inv) = match &s.pre_bn {
-            Some(pre) => (saved_slice::<T>(pre)?, s.mean.clone(), s.inv_std.clone()),
-            None => (y, vec![0.0; c], vec![1.0; c]),
-        };
-        let (sum_dy, sum_dy_xhat) = bn::grad_sums(&g.bn, dy, src, &mean, &inv);
-        let k: Vec<f64> = (0..c)
-            .map(|ch| affine.map_or(1.0, |(gm, _)| gm[ch].as_f64()) * s.inv_std[ch])
-            .collect();
-        let d_pre = bn::input_grad(&g.bn, dy, src, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
-        let d_pw = pointwise::weight_grad(&g.pw, &d_pre, mid);
-        let d_mid = pointwise::input_grad(&g.pw, &d_pre, pw, mid);
-        drop(d_pre);
-        let d_dw = depthwise::weight_grad(&g.dw, &d_mid, x);
-        let dx = depthwise::input_grad(&g.dw, &d_mid, dw, x);
-        let mut dparams = Vec::with_capacity(params.len());
-        dparams.extend(d_dw);
-        dparams.extend(d_pw);
-        if g.affine {
-            dparams.extend(sum_dy_xhat.iter().map(|&v| T::of_f64(v)));
-            dparams.extend(sum_dy.iter().map(|&v| T::of_f64(v)));
-        }
-        *lock(&self.dparams)? = Some(T::storage(dparams));
-        Ok(dx)
-    }
+    saved: Shared,
+    dparams: Arc<Mutex<Option<CpuStorage>>>,
 }
 
 impl CustomOp3 for SeparableBackward {
@@ -317,7 +370,12 @@ impl CustomOp3 for SeparableBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => x, (s3, l3) => y], |T| {
-            Ok((T::storage(self.run::<T>(dy, x, y)?), l2.shape().clone()))
+            let saved = lock(&self.saved, OP)?;
+            let s = downcast::<Saved<T>>(&saved, OP)?;
+            let p = self.geom.split(&s.params);
+            let (dx, dparams) = block_backward(&self.geom, &s.state, &p, dy, x, y);
+            *lock(&self.dparams, OP)? = Some(T::storage(dparams));
+            Ok((T::storage(dx), l2.shape().clone()))
         })
     }
 }
