@@ -9,6 +9,7 @@ use crate::batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
 use crate::conv::subsample;
 use crate::error::{Error, Result};
 use crate::factorized_reduce::{factorized_reduce, FactorizedReduce};
+use crate::mixed_fused::{mixed_op_train, MixedParts};
 use crate::pool::{pool2d, PoolConfig};
 use crate::pool_bn::pool_bn_train;
 use crate::sep_conv::{dil_conv, sep_conv, DepthwiseSeparable, SepConv};
@@ -202,11 +203,59 @@ impl MixedOp {
             }
             .into());
         }
+        if train && x.device().is_cpu() {
+            if let Some(parts) = self.fused_parts() {
+                if let Some(y) = mixed_op_train(x, weights, &parts)? {
+                    return Ok(y);
+                }
+            }
+        }
+        self.forward_unfused(x, weights, train)
+    }
+
+    /// The ops one by one and their weighted sum (on other devices, in evaluation mode,
+    /// and for shapes the fused kernel does not cover).
+    fn forward_unfused(&self, x: &Tensor, weights: &Tensor, train: bool) -> Result<Tensor> {
+        let k = self.ops.len();
         let outputs = self.ops[1..]
             .iter()
             .map(|op| op.forward_t(x, train))
             .collect::<Result<Vec<_>>>()?;
         weighted_sum(&Tensor::stack(&outputs, 0)?, &weights.narrow(0, 1, k - 1)?)
+    }
+
+    /// The ops as the fused kernel (`mixed_fused.rs`) takes them, if they are the search
+    /// network's eight in DARTS's order.
+    fn fused_parts(&self) -> Option<MixedParts<'_>> {
+        let [DartsOp::Zero { .. }, max, avg, skip, DartsOp::SepConv(s3), DartsOp::SepConv(s5), DartsOp::DilConv(d3), DartsOp::DilConv(d5)] =
+            &self.ops[..]
+        else {
+            return None;
+        };
+        let reduce = match skip {
+            DartsOp::Identity => None,
+            DartsOp::FactorizedReduce(fr) => match fr.parts() {
+                (w1, w2, bn, true) => Some((w1, w2, bn)),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let [a, b] = s3.blocks();
+        let [c, d] = s5.blocks();
+        Some(MixedParts {
+            max: fused_pool(max)?,
+            avg: fused_pool(avg)?,
+            reduce,
+            blocks: [a, b, c, d, d3, d5].map(DepthwiseSeparable::parts),
+        })
+    }
+}
+
+/// A pool followed by BN, as the fused MixedOp takes it.
+fn fused_pool(op: &DartsOp) -> Option<(PoolConfig, &BatchNorm)> {
+    match op {
+        DartsOp::Pool { cfg, bn: Some(bn) } => Some((*cfg, bn)),
+        _ => None,
     }
 }
 
@@ -230,7 +279,7 @@ pub fn mixed_op(channels: usize, stride: usize, vb: VarBuilder) -> Result<MixedO
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{grad_check, randn};
+    use crate::testing::{assert_close, grad_check, randn};
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
@@ -309,15 +358,80 @@ mod tests {
     #[test]
     fn mixed_op_gradients_reach_input_and_weights() -> Result<()> {
         let dev = Device::Cpu;
-        let varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
-        let op = mixed_op(2, 1, vb)?;
-        let x = randn(&[2, 2, 5, 5], DType::F64, &dev)?;
-        let w = randn(&[8], DType::F64, &dev)?;
-        grad_check(
-            &[x, w],
-            |v| op.forward_weighted(&v[0], &v[1], true),
-            "mixed op",
-        )
+        // Stride 1 on an odd size, stride 2 on an even one (the fused kernel's cases).
+        for (stride, size) in [(1, 5), (2, 6)] {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+            let op = mixed_op(2, stride, vb)?;
+            assert!(
+                op.fused_parts().is_some(),
+                "the search MixedOp takes the fused path"
+            );
+            let x = randn(&[2, 2, size, size], DType::F64, &dev)?;
+            let w = randn(&[8], DType::F64, &dev)?;
+            grad_check(
+                &[x, w],
+                |v| op.forward_weighted(&v[0], &v[1], true),
+                &format!("mixed op, stride {stride}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The fused MixedOp against the ops one by one: output, gradients of the input, the
+    /// weights and every parameter, and the running statistics of every BN.
+    #[test]
+    fn fused_mixed_op_matches_the_ops_one_by_one() -> Result<()> {
+        let dev = Device::Cpu;
+        for (stride, size) in [(1, 7), (2, 8)] {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+            let op = mixed_op(4, stride, vb)?;
+            let x = candle_core::Var::from_tensor(&randn(&[2, 4, size, size], DType::F32, &dev)?)?;
+            let w = candle_core::Var::from_tensor(&randn(&[8], DType::F32, &dev)?)?;
+            let buffers = |vm: &VarMap| -> Result<Vec<(String, Tensor)>> {
+                let data = vm.data().lock().expect("varmap");
+                let mut v: Vec<_> = data
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_tensor().copy()))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .map(|(k, t)| t.map(|t| (k, t)))
+                    .collect::<Result<Vec<_>>>()?;
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                Ok(v)
+            };
+            let before = buffers(&varmap)?;
+            let fused = op.forward_weighted(&x, &w, true)?;
+            let after_fused = buffers(&varmap)?;
+            // Restore the running statistics, then the same step one op at a time.
+            for (name, t) in &before {
+                varmap.data().lock().expect("varmap")[name].set(t)?;
+            }
+            let plain = op.forward_unfused(&x, &w, true)?;
+            let after_plain = buffers(&varmap)?;
+            assert_close(&fused, &plain, 1e-5, 1e-5, "output")?;
+            for ((name, a), (_, b)) in after_fused.iter().zip(&after_plain) {
+                assert_close(a, b, 1e-5, 1e-5, name)?;
+            }
+            let r = randn(fused.dims(), DType::F32, &dev)?;
+            let g1 = (&fused * &r)?.sum_all()?.backward()?;
+            let g2 = (&plain * &r)?.sum_all()?.backward()?;
+            let vars = varmap.all_vars();
+            let mut checked = 0;
+            for v in vars.iter().chain([&x, &w]) {
+                if let (Some(a), Some(b)) = (g1.get(v), g2.get(v)) {
+                    assert_close(a, b, 1e-4, 1e-3, "gradient")?;
+                    checked += 1;
+                }
+            }
+            let params = if stride == 2 { 14 } else { 12 };
+            assert_eq!(
+                checked,
+                params + 2,
+                "every parameter, the input and the weights"
+            );
+        }
+        Ok(())
     }
 }

@@ -21,6 +21,16 @@ pub struct FactorizedReduce {
 }
 
 impl FactorizedReduce {
+    /// `(conv_1 weight, conv_2 weight, BN, leading ReLU)`.
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, &BatchNorm, bool) {
+        (
+            self.conv_1.weight(),
+            self.conv_2.weight(),
+            &self.bn,
+            self.relu,
+        )
+    }
+
     /// The same module without the leading ReLU (ENAS's identity at stride 2 and its
     /// cells' output calibration).
     pub fn without_relu(self) -> Self {

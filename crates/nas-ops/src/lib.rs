@@ -21,6 +21,7 @@ mod error;
 mod factorized_reduce;
 mod gemm;
 mod linear_cross_entropy;
+mod mixed_fused;
 mod padded;
 mod pointwise;
 mod pool;

@@ -7,6 +7,8 @@
 //! deterministic). Callers reduce blocks of a few thousand elements with these and
 //! accumulate the blocks in f64.
 
+use rayon::prelude::*;
+
 use crate::cpu::Elem;
 
 /// Independent accumulators per reduction.
@@ -106,6 +108,40 @@ pub(crate) fn sum_and_dot_dev<T: Elem>(d: &[T], x: &[T], m: T) -> (T, T) {
     (total(s) + ts, total(p) + tp)
 }
 
+/// Elements per parallel task of [`dot_par`].
+const TASK: usize = 1 << 14;
+/// Elements per vectorised dot product, added up in f64.
+const BLOCK: usize = 1 << 11;
+
+/// `sum_i a[i] * b[i]` over the common length, on all threads: blocks of [`BLOCK`]
+/// elements reduced with [`dot`], added up in f64 in a fixed order (the result does not
+/// depend on the number of threads).
+pub(crate) fn dot_par<T: Elem>(a: &[T], b: &[T]) -> f64 {
+    let n = a.len().min(b.len());
+    let partial: Vec<f64> = a[..n]
+        .par_chunks(TASK)
+        .zip(b[..n].par_chunks(TASK))
+        .map(|(a, b)| {
+            a.chunks(BLOCK)
+                .zip(b.chunks(BLOCK))
+                .map(|(u, v)| dot(u, v).as_f64())
+                .sum::<f64>()
+        })
+        .collect();
+    partial.iter().sum()
+}
+
+/// `dst[i] += a * src[i]`, on all threads.
+pub(crate) fn axpy_par<T: Elem>(dst: &mut [T], a: T, src: &[T]) {
+    dst.par_chunks_mut(TASK)
+        .zip(src.par_chunks(TASK))
+        .for_each(|(d, s)| {
+            for (d, &s) in d.iter_mut().zip(s) {
+                *d = a.mul_add(s, *d);
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +173,18 @@ mod tests {
             assert!(close(s, a.iter().sum()), "sum of d, n = {n}");
             let plain_p: f64 = a.iter().zip(&b).map(|(u, v)| u * (v - m)).sum();
             assert!(close(p, plain_p), "dot with deviations, n = {n}");
+        }
+    }
+
+    #[test]
+    fn parallel_dot_and_axpy_match_plain_loops() {
+        let (a, b) = (data(100_003, 6), data(100_003, 7));
+        let plain: f64 = a.iter().zip(&b).map(|(u, v)| u * v).sum();
+        assert!((dot_par(&a, &b) - plain).abs() < 1e-9 * (1.0 + plain.abs()));
+        let mut d = a.clone();
+        axpy_par(&mut d, 0.5, &b);
+        for ((d, a), b) in d.iter().zip(&a).zip(&b) {
+            assert!((d - (a + 0.5 * b)).abs() < 1e-12);
         }
     }
 

@@ -43,6 +43,13 @@ impl ModuleT for DepthwiseSeparable {
     }
 }
 
+impl DepthwiseSeparable {
+    /// `(depthwise weight, pointwise weight, BN, depthwise geometry)`.
+    pub(crate) fn parts(&self) -> (&Tensor, &Tensor, &BatchNorm, DepthwiseConfig) {
+        (&self.depthwise, &self.pointwise, &self.bn, self.cfg)
+    }
+}
+
 /// The shape of one ReLU-depthwise-pointwise-BN block.
 #[derive(Debug, Clone, Copy)]
 struct Block {
@@ -127,6 +134,13 @@ impl ModuleT for SepConv {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = self.first.forward_t(x, train)?;
         self.second.forward_t(&y, train)
+    }
+}
+
+impl SepConv {
+    /// The two blocks.
+    pub(crate) fn blocks(&self) -> [&DepthwiseSeparable; 2] {
+        [&self.first, &self.second]
     }
 }
 

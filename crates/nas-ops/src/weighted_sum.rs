@@ -12,8 +12,6 @@ use crate::reduce;
 const OP: &str = "weighted_sum";
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
-/// Elements per vectorised dot product, added up in f64.
-const BLOCK: usize = 1 << 11;
 
 /// `sum_k weights[k] * outputs[k]` for `outputs` `[k, ...]` and `weights` `[k]`.
 pub fn weighted_sum(outputs: &Tensor, weights: &Tensor) -> Result<Tensor> {
@@ -56,25 +54,10 @@ fn forward<T: Elem>(o: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
-/// `dw_k = sum(dy * o_k)`, accumulated in f64 per chunk and summed in chunk order.
+/// `dw_k = sum(dy * o_k)` ([`reduce::dot_par`]: deterministic, blocks summed in f64).
 fn weight_grad<T: Elem>(dy: &[T], o: &[T]) -> Vec<T> {
-    let size = dy.len();
-    let k = o.len() / size;
-    (0..k)
-        .map(|kk| {
-            let partial: Vec<f64> = dy
-                .par_chunks(CHUNK)
-                .enumerate()
-                .map(|(chunk, dc)| {
-                    let oc = &o[kk * size + chunk * CHUNK..kk * size + chunk * CHUNK + dc.len()];
-                    dc.chunks(BLOCK)
-                        .zip(oc.chunks(BLOCK))
-                        .map(|(d, v)| reduce::dot(d, v).as_f64())
-                        .sum::<f64>()
-                })
-                .collect();
-            T::of_f64(partial.iter().sum())
-        })
+    o.chunks_exact(dy.len())
+        .map(|ok| T::of_f64(reduce::dot_par(dy, ok)))
         .collect()
 }
 
