@@ -11,6 +11,7 @@
 //! output gradient, so it runs on `dy` itself and its results are scaled by `w_k`.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
@@ -221,7 +222,6 @@ struct ReduceState<T> {
     mean: Vec<f64>,
     var: Vec<f64>,
     inv_std: Vec<f64>,
-    _t: std::marker::PhantomData<T>,
 }
 
 fn reduce_forward<T: Elem>(g: &ReduceGeometry, x: &[T], w1: &[T], w2: &[T]) -> ReduceState<T> {
@@ -241,7 +241,6 @@ fn reduce_forward<T: Elem>(g: &ReduceGeometry, x: &[T], w1: &[T], w2: &[T]) -> R
         mean,
         var,
         inv_std,
-        _t: std::marker::PhantomData,
     }
 }
 
@@ -266,8 +265,8 @@ fn reduce_backward<T: Elem>(
         (&sum_dy, &sum_dy_xhat),
     );
     let plane = g.half * g.bn.hw;
-    let (mut da, mut db) = (Vec::with_capacity(d_cat.len() / 2), Vec::new());
-    db.reserve(d_cat.len() / 2);
+    let mut da = Vec::with_capacity(d_cat.len() / 2);
+    let mut db = Vec::with_capacity(d_cat.len() / 2);
     for img in d_cat.chunks_exact(2 * plane) {
         da.extend_from_slice(&img[..plane]);
         db.extend_from_slice(&img[plane..]);
@@ -309,7 +308,7 @@ impl<T: Elem> State<T> {
 
     /// The op outputs in weight order 1..8 (the identity's is `x`).
     fn outputs<'a>(&'a self, x: &'a [T]) -> [&'a [T]; 7] {
-        let skip = self.reduce.as_ref().map_or(x, |r| &r[..]);
+        let skip = self.reduce.as_ref().map_or(x, |r| &r.out[..]);
         [
             &self.max.0,
             &self.avg.0,
@@ -319,13 +318,6 @@ impl<T: Elem> State<T> {
             &self.blocks[4].0,
             &self.blocks[5].0,
         ]
-    }
-}
-
-impl<T> std::ops::Deref for ReduceState<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        &self.out
     }
 }
 
@@ -379,7 +371,7 @@ fn backward<T: Elem>(plan: &Plan, st: &State<T>, dy: &[T], x: &[T]) -> (Vec<T>, 
     }
     let mut dparams = vec![T::zero(); plan.param_len];
     let mut dx = pool_bn_backward(&plan.max, &st.max.1, dy, &st.max.0);
-    dx.iter_mut().for_each(|v| *v = *v * w[1]);
+    dx.par_iter_mut().for_each(|v| *v = *v * w[1]);
     reduce::axpy_par(
         &mut dx,
         w[2],
@@ -400,7 +392,7 @@ fn backward<T: Elem>(plan: &Plan, st: &State<T>, dy: &[T], x: &[T]) -> (Vec<T>, 
     // (Weights 4..8: sep 3x3, sep 5x5, dil 3x3, dil 5x5; blocks 0-1, 2-3, 4, 5.)
     let chains: [(&[usize], usize); 4] = [(&[1, 0], 4), (&[3, 2], 5), (&[4], 6), (&[5], 7)];
     for (chain, k) in chains {
-        let mut d = dy.to_vec();
+        let mut d = Cow::Borrowed(dy);
         for &i in chain {
             let p = plan.block_params(&st.params, i);
             let input = if i == 1 || i == 3 {
@@ -420,7 +412,7 @@ fn backward<T: Elem>(plan: &Plan, st: &State<T>, dy: &[T], x: &[T]) -> (Vec<T>, 
             for (dst, v) in dparams[off..off + dp.len()].iter_mut().zip(dp) {
                 *dst = v * w[k];
             }
-            d = d_in;
+            d = Cow::Owned(d_in);
         }
         reduce::axpy_par(&mut dx, w[k], &d);
     }
