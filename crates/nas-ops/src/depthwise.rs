@@ -543,6 +543,16 @@ mod tests {
                 }
             }
         }
+        // Without padding (a "valid" convolution), and with more padding than "same".
+        for (padding, stride) in [(0, 1), (0, 2), (3, 1)] {
+            let cfg = DepthwiseConfig {
+                stride,
+                padding,
+                dilation: 1,
+                relu_input: true,
+            };
+            out.push((3, cfg));
+        }
         out
     }
 

@@ -5,26 +5,22 @@
 use rayon::prelude::*;
 
 use crate::cpu::Elem;
-use crate::padded::Dense;
+use crate::padded::{correlate, Dense};
 use crate::reduce::dot;
 
-/// Forward: planes in parallel, `k * k` contiguous passes per plane.
+/// Forward: planes in parallel; per plane the wide grid is a correlation of the padded
+/// plane with the channel's taps ([`correlate`]).
 pub(crate) fn forward<T: Elem>(d: &Dense, c: usize, x: &[T], w: &[T], relu: bool) -> Vec<T> {
     let (pi, po, kk) = (d.h * d.w, d.oh * d.ow, d.k * d.k);
+    let shifts: Vec<usize> = (0..kk).map(|t| d.shift(t)).collect();
     let mut y = vec![T::zero(); x.len() / pi * po];
     y.par_chunks_mut(po).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
         |(padded, wide), (plane, yp)| {
             d.pad(&x[plane * pi..(plane + 1) * pi], relu, padded);
-            wide.clear();
             wide.resize(d.wide_len(), T::zero());
             let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
-            for (t, &wv) in wc.iter().enumerate() {
-                let src = &padded[d.shift(t)..d.shift(t) + wide.len()];
-                for (o, &v) in wide.iter_mut().zip(src) {
-                    *o = *o + wv * v;
-                }
-            }
+            correlate(wide, padded, &shifts, wc);
             for (r, row) in yp.chunks_exact_mut(d.ow).enumerate() {
                 row.copy_from_slice(&wide[r * d.wp()..r * d.wp() + d.ow]);
             }
@@ -33,8 +29,10 @@ pub(crate) fn forward<T: Elem>(d: &Dense, c: usize, x: &[T], w: &[T], relu: bool
     y
 }
 
-/// Input gradient: each tap adds the shifted wide output gradient into a padded plane;
-/// the interior is the gradient, masked by the ReLU.
+/// Input gradient: the transpose of the forward's correlation, gathered rather than
+/// scattered: padded-plane element `j` collects `w_t * wide[j - shift_t]` over the taps,
+/// read from the wide output gradient with `max shift` zeros on either side. Only the
+/// rows of the interior are computed; the interior is the gradient, masked by the ReLU.
 pub(crate) fn input_grad<T: Elem>(
     d: &Dense,
     c: usize,
@@ -44,28 +42,36 @@ pub(crate) fn input_grad<T: Elem>(
     relu: bool,
 ) -> Vec<T> {
     let (pi, po, kk) = (d.h * d.w, d.oh * d.ow, d.k * d.k);
+    let (p, wp) = (d.padding, d.wp());
+    let max_shift = d.shift(kk - 1);
+    // Interior rows of the padded plane: j in [p * wp, (p + h) * wp); element j reads
+    // ext[j - shift_t + max_shift] where ext = [zeros(max_shift), wide, zeros].
+    let band = d.h * wp;
+    let offsets: Vec<usize> = (0..kk).map(|t| p * wp + max_shift - d.shift(t)).collect();
+    let ext_len = band + 2 * max_shift + p * wp + d.wide_len();
     let mut dx = vec![T::zero(); x.len()];
     dx.par_chunks_mut(pi).enumerate().for_each_init(
         || (Vec::new(), Vec::new()),
-        |(padded, wide), (plane, dxp)| {
-            d.widen(&dy[plane * po..(plane + 1) * po], wide);
-            padded.clear();
-            padded.resize(d.padded_len(), T::zero());
-            let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
-            for (t, &wv) in wc.iter().enumerate() {
-                let dst = &mut padded[d.shift(t)..d.shift(t) + wide.len()];
-                for (o, &g) in dst.iter_mut().zip(wide.iter()) {
-                    *o = *o + wv * g;
-                }
+        |(ext, rows), (plane, dxp)| {
+            ext.clear();
+            ext.resize(ext_len, T::zero());
+            for (r, row) in dy[plane * po..(plane + 1) * po]
+                .chunks_exact(d.ow)
+                .enumerate()
+            {
+                let at = max_shift + r * wp;
+                ext[at..at + d.ow].copy_from_slice(row);
             }
-            let (p, wp) = (d.padding, d.wp());
+            rows.resize(band, T::zero());
+            let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
+            correlate(rows, ext, &offsets, wc);
             let xp = &x[plane * pi..(plane + 1) * pi];
             for (r, (row, xrow)) in dxp
                 .chunks_exact_mut(d.w)
                 .zip(xp.chunks_exact(d.w))
                 .enumerate()
             {
-                let src = &padded[(r + p) * wp + p..(r + p) * wp + p + d.w];
+                let src = &rows[r * wp + p..r * wp + p + d.w];
                 for ((o, &g), &xv) in row.iter_mut().zip(src).zip(xrow) {
                     *o = if relu && xv <= T::zero() {
                         T::zero()
