@@ -176,9 +176,9 @@ impl Geometry {
     }
 }
 
-/// Rows of `dw` computed by one job (a fixed number, so that results do not depend on
-/// the number of threads).
-const DW_ROWS: usize = 8;
+/// Images per job of the weight gradient (a fixed number, so that results do not depend
+/// on the number of threads).
+const DW_IMAGES: usize = 4;
 
 /// `y[n] = w x[n]`, one product per image, images in parallel.
 pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
@@ -236,29 +236,38 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> V
     dx
 }
 
-/// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over blocks of output
-/// channels, each summing the images in order.
+/// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over fixed groups of
+/// [`DW_IMAGES`] images, each a whole `[out, in]` partial sum (one product per image, so
+/// each image's operands are packed once), the partials added in group order (results do
+/// not depend on the number of threads).
 pub(crate) fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
     let (pi, po) = (g.plane_in(), g.plane_out());
-    let operands: Vec<Option<Vec<T>>> = x.par_chunks(g.cin * pi).map(|xi| g.operand(xi)).collect();
-    let mut dw = vec![T::zero(); g.cout * g.cin];
-    dw.par_chunks_mut(DW_ROWS * g.cin)
-        .enumerate()
-        .for_each(|(block, dwb)| {
-            let (r0, rows) = (block * DW_ROWS, dwb.len() / g.cin);
-            for (img, own) in operands.iter().enumerate() {
-                let xi = own
-                    .as_deref()
-                    .unwrap_or(&x[img * g.cin * pi..(img + 1) * g.cin * pi]);
-                let dyb = &dy[(img * g.cout + r0) * po..(img * g.cout + r0 + rows) * po];
+    let groups: Vec<usize> = (0..g.n).step_by(DW_IMAGES).collect();
+    let partials: Vec<Vec<T>> = groups
+        .into_par_iter()
+        .map(|first| {
+            let mut acc = vec![T::zero(); g.cout * g.cin];
+            for img in first..(first + DW_IMAGES).min(g.n) {
+                let xi = &x[img * g.cin * pi..(img + 1) * g.cin * pi];
+                let own = g.operand(xi);
+                let xi = own.as_deref().unwrap_or(xi);
+                let dyi = &dy[img * g.cout * po..(img + 1) * g.cout * po];
                 matmul(
-                    dwb,
-                    MatRef::rows(dyb, rows, po),
+                    &mut acc,
+                    MatRef::rows(dyi, g.cout, po),
                     MatRef::transposed(xi, g.cin, po),
-                    img > 0,
+                    img > first,
                 );
             }
-        });
+            acc
+        })
+        .collect();
+    let mut dw = vec![T::zero(); g.cout * g.cin];
+    for p in &partials {
+        for (d, &v) in dw.iter_mut().zip(p) {
+            *d = *d + v;
+        }
+    }
     dw
 }
 
