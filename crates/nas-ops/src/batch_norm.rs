@@ -34,18 +34,7 @@ pub fn batch_norm_train(
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
     let (n, c, h, w) = dims(x)?;
-    if let Some((gamma, beta)) = affine {
-        for (name, t) in [("gamma", gamma), ("beta", beta)] {
-            if t.dims() != [c] {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    expected: format!("{name} [{c}]"),
-                    got: t.dims().to_vec(),
-                }
-                .into());
-            }
-        }
-    }
+    check_affine(OP, c, affine)?;
     let saved = Arc::new(Mutex::new(None));
     let op = BatchNormTrain {
         geom: Geometry { n, c, hw: h * w },
@@ -74,6 +63,27 @@ pub fn batch_norm_train(
             message: format!("no statistics for a tensor on {:?}", x.device()),
         })?;
     Ok((y, stats))
+}
+
+/// An error naming `op` unless `gamma` and `beta` (if given) are `[c]`.
+pub(crate) fn check_affine(
+    op: &'static str,
+    c: usize,
+    affine: Option<(&Tensor, &Tensor)>,
+) -> Result<()> {
+    if let Some((gamma, beta)) = affine {
+        for (name, t) in [("gamma", gamma), ("beta", beta)] {
+            if t.dims() != [c] {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    expected: format!("{name} [{c}]"),
+                    got: t.dims().to_vec(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The plain-tensor reference of [`batch_norm_train`]'s output.

@@ -37,19 +37,7 @@ pub fn separable_block_train(
     eps: f64,
 ) -> Result<(Tensor, BatchStats)> {
     let geom = BlockGeometry::new(x.dims(), dw.dims(), pw.dims(), cfg, affine.is_some(), eps)?;
-    let c_out = geom.bn.c;
-    if let Some((gamma, beta)) = affine {
-        for (name, t) in [("gamma", gamma), ("beta", beta)] {
-            if t.dims() != [c_out] {
-                return Err(Error::ShapeMismatch {
-                    op: OP,
-                    expected: format!("{name} [{c_out}]"),
-                    got: t.dims().to_vec(),
-                }
-                .into());
-            }
-        }
-    }
+    bn::check_affine(OP, geom.bn.c, affine)?;
     if !x.device().is_cpu() {
         let y = pointwise_conv2d(&depthwise_conv2d(x, dw, cfg)?, pw, Default::default())?;
         return batch_norm_train(&y, affine, eps);
