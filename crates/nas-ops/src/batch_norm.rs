@@ -345,6 +345,31 @@ pub(crate) fn scale_shift(
     (inv_std, scale, shift)
 }
 
+/// Training-mode BN without affine parameters: `(y, mean, var, inv_std)`.
+pub(crate) fn standardise<T: Elem>(
+    g: &Geometry,
+    x: &[T],
+    eps: f64,
+) -> (Vec<T>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mean, var) = channel_stats(g, x);
+    let (inv_std, scale, shift) = scale_shift(&mean, &var, eps, None);
+    let y = normalise(g, x, &mean, &scale, &shift);
+    (y, mean, var, inv_std)
+}
+
+/// The input gradient of [`standardise`] from its output `y` (which is the normalised
+/// input, so the input itself need not be kept) and the forward's `inv_std`.
+pub(crate) fn standardise_backward<T: Elem>(
+    g: &Geometry,
+    dy: &[T],
+    y: &[T],
+    inv_std: &[f64],
+) -> Vec<T> {
+    let (zero, one) = (vec![0.0; g.c], vec![1.0; g.c]);
+    let sums = grad_sums(g, dy, y, &zero, &one);
+    input_grad(g, dy, y, &zero, &one, inv_std, (&sums.0, &sums.1))
+}
+
 /// Per channel `(sum(dy), sum(dy * xhat))` with `xhat = (x - mean) * inv_std`: the
 /// gradients of `beta` and `gamma`, and what the input gradient needs. (With `mean` 0 and
 /// `inv_std` 1, `x` is `xhat` itself: a BN without affine parameters can pass its output.)

@@ -233,9 +233,7 @@ fn reduce_forward<T: Elem>(g: &ReduceGeometry, x: &[T], w1: &[T], w2: &[T]) -> R
         cat.extend_from_slice(ai);
         cat.extend_from_slice(bi);
     }
-    let (mean, var) = bn::channel_stats(&g.bn, &cat);
-    let (inv_std, scale, shift) = bn::scale_shift(&mean, &var, g.eps, None);
-    let out = bn::normalise(&g.bn, &cat, &mean, &scale, &shift);
+    let (out, mean, var, inv_std) = bn::standardise(&g.bn, &cat, g.eps);
     ReduceState {
         out,
         mean,
@@ -252,18 +250,7 @@ fn reduce_backward<T: Elem>(
     x: &[T],
     (w1, w2): (&[T], &[T]),
 ) -> (Vec<T>, Vec<T>) {
-    let c = g.bn.c;
-    let (zero, one) = (vec![0.0; c], vec![1.0; c]);
-    let (sum_dy, sum_dy_xhat) = bn::grad_sums(&g.bn, dy, &st.out, &zero, &one);
-    let d_cat = bn::input_grad(
-        &g.bn,
-        dy,
-        &st.out,
-        &zero,
-        &one,
-        &st.inv_std,
-        (&sum_dy, &sum_dy_xhat),
-    );
+    let d_cat = bn::standardise_backward(&g.bn, dy, &st.out, &st.inv_std);
     let plane = g.half * g.bn.hw;
     let mut da = Vec::with_capacity(d_cat.len() / 2);
     let mut db = Vec::with_capacity(d_cat.len() / 2);

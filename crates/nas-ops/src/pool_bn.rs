@@ -83,10 +83,7 @@ pub(crate) fn pool_bn_forward<T: Elem>(
     x: &[T],
 ) -> (Vec<T>, PoolBnState) {
     let (pooled, argmax) = pool::forward(g, x);
-    let bg = bn_geometry(g);
-    let (mean, var) = bn::channel_stats(&bg, &pooled);
-    let (inv_std, scale, shift) = bn::scale_shift(&mean, &var, eps, None);
-    let y = bn::normalise(&bg, &pooled, &mean, &scale, &shift);
+    let (y, mean, var, inv_std) = bn::standardise(&bn_geometry(g), &pooled, eps);
     let state = PoolBnState {
         argmax,
         mean,
@@ -103,19 +100,7 @@ pub(crate) fn pool_bn_backward<T: Elem>(
     dy: &[T],
     y: &[T],
 ) -> Vec<T> {
-    // The output is BN's normalised input: mean 0, scale 1 for `grad_sums`.
-    let bg = bn_geometry(g);
-    let (zero, one) = (vec![0.0; bg.c], vec![1.0; bg.c]);
-    let (sum_dy, sum_dy_xhat) = bn::grad_sums(&bg, dy, y, &zero, &one);
-    let d_pooled = bn::input_grad(
-        &bg,
-        dy,
-        y,
-        &zero,
-        &one,
-        &st.inv_std,
-        (&sum_dy, &sum_dy_xhat),
-    );
+    let d_pooled = bn::standardise_backward(&bn_geometry(g), dy, y, &st.inv_std);
     match &st.argmax {
         Some(arg) => pool::max_backward(g, &d_pooled, arg),
         None => pool::avg_backward(g, &d_pooled),
