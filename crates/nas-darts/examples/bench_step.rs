@@ -92,6 +92,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
     let (x, y) = batch(n, 1, &dev)?;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let mut times = Vec::new();
+    let mut phases = Vec::new();
     for _ in 0..repeats + 1 {
         let t = Instant::now();
         let (logits, aux) = net.forward(&x, true, 0.2, &mut rng)?;
@@ -99,12 +100,27 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         if let Some(aux) = aux {
             loss = (loss + (candle_nn::loss::cross_entropy(&aux, &y)? * 0.4)?)?;
         }
-        let mut g = grads::collect(&loss.backward()?, sgd.vars());
+        dev.synchronize()?;
+        let forward = t.elapsed().as_secs_f64();
+        let grad_store = loss.backward()?;
+        dev.synchronize()?;
+        let backward = t.elapsed().as_secs_f64() - forward;
+        let mut g = grads::collect(&grad_store, sgd.vars());
         grads::clip_global_norm(&mut g, 5.0)?;
         sgd.step(&g)?;
         dev.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
+        phases.push((forward, backward));
     }
+    // The forward and backward seconds of the median step.
+    let median_step = (1..times.len())
+        .min_by(|&a, &b| {
+            let mut rest = times[1..].to_vec();
+            rest.sort_by(f64::total_cmp);
+            let m = rest[rest.len() / 2];
+            (times[a] - m).abs().total_cmp(&(times[b] - m).abs())
+        })
+        .unwrap_or(0);
     let mut rest = times[1..].to_vec();
     rest.sort_by(f64::total_cmp);
     let median = rest[rest.len() / 2];
@@ -113,6 +129,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         serde_json::json!({
             "impl": "candle-nas", "device": format!("{:?}", dev.location()), "order": "train", "channels": c, "layers": layers, "batch": n,
             "seconds_per_step": median, "images_per_second": n as f64 / median,
+            "forward_seconds": phases[median_step].0, "backward_seconds": phases[median_step].1,
             "steps": rest, "peak_rss_mb": peak_rss_mb(),
         })
     );

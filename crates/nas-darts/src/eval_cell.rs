@@ -4,7 +4,10 @@
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
-use nas_ops::{darts_op, drop_path_scales, drop_path_sum, DartsOp, OpContext, ReluConvBn, Term};
+use nas_ops::{
+    cell_train, darts_op, drop_path_scales, drop_path_sum, CellInput, CellSpec, DartsOp, OpContext,
+    ReluConvBn, Term,
+};
 use nas_search_space::{CnnCell, CnnOp};
 use rand::Rng;
 
@@ -74,19 +77,51 @@ impl EvalCell {
         drop_prob: f64,
         rng: &mut impl Rng,
     ) -> candle_core::Result<Tensor> {
+        // Drop-path scales op by op in order (the draws `node_sum` makes).
+        let n = s0.dim(0)?;
+        let scales = self
+            .ops
+            .iter()
+            .map(|op| {
+                let drop = train && drop_prob > 0.0 && !op.is_identity();
+                drop.then(|| drop_path_scales(n, 1.0 - drop_prob, rng))
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if train {
+            // The whole cell as one graph node where the kernel covers it (`cell_fused.rs`).
+            let spec = CellSpec {
+                pre: [
+                    match &self.preprocess0 {
+                        Preprocess0::Reduce(fr) => CellInput::Reduce(fr),
+                        Preprocess0::Conv(op) => CellInput::Conv(op),
+                    },
+                    CellInput::Conv(&self.preprocess1),
+                ],
+                ops: &self.ops,
+                inputs: &self.inputs,
+                per_node: self.per_node,
+                concat: &self.concat,
+            };
+            if let Some(y) = cell_train(s0, s1, &spec, &scales)? {
+                return Ok(y);
+            }
+        }
         let s0 = self.preprocess0.forward_t(s0, train)?;
         let s1 = self.preprocess1.forward_t(s1, train)?;
         let mut states = vec![s0, s1];
         for node in 0..self.ops.len() / self.per_node {
-            let mut outputs = Vec::with_capacity(self.per_node);
-            for k in node * self.per_node..(node + 1) * self.per_node {
-                let op = &self.ops[k];
-                outputs.push((
-                    op.forward_t(&states[self.inputs[k]], train)?,
-                    !op.is_identity(),
-                ));
-            }
-            states.push(node_sum(outputs, train, drop_prob, rng)?);
+            let ks = node * self.per_node..(node + 1) * self.per_node;
+            let outputs = ks
+                .clone()
+                .map(|k| self.ops[k].forward_t(&states[self.inputs[k]], train))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let terms: Vec<Term> = outputs
+                .iter()
+                .zip(&scales[ks])
+                .map(|(h, s)| (h, s.as_deref()))
+                .collect();
+            states.push(drop_path_sum(&terms)?);
         }
         let out: Vec<&Tensor> = self.concat.iter().map(|&i| &states[i]).collect();
         Tensor::cat(&out, 1)

@@ -345,29 +345,83 @@ pub(crate) fn scale_shift(
     (inv_std, scale, shift)
 }
 
-/// Training-mode BN without affine parameters: `(y, mean, var, inv_std)`.
-pub(crate) fn standardise<T: Elem>(
-    g: &Geometry,
-    x: &[T],
-    eps: f64,
-) -> (Vec<T>, Vec<f64>, Vec<f64>, Vec<f64>) {
-    let (mean, var) = channel_stats(g, x);
-    let (inv_std, scale, shift) = scale_shift(&mean, &var, eps, None);
-    let y = normalise(g, x, &mean, &scale, &shift);
-    (y, mean, var, inv_std)
+/// What training-mode BN's backward pass needs ([`train_forward`]).
+pub(crate) struct TrainState<T> {
+    /// The input, kept only with affine parameters (the backward then reads the
+    /// normalised input from it; without, that is the output itself).
+    pre: Option<Vec<T>>,
+    pub mean: Vec<f64>,
+    pub var: Vec<f64>,
+    inv_std: Vec<f64>,
 }
 
-/// The input gradient of [`standardise`] from its output `y` (which is the normalised
-/// input, so the input itself need not be kept) and the forward's `inv_std`.
-pub(crate) fn standardise_backward<T: Elem>(
+impl<T> TrainState<T> {
+    /// The batch statistics, for the running statistics.
+    pub(crate) fn stats(&self, g: &Geometry) -> BatchStats {
+        BatchStats {
+            mean: self.mean.clone(),
+            var: self.var.clone(),
+            count: g.n * g.hw,
+        }
+    }
+}
+
+/// Training-mode BN of `x` (taken, and kept for the backward pass only with `affine =
+/// (gamma, beta)`): the output and its [`TrainState`].
+pub(crate) fn train_forward<T: Elem>(
     g: &Geometry,
+    eps: f64,
+    x: Vec<T>,
+    affine: Option<(&[T], &[T])>,
+) -> (Vec<T>, TrainState<T>) {
+    let (mean, var) = channel_stats(g, &x);
+    let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
+    let affine = affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
+    let (inv_std, scale, shift) = scale_shift(
+        &mean,
+        &var,
+        eps,
+        affine.as_ref().map(|(gm, bt)| (&gm[..], &bt[..])),
+    );
+    let y = normalise(g, &x, &mean, &scale, &shift);
+    let pre = affine.is_some().then_some(x);
+    (
+        y,
+        TrainState {
+            pre,
+            mean,
+            var,
+            inv_std,
+        },
+    )
+}
+
+/// Gradients (or values) of gamma and beta.
+pub(crate) type Affine<T> = (Vec<T>, Vec<T>);
+
+/// The backward pass of [`train_forward`] from the output gradient `dy` and the output
+/// `y`: the input gradient, and with `gamma` given the gradients of gamma and beta.
+pub(crate) fn train_backward<T: Elem>(
+    g: &Geometry,
+    st: &TrainState<T>,
+    gamma: Option<&[T]>,
     dy: &[T],
     y: &[T],
-    inv_std: &[f64],
-) -> Vec<T> {
-    let (zero, one) = (vec![0.0; g.c], vec![1.0; g.c]);
-    let sums = grad_sums(g, dy, y, &zero, &one);
-    input_grad(g, dy, y, &zero, &one, inv_std, (&sums.0, &sums.1))
+) -> (Vec<T>, Option<Affine<T>>) {
+    // The normalised input: the input standardised with the batch statistics, or
+    // without affine parameters the output itself.
+    let (src, mean, inv) = match &st.pre {
+        Some(pre) => (&pre[..], st.mean.clone(), st.inv_std.clone()),
+        None => (y, vec![0.0; g.c], vec![1.0; g.c]),
+    };
+    let (sum_dy, sum_dy_xhat) = grad_sums(g, dy, src, &mean, &inv);
+    let k: Vec<f64> = (0..g.c)
+        .map(|ch| gamma.map_or(1.0, |gm| gm[ch].as_f64()) * st.inv_std[ch])
+        .collect();
+    let dx = input_grad(g, dy, src, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
+    let to_t = |v: &[f64]| v.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>();
+    let affine = gamma.map(|_| (to_t(&sum_dy_xhat), to_t(&sum_dy)));
+    (dx, affine)
 }
 
 /// Per channel `(sum(dy), sum(dy * xhat))` with `xhat = (x - mean) * inv_std`: the

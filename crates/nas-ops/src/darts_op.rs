@@ -234,10 +234,7 @@ impl MixedOp {
         };
         let reduce = match skip {
             DartsOp::Identity => None,
-            DartsOp::FactorizedReduce(fr) => match fr.parts() {
-                (w1, w2, bn, true) => Some((w1, w2, bn)),
-                _ => return None,
-            },
+            DartsOp::FactorizedReduce(fr) => Some(fr),
             _ => return None,
         };
         let [a, b] = s3.blocks();

@@ -3,13 +3,15 @@
 //! shifted by one pixel, concatenated over channels, then BN. Names `conv_1`, `conv_2`, `bn`.
 //! ENAS's `_factorized_reduction` is the same without the ReLU ([`FactorizedReduce::without_relu`]).
 
-use candle_core::Tensor;
+use candle_core::{Shape, Tensor};
 use candle_nn::{ModuleT, VarBuilder};
 
-use crate::batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+use crate::batch_norm::{self as bn, batch_norm, BatchNorm, BatchNormConfig, BatchStats};
 use crate::conv::{conv2d, Conv2d, Conv2dConfig};
+use crate::cpu::Elem;
 use crate::error::{Error, Result};
-use crate::pointwise::{pointwise_conv2d, PointwiseConfig};
+use crate::pointwise::{self, pointwise_conv2d, PointwiseConfig};
+use crate::reduce;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
@@ -29,6 +31,19 @@ impl FactorizedReduce {
             &self.bn,
             self.relu,
         )
+    }
+
+    /// The parameters in the fused kernels' flat order: both weights, then gamma and beta
+    /// if BN has them.
+    pub(crate) fn flat_params(&self) -> Result<Vec<Tensor>> {
+        let mut out = vec![
+            self.conv_1.weight().flatten_all()?,
+            self.conv_2.weight().flatten_all()?,
+        ];
+        if let Some((gamma, beta)) = self.bn.affine() {
+            out.extend([gamma.clone(), beta.clone()]);
+        }
+        Ok(out)
     }
 
     /// The same module without the leading ReLU (ENAS's identity at stride 2 and its
@@ -90,6 +105,135 @@ pub fn factorized_reduce(
         )?,
         relu: true,
     })
+}
+
+/// FactorizedReduce's shapes for the fused CPU kernels (`mixed_fused.rs`,
+/// `cell_fused.rs`); even input sizes only (as the reference), so both halves line up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReduceGeometry {
+    a: pointwise::Geometry,
+    b: pointwise::Geometry,
+    bn: bn::Geometry,
+    half: usize,
+    w_len: usize,
+    affine: bool,
+    eps: f64,
+}
+
+impl ReduceGeometry {
+    /// The geometry of `module` on an input of shape `x`; `None` for odd sizes.
+    pub(crate) fn new(module: &FactorizedReduce, x: &[usize]) -> Result<Option<Self>> {
+        let &[n, _, h, w] = x else {
+            return Err(Error::ShapeMismatch {
+                op: "factorized_reduce",
+                expected: "input [n, c, h, w]".to_string(),
+                got: x.to_vec(),
+            }
+            .into());
+        };
+        if h % 2 != 0 || w % 2 != 0 {
+            return Ok(None);
+        }
+        let (w1, w2, bn, relu) = module.parts();
+        let cfg = |offset| PointwiseConfig {
+            stride: 2,
+            offset,
+            relu_input: relu,
+        };
+        let half = w1.dim(0)?;
+        Ok(Some(ReduceGeometry {
+            a: pointwise::Geometry::new(x, w1.dims(), cfg(0))?,
+            b: pointwise::Geometry::new(x, w2.dims(), cfg(1))?,
+            bn: bn::Geometry {
+                n,
+                c: 2 * half,
+                hw: (h / 2) * (w / 2),
+            },
+            half,
+            w_len: w1.elem_count(),
+            affine: bn.affine().is_some(),
+            eps: bn.config().eps,
+        }))
+    }
+
+    /// Output shape `[n, c_out, h / 2, w / 2]`.
+    pub(crate) fn out_shape(&self) -> Shape {
+        let [oh, ow] = [self.a.out_shape().dims()[2], self.a.out_shape().dims()[3]];
+        Shape::from((self.bn.n, self.bn.c, oh, ow))
+    }
+
+    /// Number of parameters: both weights, and gamma and beta if affine.
+    pub(crate) fn param_len(&self) -> usize {
+        2 * self.w_len + if self.affine { 2 * self.bn.c } else { 0 }
+    }
+
+    /// `(w1, w2, affine)` from the flat parameters `[w1, w2, gamma, beta]`.
+    #[allow(clippy::type_complexity)]
+    fn split<'a, T>(&self, params: &'a [T]) -> (&'a [T], &'a [T], Option<(&'a [T], &'a [T])>) {
+        let (w1, rest) = params.split_at(self.w_len);
+        let (w2, rest) = rest.split_at(self.w_len);
+        (w1, w2, self.affine.then(|| rest.split_at(self.bn.c)))
+    }
+
+    /// BN's batch statistics.
+    pub(crate) fn stats<T>(&self, st: &ReduceState<T>) -> BatchStats {
+        st.bn.stats(&self.bn)
+    }
+}
+
+/// What the fused forward pass leaves for the backward pass.
+pub(crate) struct ReduceState<T> {
+    bn: bn::TrainState<T>,
+}
+
+/// The output and the state, from the flat parameters `[w1, w2, gamma, beta]`.
+pub(crate) fn reduce_forward<T: Elem>(
+    g: &ReduceGeometry,
+    x: &[T],
+    params: &[T],
+) -> (Vec<T>, ReduceState<T>) {
+    let (w1, w2, affine) = g.split(params);
+    let a = pointwise::forward(&g.a, x, w1);
+    let b = pointwise::forward(&g.b, x, w2);
+    let plane = g.half * g.bn.hw;
+    let mut cat = Vec::with_capacity(2 * a.len());
+    for (ai, bi) in a.chunks_exact(plane).zip(b.chunks_exact(plane)) {
+        cat.extend_from_slice(ai);
+        cat.extend_from_slice(bi);
+    }
+    let (y, bn) = bn::train_forward(&g.bn, g.eps, cat, affine);
+    (y, ReduceState { bn })
+}
+
+/// `(dx, dparams)` from the output gradient `dy`, the input `x` and the output `y`.
+pub(crate) fn reduce_backward<T: Elem>(
+    g: &ReduceGeometry,
+    st: &ReduceState<T>,
+    params: &[T],
+    dy: &[T],
+    x: &[T],
+    y: &[T],
+) -> (Vec<T>, Vec<T>) {
+    let (w1, w2, affine) = g.split(params);
+    let (d_cat, d_affine) = bn::train_backward(&g.bn, &st.bn, affine.map(|a| a.0), dy, y);
+    let plane = g.half * g.bn.hw;
+    let mut da = Vec::with_capacity(d_cat.len() / 2);
+    let mut db = Vec::with_capacity(d_cat.len() / 2);
+    for img in d_cat.chunks_exact(2 * plane) {
+        da.extend_from_slice(&img[..plane]);
+        db.extend_from_slice(&img[plane..]);
+    }
+    drop(d_cat);
+    let mut dparams = Vec::with_capacity(g.param_len());
+    dparams.extend(pointwise::weight_grad(&g.a, &da, x));
+    dparams.extend(pointwise::weight_grad(&g.b, &db, x));
+    if let Some((d_gamma, d_beta)) = d_affine {
+        dparams.extend(d_gamma);
+        dparams.extend(d_beta);
+    }
+    let mut dx = pointwise::input_grad(&g.a, &da, w1, x);
+    reduce::axpy_par(&mut dx, T::one(), &pointwise::input_grad(&g.b, &db, w2, x));
+    (dx, dparams)
 }
 
 #[cfg(test)]

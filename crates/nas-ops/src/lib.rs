@@ -5,6 +5,7 @@
 //! Every fused op has a plain-tensor `_slow` reference that the tests compare against.
 
 mod batch_norm;
+mod cell_fused;
 mod conv;
 mod cpu;
 mod cross_entropy;
@@ -41,6 +42,7 @@ mod weighted_sum;
 pub use batch_norm::{
     batch_norm, batch_norm_train, batch_norm_train_slow, BatchNorm, BatchNormConfig, BatchStats,
 };
+pub use cell_fused::{cell_train, CellInput, CellSpec};
 pub use conv::{conv2d, global_avg_pool, pointwise, subsample, Conv2d, Conv2dConfig};
 pub use cross_entropy::{softmax_cross_entropy, softmax_cross_entropy_slow};
 pub use darts_op::{darts_op, mixed_op, Conv7x1x7, DartsOp, MixedOp, OpContext};

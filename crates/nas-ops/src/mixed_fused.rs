@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::batch_norm::{self as bn, BatchNorm, BatchStats};
+use crate::batch_norm::{BatchNorm, BatchStats};
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
-use crate::pointwise::{self, PointwiseConfig};
+use crate::factorized_reduce::{
+    reduce_backward, reduce_forward, FactorizedReduce, ReduceGeometry, ReduceState,
+};
 use crate::pool::{self, PoolConfig};
 use crate::pool_bn::{pool_bn_backward, pool_bn_forward, PoolBnState};
 use crate::reduce;
@@ -35,8 +37,8 @@ const OP: &str = "mixed_op";
 pub(crate) struct MixedParts<'a> {
     pub max: (PoolConfig, &'a BatchNorm),
     pub avg: (PoolConfig, &'a BatchNorm),
-    /// `None` at stride 1 (the identity); FactorizedReduce's two weights and BN.
-    pub reduce: Option<(&'a Tensor, &'a Tensor, &'a BatchNorm)>,
+    /// `None` at stride 1 (the identity); FactorizedReduce at stride 2.
+    pub reduce: Option<&'a FactorizedReduce>,
     /// Separable 3x3, separable 5x5 (two blocks each), dilated 3x3, dilated 5x5.
     pub blocks: [Block<'a>; 6],
 }
@@ -62,8 +64,8 @@ pub(crate) fn mixed_op_train(
         return Ok(None);
     };
     let mut tensors = Vec::new();
-    if let Some((w1, w2, _)) = parts.reduce {
-        tensors.extend([w1.flatten_all()?, w2.flatten_all()?]);
+    if let Some(fr) = parts.reduce {
+        tensors.extend(fr.flat_params()?);
     }
     for (dw, pw, _, _) in &parts.blocks {
         tensors.extend([dw.flatten_all()?, pw.flatten_all()?]);
@@ -85,23 +87,12 @@ pub(crate) fn mixed_op_train(
         }
     };
     let mut bns = vec![parts.max.1, parts.avg.1];
-    bns.extend(parts.reduce.map(|(_, _, bn)| bn));
+    bns.extend(parts.reduce.map(|fr| fr.parts().2));
     bns.extend(parts.blocks.iter().map(|(_, _, bn, _)| *bn));
     for (bn, s) in bns.into_iter().zip(&stats) {
         bn.update_running_all(std::slice::from_ref(s))?;
     }
     Ok(Some(y))
-}
-
-/// FactorizedReduce: two strided 1x1 convolutions (ReLU fused), concatenated, BN.
-#[derive(Debug, Clone, Copy)]
-struct ReduceGeometry {
-    a: pointwise::Geometry,
-    b: pointwise::Geometry,
-    bn: bn::Geometry,
-    half: usize,
-    w_len: usize,
-    eps: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -119,14 +110,6 @@ struct Plan {
 
 impl Plan {
     fn new(x: &[usize], parts: &MixedParts<'_>) -> Result<Option<Plan>> {
-        let &[n, _, h, w] = x else {
-            return Err(Error::ShapeMismatch {
-                op: OP,
-                expected: "input [n, c, h, w]".to_string(),
-                got: x.to_vec(),
-            }
-            .into());
-        };
         let no_affine = |b: &BatchNorm| b.affine().is_none();
         if !no_affine(parts.max.1) || !no_affine(parts.avg.1) {
             return Ok(None);
@@ -136,32 +119,13 @@ impl Plan {
         let mut offset = 0;
         let reduce = match parts.reduce {
             None => None,
-            Some((w1, w2, b)) => {
-                if h % 2 != 0 || w % 2 != 0 || !no_affine(b) {
-                    return Ok(None);
+            Some(fr) => match ReduceGeometry::new(fr, x)? {
+                Some(g) => {
+                    offset = g.param_len();
+                    Some(g)
                 }
-                let cfg = |offset| PointwiseConfig {
-                    stride: 2,
-                    offset,
-                    relu_input: true,
-                };
-                let a = pointwise::Geometry::new(x, w1.dims(), cfg(0))?;
-                let bg = pointwise::Geometry::new(x, w2.dims(), cfg(1))?;
-                let half = w1.dim(0)?;
-                offset = w1.elem_count() + w2.elem_count();
-                Some(ReduceGeometry {
-                    a,
-                    b: bg,
-                    bn: bn::Geometry {
-                        n,
-                        c: 2 * half,
-                        hw: (h / 2) * (w / 2),
-                    },
-                    half,
-                    w_len: w1.elem_count(),
-                    eps: b.config().eps,
-                })
-            }
+                None => return Ok(None),
+            },
         };
         let mut blocks = Vec::with_capacity(6);
         let mut block_offsets = [0; 6];
@@ -184,7 +148,7 @@ impl Plan {
         let out_shape = blocks[0].out_shape();
         let same = |d: &[usize]| d == out_shape.dims();
         let pool_out = |g: &pool::Geometry| [g.n, g.c, g.oh, g.ow];
-        let reduce_ok = reduce.is_none_or(|r| same(&[n, 2 * r.half, h / 2, w / 2]));
+        let reduce_ok = reduce.is_none_or(|r| same(r.out_shape().dims()));
         let identity_ok = reduce.is_some() || same(x);
         if !(blocks[1..].iter().all(|b| same(b.out_shape().dims()))
             && same(&pool_out(&max))
@@ -217,61 +181,13 @@ impl Plan {
     }
 }
 
-struct ReduceState<T> {
-    out: Vec<T>,
-    mean: Vec<f64>,
-    var: Vec<f64>,
-    inv_std: Vec<f64>,
-}
-
-fn reduce_forward<T: Elem>(g: &ReduceGeometry, x: &[T], w1: &[T], w2: &[T]) -> ReduceState<T> {
-    let a = pointwise::forward(&g.a, x, w1);
-    let b = pointwise::forward(&g.b, x, w2);
-    let plane = g.half * g.bn.hw;
-    let mut cat = Vec::with_capacity(2 * a.len());
-    for (ai, bi) in a.chunks_exact(plane).zip(b.chunks_exact(plane)) {
-        cat.extend_from_slice(ai);
-        cat.extend_from_slice(bi);
-    }
-    let (out, mean, var, inv_std) = bn::standardise(&g.bn, &cat, g.eps);
-    ReduceState {
-        out,
-        mean,
-        var,
-        inv_std,
-    }
-}
-
-/// `(dx, [dw1, dw2])`.
-fn reduce_backward<T: Elem>(
-    g: &ReduceGeometry,
-    st: &ReduceState<T>,
-    dy: &[T],
-    x: &[T],
-    (w1, w2): (&[T], &[T]),
-) -> (Vec<T>, Vec<T>) {
-    let d_cat = bn::standardise_backward(&g.bn, dy, &st.out, &st.inv_std);
-    let plane = g.half * g.bn.hw;
-    let mut da = Vec::with_capacity(d_cat.len() / 2);
-    let mut db = Vec::with_capacity(d_cat.len() / 2);
-    for img in d_cat.chunks_exact(2 * plane) {
-        da.extend_from_slice(&img[..plane]);
-        db.extend_from_slice(&img[plane..]);
-    }
-    let mut dw = pointwise::weight_grad(&g.a, &da, x);
-    dw.extend(pointwise::weight_grad(&g.b, &db, x));
-    let mut dx = pointwise::input_grad(&g.a, &da, w1, x);
-    reduce::axpy_par(&mut dx, T::one(), &pointwise::input_grad(&g.b, &db, w2, x));
-    (dx, dw)
-}
-
 /// Everything the backward pass needs, for one float type.
 struct State<T> {
     params: Vec<T>,
     weights: Vec<T>,
-    max: (Vec<T>, PoolBnState),
-    avg: (Vec<T>, PoolBnState),
-    reduce: Option<ReduceState<T>>,
+    max: (Vec<T>, PoolBnState<T>),
+    avg: (Vec<T>, PoolBnState<T>),
+    reduce: Option<(Vec<T>, ReduceState<T>)>,
     /// Each block's output and state.
     blocks: Vec<(Vec<T>, BlockState<T>)>,
 }
@@ -280,12 +196,8 @@ impl<T: Elem> State<T> {
     /// BN statistics in the order of [`mixed_op_train`]'s BN list.
     fn stats(&self, plan: &Plan) -> Vec<BatchStats> {
         let mut out = vec![self.max.1.stats(&plan.max), self.avg.1.stats(&plan.avg)];
-        if let (Some(r), Some(g)) = (&self.reduce, &plan.reduce) {
-            out.push(BatchStats {
-                mean: r.mean.clone(),
-                var: r.var.clone(),
-                count: g.bn.n * g.bn.hw,
-            });
+        if let (Some((_, r)), Some(g)) = (&self.reduce, &plan.reduce) {
+            out.push(g.stats(r));
         }
         for (g, (_, st)) in plan.blocks.iter().zip(&self.blocks) {
             out.push(g.stats(st));
@@ -295,7 +207,7 @@ impl<T: Elem> State<T> {
 
     /// The op outputs in weight order 1..8 (the identity's is `x`).
     fn outputs<'a>(&'a self, x: &'a [T]) -> [&'a [T]; 7] {
-        let skip = self.reduce.as_ref().map_or(x, |r| &r.out[..]);
+        let skip = self.reduce.as_ref().map_or(x, |(out, _)| &out[..]);
         [
             &self.max.0,
             &self.avg.0,
@@ -311,10 +223,10 @@ impl<T: Elem> State<T> {
 fn forward<T: Elem>(plan: &Plan, x: &[T], params: &[T], weights: &[T]) -> (Vec<T>, State<T>) {
     let max = pool_bn_forward(&plan.max, plan.pool_eps[0], x);
     let avg = pool_bn_forward(&plan.avg, plan.pool_eps[1], x);
-    let reduce = plan.reduce.as_ref().map(|g| {
-        let (w1, w2) = params[..2 * g.w_len].split_at(g.w_len);
-        reduce_forward(g, x, w1, w2)
-    });
+    let reduce = plan
+        .reduce
+        .as_ref()
+        .map(|g| reduce_forward(g, x, &params[..g.param_len()]));
     let mut blocks: Vec<(Vec<T>, BlockState<T>)> = Vec::with_capacity(6);
     for i in 0..6 {
         let p = plan.block_params(params, i);
@@ -365,9 +277,8 @@ fn backward<T: Elem>(plan: &Plan, st: &State<T>, dy: &[T], x: &[T]) -> (Vec<T>, 
         &pool_bn_backward(&plan.avg, &st.avg.1, dy, &st.avg.0),
     );
     match (&plan.reduce, &st.reduce) {
-        (Some(g), Some(r)) => {
-            let (w1, w2) = st.params[..2 * g.w_len].split_at(g.w_len);
-            let (d, dw) = reduce_backward(g, r, dy, x, (w1, w2));
+        (Some(g), Some((out, r))) => {
+            let (d, dw) = reduce_backward(g, r, &st.params[..g.param_len()], dy, x, out);
             reduce::axpy_par(&mut dx, w[3], &d);
             for (dst, v) in dparams.iter_mut().zip(dw) {
                 *dst = v * w[3];

@@ -9,13 +9,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
 use crate::batch_norm::{self as bn, batch_norm_train, batch_norm_train_slow, BatchStats};
 use crate::cpu::{dispatch, Elem};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pool::{self, pool2d, pool2d_slow, PoolConfig};
-use crate::separable::lock;
+use crate::separable::{downcast, lock, Shared};
 
 const OP: &str = "pool_bn";
 
@@ -27,20 +27,17 @@ pub fn pool_bn_train(x: &Tensor, cfg: PoolConfig, eps: f64) -> Result<(Tensor, B
     if !x.device().is_cpu() {
         return batch_norm_train(&pool2d(x, cfg)?, None, eps);
     }
-    let saved = Arc::new(Mutex::new(None));
+    let saved: Shared = Arc::new(Mutex::new(None));
     let y = x.contiguous()?.apply_op1(PoolBn {
         geom,
         eps,
         saved: saved.clone(),
     })?;
     let saved = lock(&saved, OP)?;
-    let stats = saved
-        .as_ref()
-        .ok_or_else(|| Error::Unsupported {
-            op: OP,
-            message: "no statistics after the forward pass".into(),
-        })?
-        .stats(&geom);
+    let stats = match y.dtype() {
+        DType::F32 => downcast::<PoolBnState<f32>>(&saved, OP)?.stats(&geom),
+        _ => downcast::<PoolBnState<f64>>(&saved, OP)?.stats(&geom),
+    };
     Ok((y, stats))
 }
 
@@ -58,21 +55,15 @@ fn bn_geometry(g: &pool::Geometry) -> bn::Geometry {
 }
 
 /// What the forward pass leaves for the backward pass.
-pub(crate) struct PoolBnState {
+pub(crate) struct PoolBnState<T> {
     /// Max pooling's argmax (plane-local input index per output).
     argmax: Option<Vec<u32>>,
-    mean: Vec<f64>,
-    var: Vec<f64>,
-    inv_std: Vec<f64>,
+    bn: bn::TrainState<T>,
 }
 
-impl PoolBnState {
+impl<T> PoolBnState<T> {
     pub(crate) fn stats(&self, g: &pool::Geometry) -> BatchStats {
-        BatchStats {
-            mean: self.mean.clone(),
-            var: self.var.clone(),
-            count: g.n * g.oh * g.ow,
-        }
+        self.bn.stats(&bn_geometry(g))
     }
 }
 
@@ -81,26 +72,20 @@ pub(crate) fn pool_bn_forward<T: Elem>(
     g: &pool::Geometry,
     eps: f64,
     x: &[T],
-) -> (Vec<T>, PoolBnState) {
+) -> (Vec<T>, PoolBnState<T>) {
     let (pooled, argmax) = pool::forward(g, x);
-    let (y, mean, var, inv_std) = bn::standardise(&bn_geometry(g), &pooled, eps);
-    let state = PoolBnState {
-        argmax,
-        mean,
-        var,
-        inv_std,
-    };
-    (y, state)
+    let (y, bn) = bn::train_forward(&bn_geometry(g), eps, pooled, None);
+    (y, PoolBnState { argmax, bn })
 }
 
 /// `dx` from the output gradient and the output.
 pub(crate) fn pool_bn_backward<T: Elem>(
     g: &pool::Geometry,
-    st: &PoolBnState,
+    st: &PoolBnState<T>,
     dy: &[T],
     y: &[T],
 ) -> Vec<T> {
-    let d_pooled = bn::standardise_backward(&bn_geometry(g), dy, y, &st.inv_std);
+    let (d_pooled, _) = bn::train_backward(&bn_geometry(g), &st.bn, None, dy, y);
     match &st.argmax {
         Some(arg) => pool::max_backward(g, &d_pooled, arg),
         None => pool::avg_backward(g, &d_pooled),
@@ -110,7 +95,7 @@ pub(crate) fn pool_bn_backward<T: Elem>(
 struct PoolBn {
     geom: pool::Geometry,
     eps: f64,
-    saved: Arc<Mutex<Option<PoolBnState>>>,
+    saved: Shared,
 }
 
 impl CustomOp1 for PoolBn {
@@ -122,7 +107,7 @@ impl CustomOp1 for PoolBn {
         let g = &self.geom;
         dispatch!(OP, [(s, l) => x], |T| {
             let (y, state) = pool_bn_forward::<T>(g, self.eps, x);
-            *lock(&self.saved, OP)? = Some(state);
+            *lock(&self.saved, OP)? = Some(Box::new(state));
             Ok((T::storage(y), Shape::from((g.n, g.c, g.oh, g.ow))))
         })
     }
@@ -140,7 +125,7 @@ impl CustomOp1 for PoolBn {
 /// `(dy, y) -> dx`.
 struct PoolBnBackward {
     geom: pool::Geometry,
-    saved: Arc<Mutex<Option<PoolBnState>>>,
+    saved: Shared,
     input_shape: Shape,
 }
 
@@ -158,10 +143,7 @@ impl CustomOp2 for PoolBnBackward {
     ) -> Result<(CpuStorage, Shape)> {
         dispatch!(OP, [(s1, l1) => dy, (s2, l2) => y], |T| {
             let saved = lock(&self.saved, OP)?;
-            let st = saved.as_ref().ok_or_else(|| Error::Unsupported {
-                op: OP,
-                message: "backward before forward".into(),
-            })?;
+            let st = downcast::<PoolBnState<T>>(&saved, OP)?;
             let dx = pool_bn_backward(&self.geom, st, dy, y);
             Ok((T::storage(dx), self.input_shape.clone()))
         })

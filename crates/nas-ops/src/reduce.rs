@@ -135,11 +135,14 @@ pub(crate) fn dot_par<T: Elem>(a: &[T], b: &[T]) -> f64 {
 pub(crate) fn axpy_par<T: Elem>(dst: &mut [T], a: T, src: &[T]) {
     dst.par_chunks_mut(TASK)
         .zip(src.par_chunks(TASK))
-        .for_each(|(d, s)| {
-            for (d, &s) in d.iter_mut().zip(s) {
-                *d = a.mul_add(s, *d);
-            }
-        });
+        .for_each(|(d, s)| axpy(d, a, s));
+}
+
+/// `dst[i] += a * src[i]`.
+pub(crate) fn axpy<T: Elem>(dst: &mut [T], a: T, src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = a.mul_add(s, *d);
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,13 @@ impl ModuleT for ReluConvBn {
     }
 }
 
+impl ReluConvBn {
+    /// `(convolution, BN)`.
+    pub(crate) fn parts(&self) -> (&Conv2d, &BatchNorm) {
+        (&self.conv, &self.bn)
+    }
+}
+
 /// Builds a [`ReluConvBn`].
 pub fn relu_conv_bn(
     c_in: usize,

@@ -75,10 +75,11 @@ pub fn separable_block_train_slow(
     batch_norm_train_slow(&y, affine, eps)
 }
 
-/// The shapes of one block.
+/// The shapes of one block. Without a depthwise stage it is ReLU-1x1-BN
+/// ([`BlockGeometry::pointwise`]: DARTS's `ReLUConvBN` preprocessing).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BlockGeometry {
-    dw: depthwise::Geometry,
+    dw: Option<depthwise::Geometry>,
     pw: pointwise::Geometry,
     bn: bn::Geometry,
     dw_len: usize,
@@ -89,6 +90,7 @@ pub(crate) struct BlockGeometry {
 
 /// One block's parameters as slices.
 pub(crate) struct Params<'a, T> {
+    /// Empty without a depthwise stage.
     pub dw: &'a [T],
     pub pw: &'a [T],
     /// `(gamma, beta)`.
@@ -108,16 +110,31 @@ impl BlockGeometry {
     ) -> Result<Self> {
         let dw_geom = depthwise::Geometry::new(x, dw, cfg)?;
         let mid = dw_geom.out_shape();
-        let pw_geom = pointwise::Geometry::new(mid.dims(), pw, PointwiseConfig::default())?;
+        let mut g = Self::pointwise(mid.dims(), pw, PointwiseConfig::default(), affine, eps)?;
+        g.dw = Some(dw_geom);
+        g.dw_len = dw.iter().product();
+        Ok(g)
+    }
+
+    /// A block without the depthwise stage: the pointwise convolution (ReLU fused by
+    /// `cfg.relu_input`) on `x`, then BN.
+    pub(crate) fn pointwise(
+        x: &[usize],
+        pw: &[usize],
+        cfg: PointwiseConfig,
+        affine: bool,
+        eps: f64,
+    ) -> Result<Self> {
+        let pw_geom = pointwise::Geometry::new(x, pw, cfg)?;
         let out = pw_geom.out_shape();
         let &[n, c, oh, ow] = out.dims() else {
             unreachable!("pointwise outputs are [n, c, h, w]")
         };
         Ok(BlockGeometry {
-            dw: dw_geom,
+            dw: None,
             pw: pw_geom,
             bn: bn::Geometry { n, c, hw: oh * ow },
-            dw_len: dw.iter().product(),
+            dw_len: 0,
             pw_len: pw.iter().product(),
             affine,
             eps,
@@ -144,24 +161,16 @@ impl BlockGeometry {
 
     /// BN's statistics as [`BatchStats`].
     pub(crate) fn stats(&self, st: &BlockState<impl Elem>) -> BatchStats {
-        BatchStats {
-            mean: st.mean.clone(),
-            var: st.var.clone(),
-            count: self.bn.n * self.bn.hw,
-        }
+        st.bn.stats(&self.bn)
     }
 }
 
 /// What a block's forward pass leaves for its backward pass.
 pub(crate) struct BlockState<T> {
-    /// The depthwise output (the pointwise product's input).
-    mid: Vec<T>,
-    /// The pointwise output, kept only with affine parameters (BN's backward then reads
-    /// its normalised input from it; without, that is the block's output).
-    pre_bn: Option<Vec<T>>,
-    mean: Vec<f64>,
-    var: Vec<f64>,
-    inv_std: Vec<f64>,
+    /// The depthwise output (the pointwise product's input); `None` without a depthwise
+    /// stage (the input is).
+    mid: Option<Vec<T>>,
+    bn: bn::TrainState<T>,
 }
 
 /// The block's output and what its backward pass needs.
@@ -170,26 +179,10 @@ pub(crate) fn block_forward<T: Elem>(
     x: &[T],
     p: &Params<'_, T>,
 ) -> (Vec<T>, BlockState<T>) {
-    let mid = depthwise::forward(&g.dw, x, p.dw);
-    let pre_bn = pointwise::forward(&g.pw, &mid, p.pw);
-    let (mean, var) = bn::channel_stats(&g.bn, &pre_bn);
-    let to_f64 = |v: &[T]| v.iter().map(|v| v.as_f64()).collect::<Vec<f64>>();
-    let affine = p.affine.map(|(gm, bt)| (to_f64(gm), to_f64(bt)));
-    let (inv_std, scale, shift) = bn::scale_shift(
-        &mean,
-        &var,
-        g.eps,
-        affine.as_ref().map(|(gm, bt)| (&gm[..], &bt[..])),
-    );
-    let y = bn::normalise(&g.bn, &pre_bn, &mean, &scale, &shift);
-    let state = BlockState {
-        mid,
-        pre_bn: g.affine.then_some(pre_bn),
-        mean,
-        var,
-        inv_std,
-    };
-    (y, state)
+    let mid = g.dw.as_ref().map(|dg| depthwise::forward(dg, x, p.dw));
+    let pre_bn = pointwise::forward(&g.pw, mid.as_deref().unwrap_or(x), p.pw);
+    let (y, bn) = bn::train_forward(&g.bn, g.eps, pre_bn, p.affine);
+    (y, BlockState { mid, bn })
 }
 
 /// `(dx, dparams)` from the output gradient `dy`, the input `x` and the output `y`.
@@ -201,29 +194,23 @@ pub(crate) fn block_backward<T: Elem>(
     x: &[T],
     y: &[T],
 ) -> (Vec<T>, Vec<T>) {
-    // BN's normalised input: the pointwise output standardised with the batch
-    // statistics, or without affine parameters the block's output itself.
-    let c = g.bn.c;
-    let (src, mean, inv) = match &st.pre_bn {
-        Some(pre) => (&pre[..], st.mean.clone(), st.inv_std.clone()),
-        None => (y, vec![0.0; c], vec![1.0; c]),
-    };
-    let (sum_dy, sum_dy_xhat) = bn::grad_sums(&g.bn, dy, src, &mean, &inv);
-    let k: Vec<f64> = (0..c)
-        .map(|ch| p.affine.map_or(1.0, |(gm, _)| gm[ch].as_f64()) * st.inv_std[ch])
-        .collect();
-    let d_pre = bn::input_grad(&g.bn, dy, src, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
-    let d_pw = pointwise::weight_grad(&g.pw, &d_pre, &st.mid);
-    let d_mid = pointwise::input_grad(&g.pw, &d_pre, p.pw, &st.mid);
+    let (d_pre, d_affine) = bn::train_backward(&g.bn, &st.bn, p.affine.map(|a| a.0), dy, y);
+    let mid = st.mid.as_deref().unwrap_or(x);
+    let d_pw = pointwise::weight_grad(&g.pw, &d_pre, mid);
+    let d_mid = pointwise::input_grad(&g.pw, &d_pre, p.pw, mid);
     drop(d_pre);
-    let d_dw = depthwise::weight_grad(&g.dw, &d_mid, x);
-    let dx = depthwise::input_grad(&g.dw, &d_mid, p.dw, x);
     let mut dparams = Vec::with_capacity(g.param_len());
-    dparams.extend(d_dw);
+    let dx = match &g.dw {
+        Some(dg) => {
+            dparams.extend(depthwise::weight_grad(dg, &d_mid, x));
+            depthwise::input_grad(dg, &d_mid, p.dw, x)
+        }
+        None => d_mid,
+    };
     dparams.extend(d_pw);
-    if g.affine {
-        dparams.extend(sum_dy_xhat.iter().map(|&v| T::of_f64(v)));
-        dparams.extend(sum_dy.iter().map(|&v| T::of_f64(v)));
+    if let Some((d_gamma, d_beta)) = d_affine {
+        dparams.extend(d_gamma);
+        dparams.extend(d_beta);
     }
     (dx, dparams)
 }
@@ -235,7 +222,7 @@ struct Saved<T> {
 }
 
 /// Saved state of whichever float type ran (`Saved<f32>` or `Saved<f64>`).
-type Shared = Arc<Mutex<Option<Box<dyn Any + Send>>>>;
+pub(crate) type Shared = Arc<Mutex<Option<Box<dyn Any + Send>>>>;
 
 pub(crate) fn lock<'a, T>(
     m: &'a Mutex<T>,
