@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use candle_nn::{Init, ModuleT, VarBuilder};
 use rayon::prelude::*;
 
+use crate::buffer::par_chunks_new;
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
 use crate::reduce;
@@ -310,8 +311,7 @@ pub(crate) fn normalise<T: Elem>(
     scale: &[f64],
     shift: &[f64],
 ) -> Vec<T> {
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(g.hw).enumerate().for_each(|(plane, yp)| {
+    par_chunks_new(x.len(), g.hw, |plane, yp| {
         let c = plane % g.c;
         let m = T::of_f64(mean[c]);
         let a = T::of_f64(scale[c]);
@@ -320,8 +320,7 @@ pub(crate) fn normalise<T: Elem>(
         for (yv, &xv) in yp.iter_mut().zip(&x[plane * g.hw..(plane + 1) * g.hw]) {
             *yv = (xv - m).mul_add(a, b);
         }
-    });
-    y
+    })
 }
 
 /// Per channel `(inv_std, scale, shift)`: `y = scale * x + shift` normalises the batch
@@ -466,25 +465,21 @@ pub(crate) fn input_grad<T: Elem>(
     (sum_dy, sum_dy_xhat): (&[f64], &[f64]),
 ) -> Vec<T> {
     let m = (g.n * g.hw) as f64;
-    let mut dx = vec![T::zero(); dy.len()];
-    dx.par_chunks_mut(g.hw)
-        .enumerate()
-        .for_each(|(plane, dxp)| {
-            let c = plane % g.c;
-            // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * (x - m_t) + q with
-            // m_t the mean rounded to T (subtracted first: p * x + q would cancel in f32 when
-            // the mean is large against the spread).
-            let (a, b) = (sum_dy[c] / m, sum_dy_xhat[c] / m);
-            let p = -k[c] * b * inv_std[c];
-            let mean_t = T::of_f64(mean[c]);
-            let q = -k[c] * a + p * (mean_t.as_f64() - mean[c]);
-            let (kt, p, q) = (T::of_f64(k[c]), T::of_f64(p), T::of_f64(q));
-            let range = plane * g.hw..(plane + 1) * g.hw;
-            for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
-                *d = kt.mul_add(gv, p.mul_add(xv - mean_t, q));
-            }
-        });
-    dx
+    par_chunks_new(dy.len(), g.hw, |plane, dxp| {
+        let c = plane % g.c;
+        // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * (x - m_t) + q with
+        // m_t the mean rounded to T (subtracted first: p * x + q would cancel in f32 when
+        // the mean is large against the spread).
+        let (a, b) = (sum_dy[c] / m, sum_dy_xhat[c] / m);
+        let p = -k[c] * b * inv_std[c];
+        let mean_t = T::of_f64(mean[c]);
+        let q = -k[c] * a + p * (mean_t.as_f64() - mean[c]);
+        let (kt, p, q) = (T::of_f64(k[c]), T::of_f64(p), T::of_f64(q));
+        let range = plane * g.hw..(plane + 1) * g.hw;
+        for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
+            *d = kt.mul_add(gv, p.mul_add(xv - mean_t, q));
+        }
+    })
 }
 
 impl BatchNormTrain {

@@ -18,6 +18,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::batch_norm::{BatchNorm, BatchStats};
+use crate::buffer::par_chunks_new;
 use crate::cpu::{dispatch, Elem};
 use crate::darts_op::DartsOp;
 use crate::error::{Error, Result};
@@ -472,15 +473,12 @@ fn scales_as<T: Elem>(scales: &Option<Vec<f64>>) -> Option<Vec<T>> {
 
 /// `sum_k scale_k[n] * x_k[n]` per image `n` (`image` elements each).
 fn scaled_sum<T: Elem>(terms: &[(&[T], Option<Vec<T>>)], image: usize) -> Vec<T> {
-    let len = terms[0].0.len();
-    let mut y = vec![T::zero(); len];
-    y.par_chunks_mut(image).enumerate().for_each(|(n, yi)| {
+    par_chunks_new(terms[0].0.len(), image, |n, yi| {
         for (x, s) in terms {
             let s = s.as_ref().map_or(T::one(), |s| s[n]);
             reduce::axpy(yi, s, &x[n * image..(n + 1) * image]);
         }
-    });
-    y
+    })
 }
 
 fn forward<T: Elem>(

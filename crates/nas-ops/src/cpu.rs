@@ -7,7 +7,7 @@ use crate::error::Error;
 
 /// A float type the CPU kernels are written for (`f32`, and `f64` for gradient checks).
 pub(crate) trait Elem:
-    num_traits::Float + num_traits::FromPrimitive + std::iter::Sum + Send + Sync + 'static
+    num_traits::Float + num_traits::FromPrimitive + std::iter::Sum + Default + Send + Sync + 'static
 {
     /// Wraps a result vector as storage.
     fn storage(v: Vec<Self>) -> CpuStorage;

@@ -11,6 +11,7 @@ use std::borrow::Cow;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::buffer::par_chunks_new;
 use crate::cpu::{act, dispatch, Elem};
 use crate::depthwise_dense;
 use crate::error::{Error, Result};
@@ -264,24 +265,20 @@ pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
 
 fn forward_impl<T: Elem, const RELU: bool>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
-    let mut y = vec![T::zero(); g.n * g.c * plane_out];
-    y.par_chunks_mut(plane_out)
-        .enumerate()
-        .for_each(|(plane, yp)| {
-            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-            let wp = &w[(plane % g.c) * kk..(plane % g.c + 1) * kk];
-            for tap in g.taps() {
-                let wv = wp[tap.index];
-                for oh in tap.rows.clone() {
-                    let xrow = &xp[g.input_index(oh, tap.kh) * g.w..];
-                    let ys = &mut yp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
-                    for (i, yv) in ys.iter_mut().enumerate() {
-                        *yv = *yv + wv * act(xrow[tap.iw0 + i * s], RELU);
-                    }
+    par_chunks_new(g.n * g.c * plane_out, plane_out, |plane, yp| {
+        let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+        let wp = &w[(plane % g.c) * kk..(plane % g.c + 1) * kk];
+        for tap in g.taps() {
+            let wv = wp[tap.index];
+            for oh in tap.rows.clone() {
+                let xrow = &xp[g.input_index(oh, tap.kh) * g.w..];
+                let ys = &mut yp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
+                for (i, yv) in ys.iter_mut().enumerate() {
+                    *yv = *yv + wv * act(xrow[tap.iw0 + i * s], RELU);
                 }
             }
-        });
-    y
+        }
+    })
 }
 
 pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
@@ -290,33 +287,29 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> V
         return depthwise_dense::input_grad(&d, g.c, &dy, w, x, g.cfg.relu_input);
     }
     let (plane_in, plane_out, kk, s) = (g.h * g.w, g.oh * g.ow, g.k * g.k, g.cfg.stride);
-    let mut dx = vec![T::zero(); g.n * g.c * plane_in];
-    dx.par_chunks_mut(plane_in)
-        .enumerate()
-        .for_each(|(plane, dxp)| {
-            let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
-            let wp = &w[(plane % g.c) * kk..(plane % g.c + 1) * kk];
-            for tap in g.taps() {
-                let wv = wp[tap.index];
-                for oh in tap.rows.clone() {
-                    let ih = g.input_index(oh, tap.kh);
-                    let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
-                    let dyrow = &dyp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
-                    for (i, &gv) in dyrow.iter().enumerate() {
-                        dxrow[tap.iw0 + i * s] = dxrow[tap.iw0 + i * s] + wv * gv;
-                    }
+    par_chunks_new(g.n * g.c * plane_in, plane_in, |plane, dxp| {
+        let dyp = &dy[plane * plane_out..(plane + 1) * plane_out];
+        let wp = &w[(plane % g.c) * kk..(plane % g.c + 1) * kk];
+        for tap in g.taps() {
+            let wv = wp[tap.index];
+            for oh in tap.rows.clone() {
+                let ih = g.input_index(oh, tap.kh);
+                let dxrow = &mut dxp[ih * g.w..(ih + 1) * g.w];
+                let dyrow = &dyp[oh * g.ow + tap.cols.start..oh * g.ow + tap.cols.end];
+                for (i, &gv) in dyrow.iter().enumerate() {
+                    dxrow[tap.iw0 + i * s] = dxrow[tap.iw0 + i * s] + wv * gv;
                 }
             }
-            if g.cfg.relu_input {
-                let xp = &x[plane * plane_in..(plane + 1) * plane_in];
-                for (d, &xv) in dxp.iter_mut().zip(xp) {
-                    if xv <= T::zero() {
-                        *d = T::zero();
-                    }
+        }
+        if g.cfg.relu_input {
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            for (d, &xv) in dxp.iter_mut().zip(xp) {
+                if xv <= T::zero() {
+                    *d = T::zero();
                 }
             }
-        });
-    dx
+        }
+    })
 }
 
 pub(crate) fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {

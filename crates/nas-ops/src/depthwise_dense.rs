@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::par_chunks_new_init;
 use crate::cpu::Elem;
 use crate::padded::{correlate, Dense};
 use crate::reduce::dot;
@@ -13,10 +14,11 @@ use crate::reduce::dot;
 pub(crate) fn forward<T: Elem>(d: &Dense, c: usize, x: &[T], w: &[T], relu: bool) -> Vec<T> {
     let (pi, po, kk) = (d.h * d.w, d.oh * d.ow, d.k * d.k);
     let shifts: Vec<usize> = (0..kk).map(|t| d.shift(t)).collect();
-    let mut y = vec![T::zero(); x.len() / pi * po];
-    y.par_chunks_mut(po).enumerate().for_each_init(
+    par_chunks_new_init(
+        x.len() / pi * po,
+        po,
         || (Vec::new(), Vec::new()),
-        |(padded, wide), (plane, yp)| {
+        |(padded, wide), plane, yp| {
             d.pad(&x[plane * pi..(plane + 1) * pi], relu, padded);
             wide.resize(d.wide_len(), T::zero());
             let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
@@ -25,8 +27,7 @@ pub(crate) fn forward<T: Elem>(d: &Dense, c: usize, x: &[T], w: &[T], relu: bool
                 row.copy_from_slice(&wide[r * d.wp()..r * d.wp() + d.ow]);
             }
         },
-    );
-    y
+    )
 }
 
 /// Input gradient: the transpose of the forward's correlation, gathered rather than
@@ -49,10 +50,11 @@ pub(crate) fn input_grad<T: Elem>(
     let band = d.h * wp;
     let offsets: Vec<usize> = (0..kk).map(|t| p * wp + max_shift - d.shift(t)).collect();
     let ext_len = band + 2 * max_shift + p * wp + d.wide_len();
-    let mut dx = vec![T::zero(); x.len()];
-    dx.par_chunks_mut(pi).enumerate().for_each_init(
+    par_chunks_new_init(
+        x.len(),
+        pi,
         || (Vec::new(), Vec::new()),
-        |(ext, rows), (plane, dxp)| {
+        |(ext, rows), plane, dxp| {
             ext.clear();
             ext.resize(ext_len, T::zero());
             for (r, row) in dy[plane * po..(plane + 1) * po]
@@ -81,8 +83,7 @@ pub(crate) fn input_grad<T: Elem>(
                 }
             }
         },
-    );
-    dx
+    )
 }
 
 /// Weight gradient: per plane, one dot product per tap of the wide output gradient with

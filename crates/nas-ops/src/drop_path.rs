@@ -9,8 +9,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rand::Rng;
-use rayon::prelude::*;
 
+use crate::buffer::par_chunks_new;
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
 
@@ -144,8 +144,7 @@ fn scaled_add<T: Elem>(x: &[T], z: Option<&[T]>, a: Option<&[f64]>, b: Option<&[
     let n = a.or(b).map_or(1, <[f64]>::len);
     let per = x.len() / n;
     let factor = |s: Option<&[f64]>, i: usize| s.map_or(T::one(), |s| T::of_f64(s[i]));
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(per).enumerate().for_each(|(i, yi)| {
+    par_chunks_new(x.len(), per, |i, yi| {
         let (fa, xi) = (factor(a, i), &x[i * per..(i + 1) * per]);
         match z {
             Some(z) => {
@@ -160,8 +159,7 @@ fn scaled_add<T: Elem>(x: &[T], z: Option<&[T]>, a: Option<&[f64]>, b: Option<&[
                 }
             }
         }
-    });
-    y
+    })
 }
 
 /// `x * s[n]` per sample (forward of a lone scaled term, and every backward).

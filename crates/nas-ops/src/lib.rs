@@ -5,6 +5,7 @@
 //! Every fused op has a plain-tensor `_slow` reference that the tests compare against.
 
 mod batch_norm;
+mod buffer;
 mod cell_fused;
 mod conv;
 mod cpu;

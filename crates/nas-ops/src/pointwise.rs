@@ -18,6 +18,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::buffer::par_chunks_new;
 use crate::cpu::{act, dispatch, Elem};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul, MatRef};
@@ -183,57 +184,51 @@ const DW_IMAGES: usize = 4;
 /// `y[n] = w x[n]`, one product per image, images in parallel.
 pub(crate) fn forward<T: Elem>(g: &Geometry, x: &[T], w: &[T]) -> Vec<T> {
     let (pi, po) = (g.plane_in(), g.plane_out());
-    let mut y = vec![T::zero(); g.n * g.cout * po];
-    y.par_chunks_mut(g.cout * po)
-        .zip(x.par_chunks(g.cin * pi))
-        .for_each(|(yi, xi)| {
-            let own = g.operand(xi);
-            let b = own.as_deref().unwrap_or(xi);
-            matmul(
-                yi,
-                MatRef::rows(w, g.cout, g.cin),
-                MatRef::rows(b, g.cin, po),
-                false,
-            );
-        });
-    y
+    par_chunks_new(g.n * g.cout * po, g.cout * po, |img, yi| {
+        let xi = &x[img * g.cin * pi..(img + 1) * g.cin * pi];
+        let own = g.operand(xi);
+        let b = own.as_deref().unwrap_or(xi);
+        matmul(
+            yi,
+            MatRef::rows(w, g.cout, g.cin),
+            MatRef::rows(b, g.cin, po),
+            false,
+        );
+    })
 }
 
 /// `dx[n] = w^T dy[n]`, scattered back to the pixels the forward read and masked by the
 /// ReLU.
 pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> Vec<T> {
     let (pi, po) = (g.plane_in(), g.plane_out());
-    let mut dx = vec![T::zero(); g.n * g.cin * pi];
-    dx.par_chunks_mut(g.cin * pi)
-        .zip(dy.par_chunks(g.cout * po))
-        .zip(x.par_chunks(g.cin * pi))
-        .for_each(|((dxi, dyi), xi)| {
-            let wt = MatRef::transposed(w, g.cout, g.cin);
-            let dyv = MatRef::rows(dyi, g.cout, po);
-            if g.dense() {
-                matmul(dxi, wt, dyv, false);
-            } else {
-                let mut prod = vec![T::zero(); g.cin * po];
-                matmul(&mut prod, wt, dyv, false);
-                let (s, o) = (g.cfg.stride, g.cfg.offset);
-                for (dplane, pplane) in dxi.chunks_exact_mut(pi).zip(prod.chunks_exact(po)) {
-                    for (r, prow) in pplane.chunks_exact(g.ow).enumerate() {
-                        let drow = &mut dplane[(o + r * s) * g.w + o..];
-                        for (c, &v) in prow.iter().enumerate() {
-                            drow[c * s] = v;
-                        }
+    par_chunks_new(g.n * g.cin * pi, g.cin * pi, |img, dxi| {
+        let dyi = &dy[img * g.cout * po..(img + 1) * g.cout * po];
+        let xi = &x[img * g.cin * pi..(img + 1) * g.cin * pi];
+        let wt = MatRef::transposed(w, g.cout, g.cin);
+        let dyv = MatRef::rows(dyi, g.cout, po);
+        if g.dense() {
+            matmul(dxi, wt, dyv, false);
+        } else {
+            let mut prod = vec![T::zero(); g.cin * po];
+            matmul(&mut prod, wt, dyv, false);
+            let (s, o) = (g.cfg.stride, g.cfg.offset);
+            for (dplane, pplane) in dxi.chunks_exact_mut(pi).zip(prod.chunks_exact(po)) {
+                for (r, prow) in pplane.chunks_exact(g.ow).enumerate() {
+                    let drow = &mut dplane[(o + r * s) * g.w + o..];
+                    for (c, &v) in prow.iter().enumerate() {
+                        drow[c * s] = v;
                     }
                 }
             }
-            if g.cfg.relu_input {
-                for (d, &xv) in dxi.iter_mut().zip(xi) {
-                    if xv <= T::zero() {
-                        *d = T::zero();
-                    }
+        }
+        if g.cfg.relu_input {
+            for (d, &xv) in dxi.iter_mut().zip(xi) {
+                if xv <= T::zero() {
+                    *d = T::zero();
                 }
             }
-        });
-    dx
+        }
+    })
 }
 
 /// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over fixed groups of

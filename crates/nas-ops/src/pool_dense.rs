@@ -4,6 +4,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::par_chunks_new_init;
 use crate::cpu::Elem;
 use crate::padded::Dense;
 
@@ -86,10 +87,11 @@ pub(crate) fn max_forward<T: Elem>(d: &Dense, x: &[T]) -> (Vec<T>, Vec<u32>) {
 /// output-shaped plane of window sizes.
 pub(crate) fn avg_forward<T: Elem>(d: &Dense, x: &[T], divisor: &[T]) -> Vec<T> {
     let (pi, po) = (d.h * d.w, d.oh * d.ow);
-    let mut y = vec![T::zero(); x.len() / pi * po];
-    y.par_chunks_mut(po).enumerate().for_each_init(
+    par_chunks_new_init(
+        x.len() / pi * po,
+        po,
         || (Vec::new(), Vec::new()),
-        |(padded, wide), (plane, yp)| {
+        |(padded, wide), plane, yp| {
             d.pad(&x[plane * pi..(plane + 1) * pi], false, padded);
             wide.clear();
             wide.resize(d.wide_len(), T::zero());
@@ -110,17 +112,17 @@ pub(crate) fn avg_forward<T: Elem>(d: &Dense, x: &[T], divisor: &[T]) -> Vec<T> 
                 }
             }
         },
-    );
-    y
+    )
 }
 
 /// Average pooling backward: each output's share `dy / divisor` added to its window.
 pub(crate) fn avg_backward<T: Elem>(d: &Dense, dy: &[T], divisor: &[T]) -> Vec<T> {
     let (pi, po) = (d.h * d.w, d.oh * d.ow);
-    let mut dx = vec![T::zero(); dy.len() / po * pi];
-    dx.par_chunks_mut(pi).enumerate().for_each_init(
+    par_chunks_new_init(
+        dy.len() / po * pi,
+        pi,
         || (Vec::new(), Vec::new()),
-        |(padded, wide), (plane, dxp)| {
+        |(padded, wide), plane, dxp| {
             let share: Vec<T> = dy[plane * po..(plane + 1) * po]
                 .iter()
                 .zip(divisor)
@@ -140,6 +142,5 @@ pub(crate) fn avg_backward<T: Elem>(d: &Dense, dy: &[T], divisor: &[T]) -> Vec<T
                 row.copy_from_slice(&padded[(r + p) * wp + p..(r + p) * wp + p + d.w]);
             }
         },
-    );
-    dx
+    )
 }
