@@ -112,24 +112,18 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         times.push(t.elapsed().as_secs_f64());
         phases.push((forward, backward));
     }
-    // The forward and backward seconds of the median step.
-    let median_step = (1..times.len())
-        .min_by(|&a, &b| {
-            let mut rest = times[1..].to_vec();
-            rest.sort_by(f64::total_cmp);
-            let m = rest[rest.len() / 2];
-            (times[a] - m).abs().total_cmp(&(times[b] - m).abs())
-        })
-        .unwrap_or(0);
-    let mut rest = times[1..].to_vec();
-    rest.sort_by(f64::total_cmp);
-    let median = rest[rest.len() / 2];
+    // The median step (the first, warming up, left out) and its forward and backward.
+    let mut order: Vec<usize> = (1..times.len()).collect();
+    order.sort_by(|&a, &b| times[a].total_cmp(&times[b]));
+    let mid = order[order.len() / 2];
+    let rest: Vec<f64> = order.iter().map(|&i| times[i]).collect();
+    let median = times[mid];
     println!(
         "{}",
         serde_json::json!({
             "impl": "candle-nas", "device": format!("{:?}", dev.location()), "order": "train", "channels": c, "layers": layers, "batch": n,
             "seconds_per_step": median, "images_per_second": n as f64 / median,
-            "forward_seconds": phases[median_step].0, "backward_seconds": phases[median_step].1,
+            "forward_seconds": phases[mid].0, "backward_seconds": phases[mid].1,
             "steps": rest, "peak_rss_mb": peak_rss_mb(),
         })
     );
@@ -141,13 +135,13 @@ fn main() -> nas_darts::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     if args.first().map(String::as_str) == Some("train") {
-        return train_step(arg(1, 16), arg(2, 8), arg(3, 32), arg(4, 5));
+        return train_step(arg(1, 16), arg(2, 8), arg(3, 32), arg(4, 5).max(1));
     }
     let order: Order = args
         .first()
         .map_or(Ok(Order::First), |a| a.parse())
         .map_err(nas_darts::Error::Config)?;
-    let (c, layers, n, repeats) = (arg(1, 8), arg(2, 5), arg(3, 16), arg(4, 5));
+    let (c, layers, n, repeats) = (arg(1, 8), arg(2, 5), arg(3, 16), arg(4, 5).max(1));
     let dev = device()?;
     let cfg = SearchConfig::preset("paper")?;
     let net_cfg = SearchCnnConfig {

@@ -5,6 +5,7 @@ use candle_core::{Tensor, D};
 use candle_nn::{Init, ModuleT, VarBuilder};
 
 use crate::error::{Error, Result};
+use crate::im2col::conv2d_unfold;
 use crate::pointwise::{pointwise_conv2d, PointwiseConfig};
 
 /// Geometry of a [`Conv2d`].
@@ -79,7 +80,7 @@ impl ModuleT for Conv2d {
         if let Some(cfg) = self.pointwise_config(false) {
             return pointwise_conv2d(x, &self.weight, cfg);
         }
-        x.conv2d(&self.weight, self.cfg.padding, self.cfg.stride, 1, 1)
+        conv2d_unfold(x, &self.weight, self.cfg.padding, self.cfg.stride)
     }
 }
 

@@ -22,6 +22,7 @@ mod enas_op;
 mod error;
 mod factorized_reduce;
 mod gemm;
+mod im2col;
 mod linear_cross_entropy;
 mod mixed_fused;
 mod padded;
