@@ -132,6 +132,11 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
 
 fn main() -> nas_darts::Result<()> {
     nas_ops::runtime::configure_process();
+    // Every step on a pool thread, as `nas train` and `nas search` run them.
+    nas_ops::runtime::in_pool(run)
+}
+
+fn run() -> nas_darts::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, d: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(d);
     if args.first().map(String::as_str) == Some("train") {

@@ -217,21 +217,26 @@ fn run_search(
         for (step, (tb, vb)) in train_rx.iter().zip(val_rx.iter()).enumerate() {
             let train = tb.to_tensors(dev)?;
             let val = vb.to_tensors(dev)?;
-            // Architecture step first, at the current weights.
-            let a = architect.step(&model, &train, &val, &sgd)?;
-            nas_train::ensure_finite("architecture validation loss", a.val_loss, epoch, step)?;
+            // The step on a pool thread (`nas_ops::runtime::in_pool`); never the batch
+            // waits above, whose loader threads may themselves need the pool.
+            let (a, loss_value, norm, correct) = nas_ops::runtime::in_pool(|| -> Result<_> {
+                // Architecture step first, at the current weights.
+                let a = architect.step(&model, &train, &val, &sgd)?;
+                nas_train::ensure_finite("architecture validation loss", a.val_loss, epoch, step)?;
+                // Then the weight step.
+                let logits = net.forward(&train.0, &alphas, true)?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &train.1)?;
+                let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                nas_train::ensure_finite("training loss", loss_value, epoch, step)?;
+                let store_grads = loss.backward()?;
+                let mut g = grads::collect(&store_grads, sgd.vars());
+                let norm = grads::clip_global_norm(&mut g, cfg.weights.grad_clip)?;
+                nas_train::ensure_finite("weight gradient norm", norm, epoch, step)?;
+                sgd.step(&g)?;
+                let correct = nas_train::correct_top_k(&logits, &train.1, &[1])?[0];
+                Ok((a, loss_value, norm, correct))
+            })?;
             arch_loss.add(a.val_loss, batch_size);
-            // Then the weight step.
-            let logits = net.forward(&train.0, &alphas, true)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &train.1)?;
-            let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            nas_train::ensure_finite("training loss", loss_value, epoch, step)?;
-            let store_grads = loss.backward()?;
-            let mut g = grads::collect(&store_grads, sgd.vars());
-            let norm = grads::clip_global_norm(&mut g, cfg.weights.grad_clip)?;
-            nas_train::ensure_finite("weight gradient norm", norm, epoch, step)?;
-            sgd.step(&g)?;
-            let correct = nas_train::correct_top_k(&logits, &train.1, &[1])?[0];
             let acc = correct as f64 / batch_size as f64;
             train_loss.add(loss_value, batch_size);
             train_acc.add(acc, batch_size);

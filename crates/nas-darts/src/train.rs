@@ -365,19 +365,24 @@ fn run_training(
         let (mut train_loss, mut train_acc) = (Average::default(), Average::default());
         for (step, batch) in batches.enumerate() {
             let (x, y) = batch?.to_tensors(dev)?;
-            let (logits, aux) = net.forward(&x, true, drop_prob, &mut rng)?;
-            let mut loss = cross_entropy(&logits, &y, cfg.optim.label_smoothing)?;
-            let main_loss = scalar(&loss)?;
-            if let Some(aux) = aux {
-                let aux_loss = cross_entropy(&aux, &y, cfg.optim.label_smoothing)?;
-                loss = (loss + (aux_loss * cfg.model.auxiliary_weight)?)?;
-            }
-            ensure_finite("training loss", scalar(&loss)?, epoch, step)?;
-            let mut g = grads::collect(&loss.backward()?, sgd.vars());
-            let norm = grads::clip_global_norm(&mut g, cfg.optim.grad_clip)?;
-            ensure_finite("gradient norm", norm, epoch, step)?;
-            sgd.step(&g)?;
-            let acc = nas_train::correct_top_k(&logits, &y, &[1])?[0] as f64 / bs as f64;
+            // The step on a pool thread (`nas_ops::runtime::in_pool`); never the batch
+            // wait above, whose loader thread may itself need the pool.
+            let (main_loss, norm, acc) = nas_ops::runtime::in_pool(|| -> Result<_> {
+                let (logits, aux) = net.forward(&x, true, drop_prob, &mut rng)?;
+                let mut loss = cross_entropy(&logits, &y, cfg.optim.label_smoothing)?;
+                let main_loss = scalar(&loss)?;
+                if let Some(aux) = aux {
+                    let aux_loss = cross_entropy(&aux, &y, cfg.optim.label_smoothing)?;
+                    loss = (loss + (aux_loss * cfg.model.auxiliary_weight)?)?;
+                }
+                ensure_finite("training loss", scalar(&loss)?, epoch, step)?;
+                let mut g = grads::collect(&loss.backward()?, sgd.vars());
+                let norm = grads::clip_global_norm(&mut g, cfg.optim.grad_clip)?;
+                ensure_finite("gradient norm", norm, epoch, step)?;
+                sgd.step(&g)?;
+                let acc = nas_train::correct_top_k(&logits, &y, &[1])?[0] as f64 / bs as f64;
+                Ok((main_loss, norm, acc))
+            })?;
             train_loss.add(main_loss, bs);
             train_acc.add(acc, bs);
             global_step += 1;

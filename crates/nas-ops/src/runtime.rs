@@ -29,6 +29,15 @@ pub fn configure_process() {
     }
 }
 
+/// Runs `f` on a thread of rayon's global pool and returns its result. The kernels'
+/// parallel loops then fork from a pool thread (work stealing), instead of each one
+/// handing its work to the pool from outside and sleeping until it is done: a futex wake
+/// and sleep per loop, thousands per training step, with the calling thread as a third
+/// thread on the pool's cores.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// The purge delay mimalloc uses now (milliseconds; -1: never).
 pub fn mimalloc_purge_delay() -> i64 {
     // SAFETY: reads an option; any index below `_mi_option_last` is valid.
