@@ -15,7 +15,6 @@ use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::batch_norm::{BatchNorm, BatchStats};
 use crate::buffer::par_chunks_new;
@@ -534,15 +533,24 @@ fn forward<T: Elem>(
 fn concat<T: Elem>(plan: &Plan, states: &[Vec<T>]) -> Vec<T> {
     let n = plan.out_shape.dims()[0];
     let image = plan.out_shape.elem_count() / n;
-    let mut y = Vec::with_capacity(plan.out_shape.elem_count());
-    for img in 0..n {
+    par_chunks_new(n * image, image, |img, yi| {
+        let mut at = 0;
         for &s in &plan.concat {
             let len = states[s].len() / n;
-            y.extend_from_slice(&states[s][img * len..(img + 1) * len]);
+            yi[at..at + len].copy_from_slice(&states[s][img * len..(img + 1) * len]);
+            at += len;
         }
-    }
-    debug_assert_eq!(y.len(), n * image);
-    y
+    })
+}
+
+/// `x` with image `i` multiplied by `s[i]`.
+fn scale_images<T: Elem>(x: &[T], s: &[T]) -> Vec<T> {
+    let image = x.len() / s.len();
+    par_chunks_new(x.len(), image, |i, di| {
+        for (d, &v) in di.iter_mut().zip(&x[i * image..(i + 1) * image]) {
+            *d = v * s[i];
+        }
+    })
 }
 
 /// Adds `d` into the gradient `slot` (moved in if it is the first).
@@ -570,10 +578,9 @@ fn backward<T: Elem>(
     let mut at = 0;
     for &s in &plan.concat {
         let len = st.states[s].len() / n;
-        let mut d = Vec::with_capacity(st.states[s].len());
-        for img in 0..n {
-            d.extend_from_slice(&dy[img * out_image + at..img * out_image + at + len]);
-        }
+        let d = par_chunks_new(st.states[s].len(), len, |img, di| {
+            di.copy_from_slice(&dy[img * out_image + at..img * out_image + at + len]);
+        });
         at += len;
         accumulate(&mut grads[s], Cow::Owned(d));
     }
@@ -582,16 +589,9 @@ fn backward<T: Elem>(
         let Some(d_node) = grads[2 + node].take() else {
             continue;
         };
-        let image = d_node.len() / n;
         for k in node * plan.per_node..(node + 1) * plan.per_node {
             let d_out: Cow<[T]> = match scales_as::<T>(&scales[k]) {
-                Some(s) => {
-                    let mut d = d_node.clone();
-                    d.par_chunks_mut(image)
-                        .zip(&s)
-                        .for_each(|(di, &sv)| di.iter_mut().for_each(|v| *v = *v * sv));
-                    Cow::Owned(d)
-                }
+                Some(s) => Cow::Owned(scale_images(&d_node, &s)),
                 None => Cow::Borrowed(&d_node),
             };
             let input = plan.inputs[k];
