@@ -55,8 +55,11 @@ pub(crate) fn input_grad<T: Elem>(
         pi,
         || (Vec::new(), Vec::new()),
         |(ext, rows), plane, dxp| {
-            ext.clear();
-            ext.resize(ext_len, T::zero());
+            // Zeroed once per scratch buffer: only the interior rows are rewritten.
+            if ext.len() != ext_len {
+                ext.clear();
+                ext.resize(ext_len, T::zero());
+            }
             for (r, row) in dy[plane * po..(plane + 1) * po]
                 .chunks_exact(d.ow)
                 .enumerate()

@@ -49,15 +49,21 @@ impl Dense {
         kh * self.dilation * self.wp() + kw * self.dilation
     }
 
-    /// Copies plane `x` (with ReLU if `relu`) into `padded` (resized and zeroed).
+    /// Copies plane `x` (with ReLU if `relu`) into `padded`, whose border is zero.
+    ///
+    /// `padded` is a scratch buffer reused plane after plane: it is filled once, when its
+    /// length is not the padded plane's, and afterwards only the interior is rewritten.
+    /// So one buffer must serve one geometry and one fill (the kernels' per-job scratch).
     pub fn pad<T: Elem>(&self, x: &[T], relu: bool, padded: &mut Vec<T>) {
         self.pad_with(x, relu, T::zero(), padded);
     }
 
     /// As [`Dense::pad`], the border filled with `fill`.
     pub fn pad_with<T: Elem>(&self, x: &[T], relu: bool, fill: T, padded: &mut Vec<T>) {
-        padded.clear();
-        padded.resize(self.padded_len(), fill);
+        if padded.len() != self.padded_len() {
+            padded.clear();
+            padded.resize(self.padded_len(), fill);
+        }
         let (p, wp) = (self.padding, self.wp());
         for (r, row) in x.chunks_exact(self.w).enumerate() {
             let dst = &mut padded[(r + p) * wp + p..(r + p) * wp + p + self.w];
@@ -67,10 +73,13 @@ impl Dense {
         }
     }
 
-    /// Spreads an output-shaped plane onto the wide grid (extra columns zero).
+    /// Spreads an output-shaped plane onto the wide grid (extra columns zero). `wide` is
+    /// reused as [`Dense::pad`]'s buffer is: the extra columns are zeroed once.
     pub fn widen<T: Elem>(&self, y: &[T], wide: &mut Vec<T>) {
-        wide.clear();
-        wide.resize(self.wide_len(), T::zero());
+        if wide.len() != self.wide_len() {
+            wide.clear();
+            wide.resize(self.wide_len(), T::zero());
+        }
         for (r, row) in y.chunks_exact(self.ow).enumerate() {
             wide[r * self.wp()..r * self.wp() + self.ow].copy_from_slice(row);
         }
