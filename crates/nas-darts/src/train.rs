@@ -468,7 +468,7 @@ fn evaluate(
     for batch in batches {
         let batch = batch?;
         let (x, y) = batch.to_tensors(dev)?;
-        let (logits, _) = net.forward(&x, false, 0.0, &mut rng)?;
+        let (logits, _) = nas_ops::runtime::in_pool(|| net.forward(&x, false, 0.0, &mut rng))?;
         let logits = logits.detach();
         let n = batch.labels.len();
         let k = [1, 5.min(logits.dim(1)?)];
