@@ -51,6 +51,47 @@ where
     out
 }
 
+/// Two vectors filled together: chunk `i` of `a` (`chunk_a` elements of `len_a`) and
+/// chunk `i` of `b` (`chunk_b` elements each, as many chunks as `a` has), both zeroed,
+/// go to `fill(scratch, i, a_i, b_i)`.
+pub(crate) fn par_chunk_pairs_new_init<T, U, S, I, F>(
+    len_a: usize,
+    chunk_a: usize,
+    chunk_b: usize,
+    init: I,
+    fill: F,
+) -> (Vec<T>, Vec<U>)
+where
+    T: Copy + Default + Send + Sync,
+    U: Copy + Default + Send + Sync,
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize, &mut [T], &mut [U]) + Sync + Send,
+{
+    assert!(chunk_a > 0 && chunk_b > 0, "chunks must be non-empty");
+    let len_b = len_a.div_ceil(chunk_a) * chunk_b;
+    let mut a: Vec<T> = Vec::with_capacity(len_a);
+    let mut b: Vec<U> = Vec::with_capacity(len_b);
+    a.spare_capacity_mut()[..len_a]
+        .par_chunks_mut(chunk_a)
+        .zip(b.spare_capacity_mut()[..len_b].par_chunks_mut(chunk_b))
+        .enumerate()
+        .for_each_init(init, |scratch, (i, (ca, cb))| {
+            ca.fill(MaybeUninit::new(T::default()));
+            cb.fill(MaybeUninit::new(U::default()));
+            // SAFETY: as in `par_chunks_new_init`: both chunks were just initialised.
+            let ca = unsafe { &mut *(ca as *mut [MaybeUninit<T>] as *mut [T]) };
+            let cb = unsafe { &mut *(cb as *mut [MaybeUninit<U>] as *mut [U]) };
+            fill(scratch, i, ca, cb);
+        });
+    // SAFETY: the zipped chunks cover `0..len_a` and `0..len_b` (as many chunks of
+    // `chunk_b` as `a` has chunks), each initialised above.
+    unsafe {
+        a.set_len(len_a);
+        b.set_len(len_b);
+    }
+    (a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +108,29 @@ mod tests {
             });
             let expected: Vec<u64> = (0..len as u64).map(|k| k * 3).collect();
             assert_eq!(v, expected, "len {len}, chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn pairs_of_chunks_line_up() {
+        for (len, chunk) in [(0, 3), (10, 3), (12, 4)] {
+            let (a, b): (Vec<u32>, Vec<u64>) = par_chunk_pairs_new_init(
+                len,
+                chunk,
+                2,
+                || (),
+                |_, i, ca, cb| {
+                    assert!(ca.iter().all(|&x| x == 0) && cb == [0, 0]);
+                    ca.fill(i as u32);
+                    cb.copy_from_slice(&[i as u64, ca.len() as u64]);
+                },
+            );
+            let chunks = len.div_ceil(chunk);
+            assert_eq!(a, (0..len).map(|k| (k / chunk) as u32).collect::<Vec<_>>());
+            let expected: Vec<u64> = (0..chunks)
+                .flat_map(|i| [i as u64, chunk.min(len - i * chunk) as u64])
+                .collect();
+            assert_eq!(b, expected);
         }
     }
 

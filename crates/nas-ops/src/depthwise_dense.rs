@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::buffer::par_chunks_new_init;
+use crate::buffer::{par_chunk_pairs_new_init, par_chunks_new_init};
 use crate::cpu::Elem;
 use crate::padded::{correlate, Dense};
 use crate::reduce::dot;
@@ -112,4 +112,74 @@ pub(crate) fn weight_grad<T: Elem>(d: &Dense, c: usize, dy: &[T], x: &[T], relu:
         }
     }
     dw
+}
+
+/// Input and weight gradients in one pass over the planes: each plane's padded input and
+/// widened output gradient are built once for both (as [`input_grad`] and
+/// [`weight_grad`], whose results these equal).
+pub(crate) fn backward<T: Elem>(
+    d: &Dense,
+    c: usize,
+    dy: &[T],
+    w: &[T],
+    x: &[T],
+    relu: bool,
+) -> (Vec<T>, Vec<T>) {
+    let (pi, po, kk) = (d.h * d.w, d.oh * d.ow, d.k * d.k);
+    let (p, wp) = (d.padding, d.wp());
+    let max_shift = d.shift(kk - 1);
+    // As in `input_grad`; the wide output gradient `weight_grad` reads is
+    // `ext[max_shift..max_shift + wide_len]`.
+    let band = d.h * wp;
+    let offsets: Vec<usize> = (0..kk).map(|t| p * wp + max_shift - d.shift(t)).collect();
+    let ext_len = band + 2 * max_shift + p * wp + d.wide_len();
+    let (dx, partial) = par_chunk_pairs_new_init(
+        x.len(),
+        pi,
+        kk,
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(ext, rows, padded), plane, dxp, pp| {
+            if ext.len() != ext_len {
+                ext.clear();
+                ext.resize(ext_len, T::zero());
+            }
+            for (r, row) in dy[plane * po..(plane + 1) * po]
+                .chunks_exact(d.ow)
+                .enumerate()
+            {
+                let at = max_shift + r * wp;
+                ext[at..at + d.ow].copy_from_slice(row);
+            }
+            let xp = &x[plane * pi..(plane + 1) * pi];
+            d.pad(xp, relu, padded);
+            let wide = &ext[max_shift..max_shift + d.wide_len()];
+            for (t, out) in pp.iter_mut().enumerate() {
+                *out = dot(wide, &padded[d.shift(t)..d.shift(t) + wide.len()]);
+            }
+            rows.resize(band, T::zero());
+            let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
+            correlate(rows, ext, &offsets, wc);
+            for (r, (row, xrow)) in dxp
+                .chunks_exact_mut(d.w)
+                .zip(xp.chunks_exact(d.w))
+                .enumerate()
+            {
+                let src = &rows[r * wp + p..r * wp + p + d.w];
+                for ((o, &g), &xv) in row.iter_mut().zip(src).zip(xrow) {
+                    *o = if relu && xv <= T::zero() {
+                        T::zero()
+                    } else {
+                        g
+                    };
+                }
+            }
+        },
+    );
+    let mut dw = vec![T::zero(); c * kk];
+    for image in partial.chunks_exact(c * kk) {
+        for (o, &v) in dw.iter_mut().zip(image) {
+            *o = *o + v;
+        }
+    }
+    (dx, dw)
 }

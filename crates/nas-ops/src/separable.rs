@@ -202,8 +202,9 @@ pub(crate) fn block_backward<T: Elem>(
     let mut dparams = Vec::with_capacity(g.param_len());
     let dx = match &g.dw {
         Some(dg) => {
-            dparams.extend(depthwise::weight_grad(dg, &d_mid, x));
-            depthwise::input_grad(dg, &d_mid, p.dw, x)
+            let (dx, d_dw) = depthwise::backward(dg, &d_mid, p.dw, x);
+            dparams.extend(d_dw);
+            dx
         }
         None => d_mid,
     };
