@@ -43,50 +43,92 @@ pub(crate) fn input_grad<T: Elem>(
     relu: bool,
 ) -> Vec<T> {
     let (pi, po, kk) = (d.h * d.w, d.oh * d.ow, d.k * d.k);
-    let (p, wp) = (d.padding, d.wp());
-    let max_shift = d.shift(kk - 1);
-    // Interior rows of the padded plane: j in [p * wp, (p + h) * wp); element j reads
-    // ext[j - shift_t + max_shift] where ext = [zeros(max_shift), wide, zeros].
-    let band = d.h * wp;
-    let offsets: Vec<usize> = (0..kk).map(|t| p * wp + max_shift - d.shift(t)).collect();
-    let ext_len = band + 2 * max_shift + p * wp + d.wide_len();
+    let gather = Gather::new(d);
     par_chunks_new_init(
         x.len(),
         pi,
         || (Vec::new(), Vec::new()),
         |(ext, rows), plane, dxp| {
-            // Zeroed once per scratch buffer: only the interior rows are rewritten.
-            if ext.len() != ext_len {
-                ext.clear();
-                ext.resize(ext_len, T::zero());
-            }
-            for (r, row) in dy[plane * po..(plane + 1) * po]
-                .chunks_exact(d.ow)
-                .enumerate()
-            {
-                let at = max_shift + r * wp;
-                ext[at..at + d.ow].copy_from_slice(row);
-            }
-            rows.resize(band, T::zero());
+            gather.extend(d, &dy[plane * po..(plane + 1) * po], ext);
             let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
-            correlate(rows, ext, &offsets, wc);
             let xp = &x[plane * pi..(plane + 1) * pi];
-            for (r, (row, xrow)) in dxp
-                .chunks_exact_mut(d.w)
-                .zip(xp.chunks_exact(d.w))
-                .enumerate()
-            {
-                let src = &rows[r * wp + p..r * wp + p + d.w];
-                for ((o, &g), &xv) in row.iter_mut().zip(src).zip(xrow) {
-                    *o = if relu && xv <= T::zero() {
-                        T::zero()
-                    } else {
-                        g
-                    };
-                }
-            }
+            gather.plane(d, ext, rows, wc, (xp, relu), dxp);
         },
     )
+}
+
+/// The input gradient's gather (see [`input_grad`]).
+struct Gather {
+    /// Per tap, where the interior's first row reads in the extended gradient.
+    offsets: Vec<usize>,
+    max_shift: usize,
+    /// Interior rows of the padded plane, `h * wp` elements.
+    band: usize,
+    ext_len: usize,
+}
+
+impl Gather {
+    fn new(d: &Dense) -> Self {
+        let (p, wp, kk) = (d.padding, d.wp(), d.k * d.k);
+        let max_shift = d.shift(kk - 1);
+        // Interior rows of the padded plane: j in [p * wp, (p + h) * wp); element j reads
+        // ext[j - shift_t + max_shift] where ext = [zeros(max_shift), wide, zeros].
+        let band = d.h * wp;
+        Gather {
+            offsets: (0..kk).map(|t| p * wp + max_shift - d.shift(t)).collect(),
+            max_shift,
+            band,
+            ext_len: band + 2 * max_shift + p * wp + d.wide_len(),
+        }
+    }
+
+    /// One plane's output gradient `dy` into `ext`, the wide grid after `max_shift`
+    /// zeros. Zeroed once per scratch buffer: only the rows are rewritten.
+    fn extend<T: Elem>(&self, d: &Dense, dy: &[T], ext: &mut Vec<T>) {
+        if ext.len() != self.ext_len {
+            ext.clear();
+            ext.resize(self.ext_len, T::zero());
+        }
+        for (r, row) in dy.chunks_exact(d.ow).enumerate() {
+            let at = self.max_shift + r * d.wp();
+            ext[at..at + d.ow].copy_from_slice(row);
+        }
+    }
+
+    /// The wide output gradient inside `ext` (what [`weight_grad`] widens).
+    fn wide<'a, T>(&self, d: &Dense, ext: &'a [T]) -> &'a [T] {
+        &ext[self.max_shift..self.max_shift + d.wide_len()]
+    }
+
+    /// One plane's input gradient into `dxp`: the taps `wc` gathered from `ext`, masked
+    /// by the ReLU of the input plane `xp` when `relu`.
+    fn plane<T: Elem>(
+        &self,
+        d: &Dense,
+        ext: &[T],
+        rows: &mut Vec<T>,
+        wc: &[T],
+        (xp, relu): (&[T], bool),
+        dxp: &mut [T],
+    ) {
+        let (p, wp) = (d.padding, d.wp());
+        rows.resize(self.band, T::zero());
+        correlate(rows, ext, &self.offsets, wc);
+        for (r, (row, xrow)) in dxp
+            .chunks_exact_mut(d.w)
+            .zip(xp.chunks_exact(d.w))
+            .enumerate()
+        {
+            let src = &rows[r * wp + p..r * wp + p + d.w];
+            for ((o, &g), &xv) in row.iter_mut().zip(src).zip(xrow) {
+                *o = if relu && xv <= T::zero() {
+                    T::zero()
+                } else {
+                    g
+                };
+            }
+        }
+    }
 }
 
 /// Weight gradient: per plane, one dot product per tap of the wide output gradient with
@@ -105,13 +147,7 @@ pub(crate) fn weight_grad<T: Elem>(d: &Dense, c: usize, dy: &[T], x: &[T], relu:
             }
         },
     );
-    let mut dw = vec![T::zero(); c * kk];
-    for image in partial.chunks_exact(c * kk) {
-        for (o, &v) in dw.iter_mut().zip(image) {
-            *o = *o + v;
-        }
-    }
-    dw
+    sum_images(&partial, c * kk)
 }
 
 /// Input and weight gradients in one pass over the planes: each plane's padded input and
@@ -126,60 +162,34 @@ pub(crate) fn backward<T: Elem>(
     relu: bool,
 ) -> (Vec<T>, Vec<T>) {
     let (pi, po, kk) = (d.h * d.w, d.oh * d.ow, d.k * d.k);
-    let (p, wp) = (d.padding, d.wp());
-    let max_shift = d.shift(kk - 1);
-    // As in `input_grad`; the wide output gradient `weight_grad` reads is
-    // `ext[max_shift..max_shift + wide_len]`.
-    let band = d.h * wp;
-    let offsets: Vec<usize> = (0..kk).map(|t| p * wp + max_shift - d.shift(t)).collect();
-    let ext_len = band + 2 * max_shift + p * wp + d.wide_len();
+    let gather = Gather::new(d);
     let (dx, partial) = par_chunk_pairs_new_init(
         x.len(),
         pi,
         kk,
         || (Vec::new(), Vec::new(), Vec::new()),
         |(ext, rows, padded), plane, dxp, pp| {
-            if ext.len() != ext_len {
-                ext.clear();
-                ext.resize(ext_len, T::zero());
-            }
-            for (r, row) in dy[plane * po..(plane + 1) * po]
-                .chunks_exact(d.ow)
-                .enumerate()
-            {
-                let at = max_shift + r * wp;
-                ext[at..at + d.ow].copy_from_slice(row);
-            }
+            gather.extend(d, &dy[plane * po..(plane + 1) * po], ext);
             let xp = &x[plane * pi..(plane + 1) * pi];
             d.pad(xp, relu, padded);
-            let wide = &ext[max_shift..max_shift + d.wide_len()];
+            let wide = gather.wide(d, ext);
             for (t, out) in pp.iter_mut().enumerate() {
                 *out = dot(wide, &padded[d.shift(t)..d.shift(t) + wide.len()]);
             }
-            rows.resize(band, T::zero());
             let wc = &w[(plane % c) * kk..(plane % c + 1) * kk];
-            correlate(rows, ext, &offsets, wc);
-            for (r, (row, xrow)) in dxp
-                .chunks_exact_mut(d.w)
-                .zip(xp.chunks_exact(d.w))
-                .enumerate()
-            {
-                let src = &rows[r * wp + p..r * wp + p + d.w];
-                for ((o, &g), &xv) in row.iter_mut().zip(src).zip(xrow) {
-                    *o = if relu && xv <= T::zero() {
-                        T::zero()
-                    } else {
-                        g
-                    };
-                }
-            }
+            gather.plane(d, ext, rows, wc, (xp, relu), dxp);
         },
     );
-    let mut dw = vec![T::zero(); c * kk];
-    for image in partial.chunks_exact(c * kk) {
+    (dx, sum_images(&partial, c * kk))
+}
+
+/// The per-image weight gradients (`len` each) in `partial` summed in image order.
+fn sum_images<T: Elem>(partial: &[T], len: usize) -> Vec<T> {
+    let mut dw = vec![T::zero(); len];
+    for image in partial.chunks_exact(len) {
         for (o, &v) in dw.iter_mut().zip(image) {
             *o = *o + v;
         }
     }
-    (dx, dw)
+    dw
 }
