@@ -407,6 +407,25 @@ pub(crate) fn train_backward<T: Elem>(
     dy: &[T],
     y: &[T],
 ) -> (Vec<T>, Option<Affine<T>>) {
+    let (coeffs, src, affine) = train_backward_coeffs(g, st, gamma, dy, y);
+    let dx = par_chunks_new(dy.len(), g.hw, |plane, dxp| {
+        let range = plane * g.hw..(plane + 1) * g.hw;
+        coeffs.plane(plane % g.c, &dy[range.clone()], &src[range], dxp);
+    });
+    (dx, affine)
+}
+
+/// [`train_backward`] up to its last pass, for callers that apply the input gradient
+/// plane by plane themselves: the per-channel coefficients, the tensor they apply to in
+/// place of the input (the input, or without affine parameters the output), and the
+/// gradients of gamma and beta.
+pub(crate) fn train_backward_coeffs<'a, T: Elem>(
+    g: &Geometry,
+    st: &'a TrainState<T>,
+    gamma: Option<&[T]>,
+    dy: &[T],
+    y: &'a [T],
+) -> (InputGrad<T>, &'a [T], Option<Affine<T>>) {
     // The normalised input: the input standardised with the batch statistics, or
     // without affine parameters the output itself.
     let (src, mean, inv) = match &st.pre {
@@ -417,10 +436,10 @@ pub(crate) fn train_backward<T: Elem>(
     let k: Vec<f64> = (0..g.c)
         .map(|ch| gamma.map_or(1.0, |gm| gm[ch].as_f64()) * st.inv_std[ch])
         .collect();
-    let dx = input_grad(g, dy, src, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
+    let coeffs = InputGrad::new(g, &mean, &inv, &k, (&sum_dy, &sum_dy_xhat));
     let to_t = |v: &[f64]| v.iter().map(|&v| T::of_f64(v)).collect::<Vec<T>>();
     let affine = gamma.map(|_| (to_t(&sum_dy_xhat), to_t(&sum_dy)));
-    (dx, affine)
+    (coeffs, src, affine)
 }
 
 /// Per channel `(sum(dy), sum(dy * xhat))` with `xhat = (x - mean) * inv_std`: the
@@ -462,24 +481,61 @@ pub(crate) fn input_grad<T: Elem>(
     mean: &[f64],
     inv_std: &[f64],
     k: &[f64],
-    (sum_dy, sum_dy_xhat): (&[f64], &[f64]),
+    sums: (&[f64], &[f64]),
 ) -> Vec<T> {
-    let m = (g.n * g.hw) as f64;
+    let coeffs = InputGrad::new(g, mean, inv_std, k, sums);
     par_chunks_new(dy.len(), g.hw, |plane, dxp| {
-        let c = plane % g.c;
-        // dx = k * (dy - a - xhat * b), folded into dx = k * dy + p * (x - m_t) + q with
-        // m_t the mean rounded to T (subtracted first: p * x + q would cancel in f32 when
-        // the mean is large against the spread).
-        let (a, b) = (sum_dy[c] / m, sum_dy_xhat[c] / m);
-        let p = -k[c] * b * inv_std[c];
-        let mean_t = T::of_f64(mean[c]);
-        let q = -k[c] * a + p * (mean_t.as_f64() - mean[c]);
-        let (kt, p, q) = (T::of_f64(k[c]), T::of_f64(p), T::of_f64(q));
         let range = plane * g.hw..(plane + 1) * g.hw;
-        for ((d, &gv), &xv) in dxp.iter_mut().zip(&dy[range.clone()]).zip(&x[range]) {
-            *d = kt.mul_add(gv, p.mul_add(xv - mean_t, q));
-        }
+        coeffs.plane(plane % g.c, &dy[range.clone()], &x[range], dxp);
     })
+}
+
+/// [`input_grad`] per channel: `dx = k * dy + p * (x - m_t) + q`, `m_t` the mean rounded
+/// to T (subtracted first: `p * x + q` would cancel in f32 when the mean is large against
+/// the spread).
+pub(crate) struct InputGrad<T> {
+    k: Vec<T>,
+    p: Vec<T>,
+    q: Vec<T>,
+    mean: Vec<T>,
+}
+
+impl<T: Elem> InputGrad<T> {
+    fn new(
+        g: &Geometry,
+        mean: &[f64],
+        inv_std: &[f64],
+        k: &[f64],
+        (sum_dy, sum_dy_xhat): (&[f64], &[f64]),
+    ) -> Self {
+        let m = (g.n * g.hw) as f64;
+        let mut out = InputGrad {
+            k: Vec::with_capacity(g.c),
+            p: Vec::with_capacity(g.c),
+            q: Vec::with_capacity(g.c),
+            mean: Vec::with_capacity(g.c),
+        };
+        for c in 0..g.c {
+            // dx = k * (dy - a - xhat * b), folded as above.
+            let (a, b) = (sum_dy[c] / m, sum_dy_xhat[c] / m);
+            let p = -k[c] * b * inv_std[c];
+            let mean_t = T::of_f64(mean[c]);
+            let q = -k[c] * a + p * (mean_t.as_f64() - mean[c]);
+            out.k.push(T::of_f64(k[c]));
+            out.p.push(T::of_f64(p));
+            out.q.push(T::of_f64(q));
+            out.mean.push(mean_t);
+        }
+        out
+    }
+
+    /// One plane of channel `c`: its output gradient `dy` and input `x` into `dx`.
+    pub(crate) fn plane(&self, c: usize, dy: &[T], x: &[T], dx: &mut [T]) {
+        let (kt, p, q, m) = (self.k[c], self.p[c], self.q[c], self.mean[c]);
+        for ((d, &gv), &xv) in dx.iter_mut().zip(dy).zip(x) {
+            *d = kt.mul_add(gv, p.mul_add(xv - m, q));
+        }
+    }
 }
 
 impl BatchNormTrain {

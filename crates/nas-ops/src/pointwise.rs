@@ -18,7 +18,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::buffer::par_chunks_new;
+use crate::buffer::{par_chunk_pairs_new_init, par_chunks_new};
 use crate::cpu::{act, dispatch, Elem};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul, MatRef};
@@ -204,31 +204,79 @@ pub(crate) fn input_grad<T: Elem>(g: &Geometry, dy: &[T], w: &[T], x: &[T]) -> V
     par_chunks_new(g.n * g.cin * pi, g.cin * pi, |img, dxi| {
         let dyi = &dy[img * g.cout * po..(img + 1) * g.cout * po];
         let xi = &x[img * g.cin * pi..(img + 1) * g.cin * pi];
-        let wt = MatRef::transposed(w, g.cout, g.cin);
-        let dyv = MatRef::rows(dyi, g.cout, po);
-        if g.dense() {
+        g.image_input_grad(dyi, w, xi, dxi);
+    })
+}
+
+impl Geometry {
+    /// One image's input gradient `dxi` (zeros on entry) from its output gradient.
+    fn image_input_grad<T: Elem>(&self, dyi: &[T], w: &[T], xi: &[T], dxi: &mut [T]) {
+        let (pi, po) = (self.plane_in(), self.plane_out());
+        let wt = MatRef::transposed(w, self.cout, self.cin);
+        let dyv = MatRef::rows(dyi, self.cout, po);
+        if self.dense() {
             matmul(dxi, wt, dyv, false);
         } else {
-            let mut prod = vec![T::zero(); g.cin * po];
+            let mut prod = vec![T::zero(); self.cin * po];
             matmul(&mut prod, wt, dyv, false);
-            let (s, o) = (g.cfg.stride, g.cfg.offset);
+            let (s, o) = (self.cfg.stride, self.cfg.offset);
             for (dplane, pplane) in dxi.chunks_exact_mut(pi).zip(prod.chunks_exact(po)) {
-                for (r, prow) in pplane.chunks_exact(g.ow).enumerate() {
-                    let drow = &mut dplane[(o + r * s) * g.w + o..];
+                for (r, prow) in pplane.chunks_exact(self.ow).enumerate() {
+                    let drow = &mut dplane[(o + r * s) * self.w + o..];
                     for (c, &v) in prow.iter().enumerate() {
                         drow[c * s] = v;
                     }
                 }
             }
         }
-        if g.cfg.relu_input {
+        if self.cfg.relu_input {
             for (d, &xv) in dxi.iter_mut().zip(xi) {
                 if xv <= T::zero() {
                     *d = T::zero();
                 }
             }
         }
-    })
+    }
+}
+
+/// `(dx, dw)` in one pass over the images, each image's output gradient made by
+/// `dy_of(img, dyi)` into a scratch buffer (`cout * oh * ow`) right where it is used: a
+/// caller that computes it per image (BN's input gradient, in `separable.rs`) never
+/// stores the whole tensor. The weight gradient is one product per image, the images'
+/// products added in image order.
+pub(crate) fn backward_with<T, F>(g: &Geometry, w: &[T], x: &[T], dy_of: F) -> (Vec<T>, Vec<T>)
+where
+    T: Elem,
+    F: Fn(usize, &mut [T]) + Sync + Send,
+{
+    let (pi, po) = (g.plane_in(), g.plane_out());
+    let (dx, partial) = par_chunk_pairs_new_init(
+        g.n * g.cin * pi,
+        g.cin * pi,
+        g.cout * g.cin,
+        Vec::new,
+        |dyi: &mut Vec<T>, img, dxi, dwi| {
+            dyi.resize(g.cout * po, T::zero());
+            dy_of(img, dyi);
+            let xi = &x[img * g.cin * pi..(img + 1) * g.cin * pi];
+            let own = g.operand(xi);
+            let xo = own.as_deref().unwrap_or(xi);
+            matmul(
+                dwi,
+                MatRef::rows(dyi, g.cout, po),
+                MatRef::transposed(xo, g.cin, po),
+                false,
+            );
+            g.image_input_grad(dyi, w, xi, dxi);
+        },
+    );
+    let mut dw = vec![T::zero(); g.cout * g.cin];
+    for p in partial.chunks_exact(g.cout * g.cin) {
+        for (d, &v) in dw.iter_mut().zip(p) {
+            *d = *d + v;
+        }
+    }
+    (dx, dw)
 }
 
 /// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over fixed groups of
@@ -440,6 +488,36 @@ mod tests {
             let (sx, sw) = grads(pointwise_conv2d_slow(&x, &w, cfg)?)?;
             assert_close(&fx, &sx, 1e-10, 1e-10, &format!("dx {cfg:?}"))?;
             assert_close(&fw, &sw, 1e-10, 1e-10, &format!("dw {cfg:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// The one-pass backward against the two gradients computed apart (each checked
+    /// against finite differences above), with the output gradient made per image.
+    #[test]
+    fn one_pass_backward_matches_the_two_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        for cfg in configs() {
+            let x = randn(&[5, 3, 7, 9], DType::F64, &dev)?;
+            let w = randn(&[4, 3, 1, 1], DType::F64, &dev)?;
+            let g = Geometry::new(x.dims(), w.dims(), cfg)?;
+            let dy = randn(g.out_shape().dims(), DType::F64, &dev)?;
+            let (x, w, dy): (Vec<f64>, Vec<f64>, Vec<f64>) = (
+                x.flatten_all()?.to_vec1()?,
+                w.flatten_all()?.to_vec1()?,
+                dy.flatten_all()?.to_vec1()?,
+            );
+            let image = dy.len() / 5;
+            let (dx, dw) = backward_with(&g, &w, &x, |img, out| {
+                out.copy_from_slice(&dy[img * image..(img + 1) * image])
+            });
+            assert_eq!(dx, input_grad(&g, &dy, &w, &x), "dx {cfg:?}");
+            for (a, b) in dw.iter().zip(weight_grad(&g, &dy, &x)) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                    "dw {cfg:?}: {a} vs {b}"
+                );
+            }
         }
         Ok(())
     }

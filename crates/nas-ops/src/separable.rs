@@ -194,11 +194,17 @@ pub(crate) fn block_backward<T: Elem>(
     x: &[T],
     y: &[T],
 ) -> (Vec<T>, Vec<T>) {
-    let (d_pre, d_affine) = bn::train_backward(&g.bn, &st.bn, p.affine.map(|a| a.0), dy, y);
+    let (coeffs, src, d_affine) =
+        bn::train_backward_coeffs(&g.bn, &st.bn, p.affine.map(|a| a.0), dy, y);
     let mid = st.mid.as_deref().unwrap_or(x);
-    let d_pw = pointwise::weight_grad(&g.pw, &d_pre, mid);
-    let d_mid = pointwise::input_grad(&g.pw, &d_pre, p.pw, mid);
-    drop(d_pre);
+    // BN's input gradient image by image, straight into the pointwise backward.
+    let (c, hw) = (g.bn.c, g.bn.hw);
+    let (d_mid, d_pw) = pointwise::backward_with(&g.pw, p.pw, mid, |img, d_pre| {
+        for (ch, dp) in d_pre.chunks_exact_mut(hw).enumerate() {
+            let range = (img * c + ch) * hw..(img * c + ch + 1) * hw;
+            coeffs.plane(ch, &dy[range.clone()], &src[range], dp);
+        }
+    });
     let mut dparams = Vec::with_capacity(g.param_len());
     let dx = match &g.dw {
         Some(dg) => {
