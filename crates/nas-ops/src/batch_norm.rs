@@ -408,11 +408,7 @@ pub(crate) fn train_backward<T: Elem>(
     y: &[T],
 ) -> (Vec<T>, Option<Affine<T>>) {
     let (coeffs, src, affine) = train_backward_coeffs(g, st, gamma, dy, y);
-    let dx = par_chunks_new(dy.len(), g.hw, |plane, dxp| {
-        let range = plane * g.hw..(plane + 1) * g.hw;
-        coeffs.plane(plane % g.c, &dy[range.clone()], &src[range], dxp);
-    });
-    (dx, affine)
+    (coeffs.apply(g, dy, src), affine)
 }
 
 /// [`train_backward`] up to its last pass, for callers that apply the input gradient
@@ -483,11 +479,7 @@ pub(crate) fn input_grad<T: Elem>(
     k: &[f64],
     sums: (&[f64], &[f64]),
 ) -> Vec<T> {
-    let coeffs = InputGrad::new(g, mean, inv_std, k, sums);
-    par_chunks_new(dy.len(), g.hw, |plane, dxp| {
-        let range = plane * g.hw..(plane + 1) * g.hw;
-        coeffs.plane(plane % g.c, &dy[range.clone()], &x[range], dxp);
-    })
+    InputGrad::new(g, mean, inv_std, k, sums).apply(g, dy, x)
 }
 
 /// [`input_grad`] per channel: `dx = k * dy + p * (x - m_t) + q`, `m_t` the mean rounded
@@ -527,6 +519,14 @@ impl<T: Elem> InputGrad<T> {
             out.mean.push(mean_t);
         }
         out
+    }
+
+    /// The whole input gradient, plane by plane on all threads.
+    fn apply(&self, g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
+        par_chunks_new(dy.len(), g.hw, |plane, dxp| {
+            let range = plane * g.hw..(plane + 1) * g.hw;
+            self.plane(plane % g.c, &dy[range.clone()], &x[range], dxp);
+        })
     }
 
     /// One plane of channel `c`: its output gradient `dy` and input `x` into `dx`.

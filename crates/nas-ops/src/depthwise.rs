@@ -16,6 +16,7 @@ use crate::cpu::{act, dispatch, Elem};
 use crate::depthwise_dense;
 use crate::error::{Error, Result};
 use crate::padded::{self, Dense};
+use crate::reduce;
 
 /// Geometry of a depthwise convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,16 +358,7 @@ fn weight_grad_impl<T: Elem, const RELU: bool>(g: &Geometry, dy: &[T], x: &[T]) 
                 pp[tap.index] = acc;
             }
         });
-    let mut dw = vec![T::zero(); g.c * kk];
-    for img in 0..g.n {
-        for (d, &p) in dw
-            .iter_mut()
-            .zip(&partial[img * g.c * kk..(img + 1) * g.c * kk])
-        {
-            *d = *d + p;
-        }
-    }
-    dw
+    reduce::sum_parts(partial.chunks_exact(g.c * kk), g.c * kk)
 }
 
 struct DepthwiseConv2d {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use crate::buffer::{par_chunk_pairs_new_init, par_chunks_new_init};
 use crate::cpu::Elem;
 use crate::padded::{correlate, Dense};
-use crate::reduce::dot;
+use crate::reduce::{self, dot};
 
 /// Forward: planes in parallel; per plane the wide grid is a correlation of the padded
 /// plane with the channel's taps ([`correlate`]).
@@ -147,7 +147,7 @@ pub(crate) fn weight_grad<T: Elem>(d: &Dense, c: usize, dy: &[T], x: &[T], relu:
             }
         },
     );
-    sum_images(&partial, c * kk)
+    reduce::sum_parts(partial.chunks_exact(c * kk), c * kk)
 }
 
 /// Input and weight gradients in one pass over the planes: each plane's padded input and
@@ -180,16 +180,5 @@ pub(crate) fn backward<T: Elem>(
             gather.plane(d, ext, rows, wc, (xp, relu), dxp);
         },
     );
-    (dx, sum_images(&partial, c * kk))
-}
-
-/// The per-image weight gradients (`len` each) in `partial` summed in image order.
-fn sum_images<T: Elem>(partial: &[T], len: usize) -> Vec<T> {
-    let mut dw = vec![T::zero(); len];
-    for image in partial.chunks_exact(len) {
-        for (o, &v) in dw.iter_mut().zip(image) {
-            *o = *o + v;
-        }
-    }
-    dw
+    (dx, reduce::sum_parts(partial.chunks_exact(c * kk), c * kk))
 }

@@ -12,6 +12,7 @@ use crate::buffer::par_chunks_new_init;
 use crate::cpu::{dispatch, Elem};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul, MatRef};
+use crate::reduce;
 
 const OP: &str = "conv2d";
 
@@ -195,13 +196,7 @@ fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
             acc
         })
         .collect();
-    let mut dw = vec![T::zero(); g.cout * g.rows()];
-    for p in &partials {
-        for (d, &v) in dw.iter_mut().zip(p) {
-            *d = *d + v;
-        }
-    }
-    dw
+    reduce::sum_parts(partials.iter().map(Vec::as_slice), g.cout * g.rows())
 }
 
 /// `dx[n] = fold(w^T dy[n])`.

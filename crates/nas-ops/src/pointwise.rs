@@ -22,6 +22,7 @@ use crate::buffer::{par_chunk_pairs_new_init, par_chunks_new};
 use crate::cpu::{act, dispatch, Elem};
 use crate::error::{Error, Result};
 use crate::gemm::{matmul, MatRef};
+use crate::reduce;
 
 /// Geometry of a [`pointwise_conv2d`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,13 +271,8 @@ where
             g.image_input_grad(dyi, w, xi, dxi);
         },
     );
-    let mut dw = vec![T::zero(); g.cout * g.cin];
-    for p in partial.chunks_exact(g.cout * g.cin) {
-        for (d, &v) in dw.iter_mut().zip(p) {
-            *d = *d + v;
-        }
-    }
-    (dx, dw)
+    let len = g.cout * g.cin;
+    (dx, reduce::sum_parts(partial.chunks_exact(len), len))
 }
 
 /// `dw = sum_n dy[n] x[n]^T` (x as the forward read it): jobs over fixed groups of
@@ -305,13 +301,7 @@ pub(crate) fn weight_grad<T: Elem>(g: &Geometry, dy: &[T], x: &[T]) -> Vec<T> {
             acc
         })
         .collect();
-    let mut dw = vec![T::zero(); g.cout * g.cin];
-    for p in &partials {
-        for (d, &v) in dw.iter_mut().zip(p) {
-            *d = *d + v;
-        }
-    }
-    dw
+    reduce::sum_parts(partials.iter().map(Vec::as_slice), g.cout * g.cin)
 }
 
 struct Pointwise {

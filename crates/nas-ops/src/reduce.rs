@@ -138,6 +138,22 @@ pub(crate) fn axpy_par<T: Elem>(dst: &mut [T], a: T, src: &[T]) {
         .for_each(|(d, s)| axpy(d, a, s));
 }
 
+/// The element-wise sum of `parts` (each `len` long), added in order: per-image or
+/// per-group weight-gradient partials, summed in a fixed order so that results do not
+/// depend on the number of threads.
+pub(crate) fn sum_parts<'a, T: Elem>(
+    parts: impl IntoIterator<Item = &'a [T]>,
+    len: usize,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); len];
+    for p in parts {
+        for (o, &v) in out.iter_mut().zip(p) {
+            *o = *o + v;
+        }
+    }
+    out
+}
+
 /// `dst[i] += a * src[i]`.
 pub(crate) fn axpy<T: Elem>(dst: &mut [T], a: T, src: &[T]) {
     for (d, &s) in dst.iter_mut().zip(src) {
