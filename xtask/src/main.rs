@@ -11,6 +11,7 @@ mod bench_rnn_step;
 mod bench_step;
 mod compare;
 mod cuda;
+mod deps;
 mod docs;
 mod download;
 mod fuzz;
@@ -22,6 +23,8 @@ commands:
                          candle-nas against PyTorch: each op (forward + backward),
                          one DARTS CIFAR search / training step, one DARTS recurrent
                          search step (`cargo xtask bench --help` for the flags)
+  deps                   check that every crate depends only on what its layer allows
+                         (ARCHITECTURE.md, invariants)
   docs [--check]         regenerate docs/genotypes.md (--check: fail if it is stale)
   download <dataset> [--dir DIR] [--mirror DIR [--md5 HEX]] [--from PATH]
                          fetch (or import from a mirror) a data set, verified;
@@ -49,6 +52,7 @@ fn dispatch(args: &[String]) -> Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&rest),
+        Some("deps") => deps::run(&rest),
         Some("docs") => docs::run(&rest),
         Some("download") => download::run(&rest),
         Some("fuzz") => fuzz::run(&rest),

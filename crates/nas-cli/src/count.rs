@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use nas_darts::{count, count_parameters, EvalGenotype, EvalNetConfig, SearchCnnConfig};
+use nas_darts::{count_parameters, SearchCnnConfig};
+use nas_models::{count, EvalGenotype, EvalNetConfig};
 use nas_search_space::Genotype;
 
 use crate::output::emit;
@@ -51,7 +52,8 @@ pub struct CountArgs {
     /// Vocabulary size (ptb, search-rnn).
     #[arg(long, default_value_t = 10_000)]
     vocab: usize,
-    /// Count the auxiliary head in `params` too (it is always in `params_with_aux`).
+    /// Build the network with its auxiliary head. `params` never counts the head (the
+    /// papers' convention); `params_with_aux` always does.
     #[arg(long)]
     auxiliary: bool,
     /// Print JSON.
@@ -82,12 +84,12 @@ fn count_rnn(args: &CountArgs) -> Result<()> {
     };
     let emsize = args.emsize.unwrap_or(default);
     let nhid = args.nhid.unwrap_or(emsize);
-    let n = nas_darts::count_lm(
+    let n = nas_models::count_lm(
         genotype.as_ref().map(|(_, g)| g),
         emsize,
         nhid,
         args.vocab,
-        nas_darts::RNN_STEPS,
+        nas_models::RNN_STEPS,
     )?;
     let model = match args.model {
         Model::Ptb => "ptb",
@@ -164,11 +166,8 @@ pub fn run(args: CountArgs) -> Result<()> {
                 ..base
             };
             let counts = count(&genotype, cfg)?;
-            let params = if args.auxiliary {
-                counts.params_with_aux
-            } else {
-                counts.params
-            };
+            // The papers' convention: the auxiliary head is never in "parameters".
+            let params = counts.params;
             let text = if args.json {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "model": format!("{:?}", args.model).to_lowercase(),

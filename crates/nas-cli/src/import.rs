@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use nas_darts::{
+use nas_models::{
     import_reference, reference_cifar_normalize, reference_imagenet_normalize, write_weights,
     EvalNetConfig,
 };
@@ -73,7 +73,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
     };
     // The network, genotype and normalisation travel in the file's metadata, so that
     // `nas eval --checkpoint FILE` can rebuild the network.
-    let cells = nas_darts::EvalGenotype::Darts(genotype);
+    let cells = nas_models::EvalGenotype::Darts(genotype);
     write_weights(&args.output, &tensors, &cfg, &cells, &normalize)
         .with_context(|| format!("writing {}", args.output.display()))?;
     println!(

@@ -1,11 +1,13 @@
 //! `nas search darts-rnn` and `nas train-lm`: DARTS recurrent cells on a text corpus.
 
+use nas_train::ConfigFile;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nas_darts::{LmConfig, LmOutcome, Order, SearchOptions, LM_SEARCH_PRESETS, LM_TRAIN_PRESETS};
+use nas_darts::{LmConfig, LmOutcome, Order, LM_SEARCH_PRESETS, LM_TRAIN_PRESETS};
 use nas_search_space::Genotype;
+use nas_train::RunOptions;
 
 use crate::data::resolve_data_dir;
 use crate::output::emit;
@@ -95,14 +97,14 @@ fn default_out(command: &str, cfg: &LmConfig) -> PathBuf {
     PathBuf::from(format!("runs/{command}-{}-{secs}", cfg.data.dataset))
 }
 
-fn options(common: &LmCommon) -> Result<SearchOptions> {
-    Ok(SearchOptions {
+fn options(common: &LmCommon) -> Result<RunOptions> {
+    Ok(RunOptions {
         data_dir: resolve_data_dir(common.data_dir.clone()),
         device: device(&common.device)?,
     })
 }
 
-fn resume(dir: &Path, opts: &SearchOptions, bars: &mut Bars) -> Result<LmOutcome> {
+fn resume(dir: &Path, opts: &RunOptions, bars: &mut Bars) -> Result<LmOutcome> {
     nas_darts::resume_lm(dir, opts, bars)
         .with_context(|| format!("resuming the run in {}", dir.display()))
 }
@@ -189,13 +191,7 @@ pub fn is_lm_run(run_dir: &Path) -> bool {
 }
 
 /// `nas eval` on a recurrent run: perplexity of the best or newest checkpoint.
-pub fn eval(
-    run_dir: &Path,
-    split: &str,
-    best: bool,
-    opts: &SearchOptions,
-    json: bool,
-) -> Result<()> {
+pub fn eval(run_dir: &Path, split: &str, best: bool, opts: &RunOptions, json: bool) -> Result<()> {
     let split = match split {
         "val" | "valid" => "valid",
         "test" => "test",

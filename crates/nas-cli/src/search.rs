@@ -1,10 +1,12 @@
 //! `nas search darts`: the DARTS search.
 
+use nas_train::ConfigFile;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use nas_darts::{Order, SearchConfig, SearchOptions, PRESETS};
+use nas_darts::{Order, SearchConfig, PRESETS};
+use nas_train::RunOptions;
 
 use crate::data::resolve_data_dir;
 use crate::progress::Bars;
@@ -107,7 +109,7 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
 }
 
 fn darts(args: DartsArgs) -> Result<()> {
-    let opts = SearchOptions {
+    let opts = RunOptions {
         data_dir: resolve_data_dir(args.data_dir.clone()),
         device: device(&args.device)?,
     };

@@ -1,10 +1,13 @@
 //! `nas train` and `nas eval`: a genotype trained from scratch, and its evaluation.
 
+use nas_train::ConfigFile;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nas_darts::{EvalGenotype, SearchOptions, TrainConfig, TRAIN_PRESETS};
+use nas_models::EvalGenotype;
+use nas_retrain::{TrainConfig, TRAIN_PRESETS};
+use nas_train::RunOptions;
 
 use crate::data::resolve_data_dir;
 use crate::output::emit;
@@ -113,13 +116,13 @@ fn resolve(args: &TrainArgs, genotype: &EvalGenotype) -> Result<TrainConfig> {
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let opts = SearchOptions {
+    let opts = RunOptions {
         data_dir: resolve_data_dir(args.data_dir.clone()),
         device: device(&args.device)?,
     };
     let mut bars = Bars::new();
     let outcome = if let Some(dir) = &args.resume {
-        nas_darts::resume_training(dir, &opts, &mut bars)
+        nas_retrain::resume_training(dir, &opts, &mut bars)
             .with_context(|| format!("resuming the training run in {}", dir.display()))?
     } else {
         let spec = args.genotype.as_deref().unwrap_or_default();
@@ -136,7 +139,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
                 .map_or(0, |d| d.as_secs());
             PathBuf::from(format!("runs/train-{}-{secs}", cfg.data.dataset))
         });
-        nas_darts::train(&genotype, &cfg, &out, &opts, &mut bars)
+        nas_retrain::train(&genotype, &cfg, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
     println!(
@@ -153,7 +156,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     if crate::lm::is_lm_run(&args.checkpoint) {
-        let opts = SearchOptions {
+        let opts = RunOptions {
             data_dir: resolve_data_dir(args.data_dir.clone()),
             device: device(&args.device)?,
         };
@@ -164,7 +167,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         "val" => false,
         other => bail!("unknown split {other:?}; expected test or val"),
     };
-    let opts = SearchOptions {
+    let opts = RunOptions {
         data_dir: resolve_data_dir(args.data_dir.clone()),
         device: device(&args.device)?,
     };
@@ -178,7 +181,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         if args.batch_size == 0 {
             bail!("--batch-size must be positive");
         }
-        nas_darts::evaluate_weights(
+        nas_retrain::evaluate_weights(
             &args.checkpoint,
             args.dataset.as_deref(),
             args.batch_size,
@@ -188,7 +191,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         if args.dataset.is_some() {
             bail!("--dataset is for a weights file; a training run evaluates on its own data set");
         }
-        nas_darts::evaluate_run(&args.checkpoint, test, args.best, &opts)
+        nas_retrain::evaluate_run(&args.checkpoint, test, args.best, &opts)
     }
     .with_context(|| format!("evaluating {}", args.checkpoint.display()))?;
     let text = if args.json {

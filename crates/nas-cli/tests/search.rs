@@ -324,13 +324,39 @@ fn count_of_evaluation_networks_matches_the_reference() {
         "--json",
     ]));
     assert!(out.contains("3349342"), "{out}");
+    // With the auxiliary head built, "parameters" still follow the papers (head
+    // excluded); the head's total stands beside them.
+    let out = ok(&run(&[
+        "count",
+        "--model",
+        "cifar",
+        "--genotype",
+        "darts-v2",
+        "--auxiliary",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["params"], 3_349_342, "{out}");
+    assert_eq!(v["params_with_aux"], 3_825_768, "{out}");
+    let out = ok(&run(&[
+        "count",
+        "--model",
+        "cifar",
+        "--genotype",
+        "darts-v2",
+        "--auxiliary",
+    ]));
+    assert!(
+        out.contains("3349342 parameters") && out.contains("3825768 with the auxiliary head"),
+        "{out}"
+    );
     fails_with(
         &run(&["count", "--model", "cifar", "--genotype", "darts-rnn-v2"]),
         "DARTS CNN or an ENAS micro genotype",
     );
     fails_with(&run(&["count", "--model", "cifar"]), "--genotype");
     // ENAS micro cells count in ENAS's own network (17 cells by default); the figures
-    // are the reference TensorFlow graph's (see the unit test in nas-darts).
+    // are the reference TensorFlow graph's (see the unit test in nas-models).
     let out = ok(&run(&[
         "count",
         "--model",
@@ -519,8 +545,8 @@ fn train_refuses_what_it_cannot_do() {
 #[test]
 fn import_converts_a_reference_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../nas-darts/tests/fixtures/darts_v2_c4_l3.pt");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../nas-models/tests/fixtures/darts_v2_c4_l3.pt");
     let out = dir.path().join("w.safetensors");
     let args = [
         "import",

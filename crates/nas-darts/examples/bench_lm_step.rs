@@ -13,10 +13,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use nas_darts::{
-    lm_step, rnn_edge_count, ArchPart, Architect, LmBatch, LmConfig, LmMasks, Order, RnnLm,
-    RNN_STEPS,
-};
+use nas_darts::{lm_step, ArchPart, Architect, LmConfig, Order};
+use nas_models::{rnn_edge_count, LmBatch, LmMasks, RnnLm, RNN_STEPS};
 use nas_train::{ParamStore, Sgd};
 use rand::{Rng, SeedableRng};
 
@@ -79,6 +77,7 @@ fn main() -> nas_darts::Result<()> {
     };
     let mut hidden = model.init_hidden(batch)?;
     let mut hidden_valid = model.init_hidden(batch)?;
+    let no_pool = std::env::var_os("NAS_BENCH_NO_POOL").is_some();
     let mut times = Vec::new();
     for _ in 0..repeats + 1 {
         let (x, y) = tokens(&mut rng)?;
@@ -86,17 +85,35 @@ fn main() -> nas_darts::Result<()> {
         let masks = LmMasks::sample(&cfg.model, vocab, batch, &mut rng, DType::F32, &dev)?;
         let val_masks = LmMasks::sample(&cfg.model, vocab, batch, &mut rng, DType::F32, &dev)?;
         let started = Instant::now();
-        let out = lm_step(
+        let train = LmBatch::new(x, y, hidden.clone(), masks);
+        let val = LmBatch::new(vx, vy, hidden_valid.clone(), val_masks);
+        let (model, optim, alphas, sgd, architect) = (
             &model,
-            &mut sgd,
             &cfg.optim,
-            &LmBatch::new(x, y, hidden.clone(), masks),
-            Some(ArchPart {
-                alphas: alphas.as_tensor(),
-                architect: &mut architect,
-                val: LmBatch::new(vx, vy, hidden_valid.clone(), val_masks),
-            }),
-        )?;
+            alphas.as_tensor(),
+            &mut sgd,
+            &mut architect,
+        );
+        let step = move || {
+            lm_step(
+                model,
+                sgd,
+                optim,
+                &train,
+                Some(ArchPart {
+                    alphas,
+                    architect,
+                    val,
+                }),
+            )
+        };
+        // As the run loop takes it: on a pool thread (`NAS_BENCH_NO_POOL=1`: on the main
+        // thread, as the loop did before).
+        let out = if no_pool {
+            step()?
+        } else {
+            nas_train::in_pool(step)?
+        };
         dev.synchronize()?;
         times.push(started.elapsed().as_secs_f64());
         hidden = out.hidden;
@@ -112,7 +129,7 @@ fn main() -> nas_darts::Result<()> {
             "impl": "candle-nas", "device": format!("{:?}", dev.location()),
             "order": format!("{order:?}").to_lowercase(), "batch": batch,
             "bptt": bptt, "nhid": nhid, "vocab": vocab,
-            "seconds_per_step": median, "steps": rest, "peak_rss_mb": peak_rss_mb(),
+            "seconds_per_step": median, "in_pool": !no_pool, "steps": rest, "peak_rss_mb": peak_rss_mb(),
         })
     );
     Ok(())

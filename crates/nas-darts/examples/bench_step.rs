@@ -14,10 +14,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use nas_darts::{
-    Alphas, Architect, EvalNetConfig, EvalNetwork, Objective, Order, SearchCnn, SearchCnnConfig,
-    SearchConfig,
-};
+use nas_darts::{Alphas, Architect, Objective, Order, SearchCnn, SearchCnnConfig, SearchConfig};
+use nas_models::{EvalNetConfig, EvalNetwork};
 use nas_search_space::{bundled, Genotype};
 use nas_train::{grads, ParamStore, Sgd};
 
@@ -86,7 +84,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
         ..EvalNetConfig::cifar_paper()
     };
     let store = ParamStore::new(0);
-    let genotype = nas_darts::EvalGenotype::Darts(genotype);
+    let genotype = nas_models::EvalGenotype::Darts(genotype);
     let net = EvalNetwork::new(&genotype, cfg, store.var_builder(DType::F32, &dev))?;
     let mut sgd = Sgd::new(store.trainable(), SearchConfig::preset("paper")?.sgd())?;
     let (x, y) = batch(n, 1, &dev)?;
@@ -133,7 +131,7 @@ fn train_step(c: usize, layers: usize, n: usize, repeats: usize) -> nas_darts::R
 fn main() -> nas_darts::Result<()> {
     nas_ops::runtime::configure_process();
     // Every step on a pool thread, as `nas train` and `nas search` run them.
-    nas_ops::runtime::in_pool(run)
+    nas_train::in_pool(run)
 }
 
 fn run() -> nas_darts::Result<()> {

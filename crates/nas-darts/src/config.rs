@@ -1,9 +1,7 @@
 //! The search configuration: TOML with `deny_unknown_fields`, named presets, and
 //! `key=value` overrides by dotted path (`model.channels=8`).
 
-use std::path::Path;
-
-use nas_train::{AdamConfig, LrSchedule, SgdConfig};
+use nas_train::{AdamConfig, ConfigFile, LrSchedule, RunConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::architect::Order;
@@ -91,20 +89,6 @@ pub struct ArchConfig {
     pub weight_decay: f64,
     /// First or second order.
     pub order: Order,
-}
-
-/// Run settings.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    /// Epochs.
-    pub epochs: usize,
-    /// The seed of initialisation, split, shuffling and augmentation.
-    pub seed: u64,
-    /// Checkpoints kept besides the best one.
-    pub keep_checkpoints: usize,
-    /// Write a step line to `metrics.jsonl` every this many steps (0: never).
-    pub log_every: usize,
 }
 
 /// The names of the presets.
@@ -228,33 +212,43 @@ impl SearchConfig {
         }
     }
 
-    /// Reads a configuration file.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path, Self::from_toml)
+    /// The weights' optimizer settings.
+    pub fn sgd(&self) -> SgdConfig {
+        SgdConfig {
+            lr: self.weights.lr,
+            momentum: self.weights.momentum,
+            weight_decay: self.weights.weight_decay,
+            nesterov: false,
+        }
     }
 
-    /// Parses TOML and checks the values.
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let cfg: SearchConfig = toml::from_str(text).map_err(|e| Error::Config(one_line(&e)))?;
-        cfg.validate()?;
-        Ok(cfg)
+    /// The weights' schedule: cosine from `lr` to `lr_min` over the epochs.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule::Cosine {
+            lr: self.weights.lr,
+            eta_min: self.weights.lr_min,
+            epochs: self.run.epochs,
+        }
     }
 
-    /// The configuration as TOML.
-    pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    /// The architecture optimizer's settings.
+    pub fn adam(&self) -> AdamConfig {
+        AdamConfig {
+            lr: self.arch.lr,
+            betas: (self.arch.betas[0], self.arch.betas[1]),
+            eps: 1e-8,
+            weight_decay: self.arch.weight_decay,
+            decoupled: false,
+        }
     }
+}
 
-    /// Applies `key=value` overrides; `key` is a dotted path (`run.epochs`), `value` a TOML
-    /// value (a bare word is taken as a string).
-    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
-        let cfg: SearchConfig = apply_overrides(self, overrides, &["data.max_train_images"])?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
+impl ConfigFile for SearchConfig {
+    type Error = Error;
+    const OPTIONAL: &'static [&'static str] = &["data.max_train_images"];
 
     /// Checks ranges; the message names the key.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let d = &self.data;
         let checks: [(bool, &str); 9] = [
             (
@@ -293,130 +287,6 @@ impl SearchConfig {
             None => Ok(()),
         }
     }
-
-    /// The weights' optimizer settings.
-    pub fn sgd(&self) -> SgdConfig {
-        SgdConfig {
-            lr: self.weights.lr,
-            momentum: self.weights.momentum,
-            weight_decay: self.weights.weight_decay,
-            nesterov: false,
-        }
-    }
-
-    /// The weights' schedule: cosine from `lr` to `lr_min` over the epochs.
-    pub fn schedule(&self) -> LrSchedule {
-        LrSchedule::Cosine {
-            lr: self.weights.lr,
-            eta_min: self.weights.lr_min,
-            epochs: self.run.epochs,
-        }
-    }
-
-    /// The architecture optimizer's settings.
-    pub fn adam(&self) -> AdamConfig {
-        AdamConfig {
-            lr: self.arch.lr,
-            betas: (self.arch.betas[0], self.arch.betas[1]),
-            eps: 1e-8,
-            weight_decay: self.arch.weight_decay,
-            decoupled: false,
-        }
-    }
-}
-
-/// Reads a configuration file with `parse`; errors name the file.
-pub(crate) fn read_config<T>(path: &Path, parse: impl FnOnce(&str) -> Result<T>) -> Result<T> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    parse(&text).map_err(|e| match e {
-        Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-        other => other,
-    })
-}
-
-/// Applies `key=value` overrides (dotted keys, TOML values, bare words as strings) to a
-/// serializable configuration. Keys must exist, except the `optional` ones, which may be
-/// absent from the serialized form (unset options).
-pub(crate) fn apply_overrides<T: Serialize + serde::de::DeserializeOwned>(
-    cfg: &T,
-    overrides: &[String],
-    optional: &[&str],
-) -> Result<T> {
-    let mut tree = toml::Value::try_from(cfg).map_err(|e| Error::Config(e.to_string()))?;
-    for item in overrides {
-        let (key, raw) = item.split_once('=').ok_or_else(|| {
-            Error::Config(format!("override {item:?} is not of the form key=value"))
-        })?;
-        set_path(&mut tree, key.trim(), parse_value(raw.trim()), optional)?;
-        // Check after each override, so that a wrong value is reported with its key.
-        tree.clone().try_into::<T>().map_err(|e: toml::de::Error| {
-            Error::Config(format!("{}: {}", item.trim(), one_line(&e)))
-        })?;
-    }
-    tree.try_into()
-        .map_err(|e: toml::de::Error| Error::Config(one_line(&e)))
-}
-
-/// A TOML error on one line: its message, without the source excerpt it draws.
-pub(crate) fn one_line(e: &toml::de::Error) -> String {
-    let message = e.message().trim();
-    match e.span() {
-        Some(span) => format!("{message} (at byte {})", span.start),
-        None => message.to_string(),
-    }
-}
-
-fn parse_value(raw: &str) -> toml::Value {
-    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.into())),
-        Err(_) => toml::Value::String(raw.to_string()),
-    }
-}
-
-fn set_path(
-    tree: &mut toml::Value,
-    key: &str,
-    value: toml::Value,
-    optional: &[&str],
-) -> Result<()> {
-    let mut node = tree;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let table = node.as_table_mut().ok_or_else(|| {
-            Error::Config(format!("{key}: {} is not a section", parts[..i].join(".")))
-        })?;
-        let last = i + 1 == parts.len();
-        if last && !table.contains_key(*part) && optional.contains(&key) {
-            table.insert((*part).to_string(), value);
-            return Ok(());
-        }
-        if !table.contains_key(*part) {
-            let mut known: Vec<&String> = table.keys().collect();
-            known.sort();
-            let known: Vec<&str> = known.iter().map(|s| s.as_str()).collect();
-            return Err(Error::Config(format!(
-                "unknown key {key:?}; {} has: {}",
-                if i == 0 {
-                    "the configuration".to_string()
-                } else {
-                    parts[..i].join(".")
-                },
-                known.join(", ")
-            )));
-        }
-        let child = table
-            .get_mut(*part)
-            .ok_or_else(|| Error::Config(key.to_string()))?;
-        if last {
-            *child = value;
-            return Ok(());
-        }
-        node = child;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -12,9 +12,20 @@ pub enum Error {
     /// Data loading.
     #[error(transparent)]
     Data(#[from] nas_data::Error),
+    /// Building or reading a network.
+    #[error(transparent)]
+    Model(#[from] nas_models::Error),
     /// Genotype derivation or formatting.
     #[error(transparent)]
     SearchSpace(#[from] nas_search_space::Error),
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// A configuration value is wrong; the message names the key.
     #[error("configuration: {0}")]
     Config(String),

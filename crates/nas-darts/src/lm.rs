@@ -16,27 +16,28 @@
 //! - training on a NaN stops with an error and keeps the last checkpoint (the reference
 //!   reloads it and retries the epoch).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use nas_data::ptb::{Batched, Corpus};
 use nas_data::Dataset;
-use nas_search_space::{derive_rnn, to_svg, ArchWeights, Genotype, RnnGenotype};
+use nas_search_space::{Genotype, RnnGenotype};
 use nas_train::{
-    grads, Average, CheckpointState, IterateAverage, LoadedCheckpoint, ParamStore, Progress,
-    RunDir, Sgd, StepStats,
+    grads, ConfigFile, EpochEnd, EpochMeans, EpochPlan, IterateAverage, LoadedCheckpoint,
+    ParamStore, Progress, RunDir, RunEnd, Sgd, StepCtx, StepReport, StepStats, Task,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use crate::architect::Architect;
 use crate::error::{Error, Result};
-use crate::lm_config::LmConfig;
-use crate::rnn_cell::rnn_edge_count;
-use crate::rnn_lm::{ar, nll, tar, LmBatch, LmMasks, RnnLm, RnnObjective};
-use crate::search::SearchOptions;
+use crate::lm_config::{LmConfig, LmOptimConfig};
+use crate::rnn_search::RnnSearch;
+use nas_models::{ar, nll, tar, LmBatch, LmMasks, RnnLm};
+use nas_train::RunOptions;
 
 const GENOTYPE_FILE: &str = "genotype.json";
 
@@ -68,27 +69,12 @@ pub struct LmReport {
     pub tokens_per_second: f64,
 }
 
-/// Starts a recurrent cell search in `out` (`cfg.arch` must be set).
-pub fn search_rnn(
-    cfg: &LmConfig,
-    out: &Path,
-    opts: &SearchOptions,
-    progress: &mut dyn Progress,
-) -> Result<LmOutcome> {
-    if cfg.arch.is_none() {
-        return Err(Error::Config(
-            "a recurrent search needs an [arch] section (use a search preset)".into(),
-        ));
-    }
-    start(cfg, None, out, opts, progress)
-}
-
 /// Starts retraining `genotype` in `out` (`cfg.arch` must be unset).
 pub fn train_lm(
     cfg: &LmConfig,
     genotype: &RnnGenotype,
     out: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
     if cfg.arch.is_some() {
@@ -99,11 +85,11 @@ pub fn train_lm(
     start(cfg, Some(genotype), out, opts, progress)
 }
 
-fn start(
+pub(crate) fn start(
     cfg: &LmConfig,
     genotype: Option<&RnnGenotype>,
     out: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
     cfg.validate()?;
@@ -115,14 +101,44 @@ fn start(
         run.write(GENOTYPE_FILE, format!("{json}\n").as_bytes())?;
     }
     tracing::info!(dir = %out.display(), "recurrent run started");
-    run_loop(cfg, genotype.cloned(), run, None, data, opts, progress)
+    launch(cfg, genotype.cloned(), run, data, opts, progress)
+}
+
+/// Builds the model (a derived cell for retraining, the search cell otherwise) and runs
+/// the loop.
+fn launch(
+    cfg: &LmConfig,
+    genotype: Option<RnnGenotype>,
+    run: RunDir,
+    data: LmData,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<LmOutcome> {
+    let store = ParamStore::new(cfg.run.seed);
+    let vb = store.var_builder(DType::F32, &opts.device);
+    match (&genotype, cfg.arch) {
+        (Some(g), _) => {
+            let model = RnnLm::derived(cfg.model, data.vocab, g, vb)?;
+            run_loop(
+                cfg, model, store, Retrain, genotype, run, data, opts, progress,
+            )
+        }
+        (None, Some(a)) => {
+            let model = RnnLm::search(cfg.model, data.vocab, a.steps, vb)?;
+            let arch = RnnSearch::new(cfg, &opts.device)?;
+            run_loop(cfg, model, store, arch, None, run, data, opts, progress)
+        }
+        (None, None) => Err(Error::Config(
+            "a retraining run needs a genotype".to_string(),
+        )),
+    }
 }
 
 /// Resumes the recurrent run (search or retraining) in `run_dir` from its newest
 /// checkpoint, with the configuration it was started with.
 pub fn resume_lm(
     run_dir: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
     RunDir::open(run_dir, 1)?;
@@ -134,8 +150,7 @@ pub fn resume_lm(
     };
     let data = LmData::load(&cfg, &opts.data_dir)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
-    let ckpt = run.resume(&opts.device)?;
-    run_loop(&cfg, genotype, run, ckpt, data, opts, progress)
+    launch(&cfg, genotype, run, data, opts, progress)
 }
 
 fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
@@ -154,13 +169,13 @@ fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
 }
 
 /// The corpus cut into the streams a run reads.
-struct LmData {
-    vocab: usize,
-    train: Batched,
+pub struct LmData {
+    pub(crate) vocab: usize,
+    pub(crate) train: Batched,
     /// The validation tokens at the training batch size (the search's architecture data).
-    search: Batched,
-    valid: Batched,
-    test: Batched,
+    pub(crate) search: Batched,
+    pub(crate) valid: Batched,
+    pub(crate) test: Batched,
 }
 
 impl LmData {
@@ -190,7 +205,12 @@ impl LmData {
 }
 
 /// A window of a stream as tensors: inputs `[T, B]` and flat targets `[T * B]`.
-fn window(stream: &Batched, start: usize, len: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+pub(crate) fn window(
+    stream: &Batched,
+    start: usize,
+    len: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
     let (x, y) = stream.window(start, len);
     let t = x.len() / stream.batch();
     Ok((
@@ -201,410 +221,361 @@ fn window(stream: &Batched, start: usize, len: usize, dev: &Device) -> Result<(T
 
 /// A generator for one purpose of one step, independent of everything before it (so a
 /// resumed run draws what an uninterrupted one would).
-fn rng_for(seed: u64, step: u64, purpose: u64) -> StdRng {
+pub(crate) fn rng_for(seed: u64, step: u64, purpose: u64) -> StdRng {
     let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ purpose.rotate_left(32);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     StdRng::seed_from_u64(z ^ (z >> 31))
 }
 
-/// The architecture weights of a recurrent search, `[36, 5]` for 8 nodes.
-struct RnnAlphas {
-    store: ParamStore,
-    weights: candle_core::Var,
+/// What a recurrent run does besides training the weights: nothing (retraining a
+/// genotype, [`Retrain`]), or a search's architecture step before every weight step,
+/// with its own state, outputs and checkpoint groups.
+pub trait LmArch: Send {
+    /// The windows of epoch `epoch` over the training stream.
+    fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)>;
+
+    /// An epoch starts: `batch` is the training batch size.
+    fn begin_epoch(&mut self, _model: &RnnLm, _batch: usize) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the weight step on `train` (the window at row `start`): the architecture
+    /// step, returning the architecture probabilities the weight step uses and the
+    /// architecture step's validation loss. `mask_rng` has drawn `train`'s masks.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        _ctx: &StepCtx,
+        _model: &RnnLm,
+        _sgd: &Sgd,
+        _train: &LmBatch,
+        _start: usize,
+        _data: &LmData,
+        _mask_rng: &mut StdRng,
+    ) -> Result<Option<(Tensor, f64)>> {
+        Ok(None)
+    }
+
+    /// The architecture probabilities evaluation uses (`None`: a derived cell).
+    fn probs(&self) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Fields of the epoch's line (the current genotype) and per-epoch outputs.
+    fn end_epoch(&mut self, _epoch: usize, _run: &RunDir) -> Result<Map<String, Value>> {
+        Ok(Map::new())
+    }
+
+    /// Checkpoint groups besides the weights and the iterate average.
+    #[allow(clippy::type_complexity)]
+    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>> {
+        Ok(Vec::new())
+    }
+
+    /// Restores what [`LmArch::state`] saved.
+    fn restore(&mut self, _ckpt: &LoadedCheckpoint) -> Result<()> {
+        Ok(())
+    }
+
+    /// After the last epoch: the found genotype of a search (its outputs written), or
+    /// `None` for retraining (the run is then evaluated on the test set).
+    fn finish(&self, _run: &RunDir) -> Result<Option<RnnGenotype>> {
+        Ok(None)
+    }
 }
 
-impl RnnAlphas {
-    fn new(steps: usize, seed: u64, dev: &Device) -> Result<Self> {
-        let store = ParamStore::new(seed);
-        let vb = store.var_builder(DType::F32, dev);
-        vb.get_with_hints(
-            (
-                rnn_edge_count(steps),
-                nas_search_space::DARTS_RNN_PRIMITIVES.len(),
-            ),
-            "weights",
-            candle_nn::Init::Randn {
-                mean: 0.0,
-                stdev: 1e-3,
-            },
-        )?;
-        let weights = store.all()[0].1.clone();
-        Ok(RnnAlphas { store, weights })
-    }
+/// Retraining a derived cell: windows of random length, no architecture step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retrain;
 
-    fn genotype(&self) -> Result<RnnGenotype> {
-        let rows: Vec<Vec<f32>> = self.weights.as_tensor().to_vec2()?;
-        Ok(derive_rnn(&ArchWeights::from_rows("weights", &rows)?)?)
+impl LmArch for Retrain {
+    fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)> {
+        train.darts_windows(
+            cfg.data.bptt,
+            cfg.data.max_seq_len_delta,
+            cfg.run.seed ^ epoch as u64,
+        )
     }
+}
+
+/// The recurrent loop as the run loop drives it.
+struct LmTask<'a, A: LmArch> {
+    cfg: &'a LmConfig,
+    data: LmData,
+    device: Device,
+    store: ParamStore,
+    model: RnnLm,
+    sgd: Sgd,
+    arch: A,
+    genotype: Option<RnnGenotype>,
+    average: Option<IterateAverage>,
+    history: Vec<f64>,
+    hidden: Tensor,
+    val_ppl: f64,
+    opts: &'a RunOptions,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_loop(
+fn run_loop<A: LmArch>(
     cfg: &LmConfig,
+    model: RnnLm,
+    store: ParamStore,
+    arch: A,
     genotype: Option<RnnGenotype>,
     run: RunDir,
-    ckpt: Option<LoadedCheckpoint>,
     data: LmData,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
-    let dev = &opts.device;
-    let store = ParamStore::new(cfg.run.seed);
-    let vb = store.var_builder(DType::F32, dev);
-    let (model, alphas) = match (&genotype, cfg.arch) {
-        (Some(g), _) => (RnnLm::derived(cfg.model, data.vocab, g, vb)?, None),
-        (None, Some(a)) => (
-            RnnLm::search(cfg.model, data.vocab, a.steps, vb)?,
-            Some(RnnAlphas::new(a.steps, cfg.run.seed ^ 0xa1fa, dev)?),
-        ),
-        (None, None) => {
-            return Err(Error::Config(
-                "a retraining run needs a genotype".to_string(),
-            ))
-        }
-    };
-    let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
-    let mut architect = match (&alphas, cfg.adam(), cfg.arch) {
-        (Some(al), Some(adam), Some(a)) => Some(
-            Architect::new(al.store.trainable(), adam, a.order)?.with_unrolled_clip(cfg.optim.clip),
-        ),
-        _ => None,
-    };
+    let sgd = Sgd::new(store.trainable(), cfg.sgd())?;
     tracing::info!(
         parameters = store.count(|_| true),
         train_tokens = data.train.rows() * data.train.batch(),
         "recurrent model built"
     );
+    let hidden = model.init_hidden(cfg.data.batch_size)?;
+    let mut task = LmTask {
+        cfg,
+        data,
+        device: opts.device.clone(),
+        store,
+        model,
+        sgd,
+        arch,
+        genotype,
+        average: None,
+        history: Vec::new(),
+        hidden,
+        val_ppl: f64::NAN,
+        opts,
+    };
+    nas_train::runner::run(&mut task, &run, cfg.run.settings(), &opts.device, progress)
+}
 
-    let mut start_epoch = 0;
-    let mut global_step = 0u64;
-    let mut average: Option<IterateAverage> = None;
-    let mut history: Vec<f64> = Vec::new();
-    if let Some(ckpt) = &ckpt {
-        let group = |name: &str| {
-            ckpt.groups.get(name).ok_or_else(|| {
-                Error::Config(format!(
-                    "checkpoint {} has no {name}.safetensors",
-                    ckpt.path.display()
-                ))
-            })
-        };
-        let bad = |what: &str, m: String| {
-            Error::Config(format!("checkpoint {} ({what}): {m}", ckpt.path.display()))
-        };
-        store
-            .set_all(group("weights")?)
-            .map_err(|m| bad("weights", m))?;
-        if let (Some(al), Some(arch)) = (&alphas, architect.as_mut()) {
-            al.store
-                .set_all(group("arch")?)
-                .map_err(|m| bad("arch", m))?;
-            arch.optimizer_mut()
-                .load_state(group("arch_optimizer")?)
-                .map_err(|m| bad("arch_optimizer", m))?;
-        }
+impl<A: LmArch> Task for LmTask<'_, A> {
+    type Batch = (usize, usize);
+    type Error = Error;
+    type Outcome = LmOutcome;
+
+    fn restore(&mut self, ckpt: &LoadedCheckpoint) -> Result<()> {
+        ckpt.load("weights", |t| self.store.set_all(t))?;
+        self.arch.restore(ckpt)?;
         if let Some(ax) = ckpt.groups.get("average") {
-            let mut avg = IterateAverage::new(store.trainable())?;
+            let mut avg = IterateAverage::new(self.store.trainable())?;
             avg.load_state(ax)?;
-            average = Some(avg);
+            self.average = Some(avg);
         }
-        history = serde_json::from_value(ckpt.state.extra["val_losses"].clone())
-            .map_err(|e| bad("state.json val_losses", e.to_string()))?;
-        start_epoch = ckpt.state.epoch;
-        global_step = ckpt.state.global_step;
+        self.history =
+            serde_json::from_value(ckpt.state.extra["val_losses"].clone()).map_err(|e| {
+                nas_train::Error::Group {
+                    path: ckpt.path.clone(),
+                    group: "state.json".into(),
+                    message: format!("val_losses: {e}"),
+                }
+            })?;
+        Ok(())
     }
 
-    let bptt = cfg.data.bptt;
-    let mut val_ppl = f64::NAN;
-    progress.run_start(cfg.run.epochs, start_epoch);
-    for epoch in start_epoch..cfg.run.epochs {
-        let started = Instant::now();
-        let windows = if alphas.is_some() {
-            data.train.search_windows(bptt, cfg.run.seed ^ epoch as u64)
-        } else {
-            data.train.darts_windows(
-                bptt,
-                cfg.data.max_seq_len_delta,
-                cfg.run.seed ^ epoch as u64,
-            )
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochPlan<Self::Batch, Error>> {
+        let windows = self.arch.windows(&self.data.train, self.cfg, epoch);
+        let batch = self.cfg.data.batch_size;
+        self.hidden = self.model.init_hidden(batch)?;
+        self.arch.begin_epoch(&self.model, batch)?;
+        Ok(EpochPlan {
+            steps: windows.len(),
+            batches: Box::new(windows.into_iter().map(Ok)),
+        })
+    }
+
+    fn step(&mut self, ctx: &StepCtx, (start, len): (usize, usize)) -> Result<StepReport> {
+        let cfg = self.cfg;
+        let (bptt, batch, dev) = (cfg.data.bptt, cfg.data.batch_size, &self.device);
+        let lr = cfg.optim.lr * len as f64 / bptt as f64;
+        self.sgd.set_lr(lr);
+        let (x, y) = window(&self.data.train, start, len, dev)?;
+        let mut mask_rng = rng_for(cfg.run.seed, ctx.global_step, 1);
+        let masks = LmMasks::sample(
+            &cfg.model,
+            self.data.vocab,
+            batch,
+            &mut mask_rng,
+            DType::F32,
+            dev,
+        )?;
+        let train = LmBatch::new(x, y, self.hidden.clone(), masks);
+        let arch = self.arch.step(
+            ctx,
+            &self.model,
+            &self.sgd,
+            &train,
+            start,
+            &self.data,
+            &mut mask_rng,
+        )?;
+        let (probs, arch_val_loss) = match arch {
+            Some((p, l)) => (Some(p), Some(l)),
+            None => (None, None),
         };
-        progress.epoch_start(epoch, windows.len());
-        let batch = cfg.data.batch_size;
-        let mut hidden = model.init_hidden(batch)?;
-        let mut hidden_valid = model.init_hidden(batch)?;
-        let (mut train_loss, mut arch_loss) = (Average::default(), Average::default());
-        let search_rows = data.search.rows() - 1;
-        for (step, &(start, len)) in windows.iter().enumerate() {
-            let lr = cfg.optim.lr * len as f64 / bptt as f64;
-            sgd.set_lr(lr);
-            let (x, y) = window(&data.train, start, len, dev)?;
-            let mut mask_rng = rng_for(cfg.run.seed, global_step, 1);
-            let masks = LmMasks::sample(
-                &cfg.model,
-                data.vocab,
-                batch,
-                &mut mask_rng,
-                DType::F32,
-                dev,
-            )?;
-            let arch_part = match (&alphas, architect.as_mut()) {
-                (Some(al), Some(arch)) => {
-                    let (vx, vy) = window(&data.search, start % search_rows, bptt, dev)?;
-                    let val_masks = LmMasks::sample(
-                        &cfg.model,
-                        data.vocab,
-                        batch,
-                        &mut mask_rng,
-                        DType::F32,
-                        dev,
-                    )?;
-                    Some(ArchPart {
-                        alphas: al.weights.as_tensor(),
-                        architect: arch,
-                        val: LmBatch::new(vx, vy, hidden_valid.clone(), val_masks),
-                    })
-                }
-                _ => None,
-            };
-            let train = LmBatch::new(x, y, hidden.clone(), masks);
-            let out = lm_step(&model, &mut sgd, &cfg.optim, &train, arch_part)
-                .map_err(|e| at_step(e, epoch, step))?;
-            hidden = out.hidden;
-            if let Some(h) = out.hidden_valid {
-                hidden_valid = h;
-            }
-            if let Some(avg) = average.as_mut() {
-                avg.update()?;
-            }
-            let (loss_value, norm, arch_val_loss) = (out.loss, out.grad_norm, out.arch_val_loss);
-            if let Some(a) = arch_val_loss {
-                arch_loss.add(a, 1);
-            }
-            train_loss.add(loss_value, len);
-            global_step += 1;
-            progress.step(
-                step,
-                &StepStats {
-                    loss: loss_value,
-                    accuracy: f64::NAN,
-                    lr,
-                },
-            );
-            if cfg.run.log_every > 0 && (step + 1) % cfg.run.log_every == 0 {
-                run.log(&serde_json::json!({
-                    "kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
-                    "loss": loss_value, "ppl": loss_value.exp(), "lr": lr, "seq_len": len,
-                    "grad_norm": norm, "arch_val_loss": arch_val_loss,
-                }))?;
-            }
+        let out = weight_step(
+            ctx,
+            &self.model,
+            &mut self.sgd,
+            &cfg.optim,
+            &train,
+            probs.as_ref(),
+        )?;
+        self.hidden = out.hidden;
+        if let Some(avg) = self.average.as_mut() {
+            avg.update()?;
         }
-        sgd.set_lr(cfg.optim.lr);
+        let mut log = Map::new();
+        log.insert("ppl".into(), out.loss.exp().into());
+        log.insert("seq_len".into(), len.into());
+        log.insert("grad_norm".into(), out.grad_norm.into());
+        log.insert("arch_val_loss".into(), arch_val_loss.into());
+        Ok(StepReport {
+            stats: StepStats {
+                loss: out.loss,
+                accuracy: f64::NAN,
+                lr,
+            },
+            weight: len,
+            means: arch_val_loss
+                .map(|a| ("arch_val_loss", a, 1))
+                .into_iter()
+                .collect(),
+            log,
+        })
+    }
+
+    fn end_epoch(
+        &mut self,
+        ctx: &StepCtx,
+        means: &EpochMeans,
+        run: &RunDir,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochEnd> {
+        let cfg = self.cfg;
+        self.sgd.set_lr(cfg.optim.lr);
         // Validation, with the averaged weights once NT-ASGD runs.
-        let probs = match &alphas {
-            Some(al) => Some(candle_nn::ops::softmax(al.weights.as_tensor(), 1)?),
-            None => None,
-        };
-        let saved = match &average {
+        let probs = self.arch.probs()?;
+        let saved = match &self.average {
             Some(avg) => Some(avg.swap_in()?),
             None => None,
         };
-        let val = evaluate(&model, probs.as_ref(), &data.valid, bptt, dev, progress);
-        if let (Some(avg), Some(saved)) = (&average, &saved) {
+        let val = evaluate(
+            &self.model,
+            probs.as_ref(),
+            &self.data.valid,
+            cfg.data.bptt,
+            &self.device,
+            progress,
+        );
+        if let (Some(avg), Some(saved)) = (&self.average, &saved) {
             avg.restore(saved)?;
         }
         let val = val?;
-        nas_train::ensure_finite("validation loss", val.loss, epoch, windows.len())?;
-        val_ppl = val.ppl;
+        ctx.ensure_finite("validation loss", val.loss)?;
+        self.val_ppl = val.ppl;
         // NT-ASGD: switch when the loss is worse than the best before the last `nonmono`.
         let mut switched = false;
-        if average.is_none() && nt_asgd_switch(&history, val.loss, cfg.optim.nonmono) {
-            average = Some(IterateAverage::new(store.trainable())?);
+        if self.average.is_none() && nt_asgd_switch(&self.history, val.loss, cfg.optim.nonmono) {
+            self.average = Some(IterateAverage::new(self.store.trainable())?);
             switched = true;
-            tracing::info!(epoch, "switching to averaged SGD");
+            tracing::info!(epoch = ctx.epoch, "switching to averaged SGD");
         }
-        history.push(val.loss);
-        let genotype_now = match &alphas {
-            Some(al) => Some(al.genotype()?),
-            None => None,
-        };
-        let summary = serde_json::json!({
-            "kind": "epoch", "epoch": epoch, "lr": cfg.optim.lr,
-            "train_loss": train_loss.mean(), "train_ppl": train_loss.mean().exp(),
-            "arch_val_loss": if alphas.is_some() { Some(arch_loss.mean()) } else { None },
+        self.history.push(val.loss);
+        let train_loss = means.mean("loss");
+        let serde_json::Value::Object(mut fields) = serde_json::json!({
+            "lr": cfg.optim.lr,
+            "train_loss": train_loss, "train_ppl": train_loss.exp(),
+            "arch_val_loss": means.get("arch_val_loss"),
             "val_loss": val.loss, "val_ppl": val.ppl,
-            "averaging": average.is_some(), "switched_to_asgd": switched,
-            "genotype": genotype_now.as_ref().map(|g| g.to_python()),
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        tracing::info!(
-            epoch,
-            train_ppl = train_loss.mean().exp(),
-            val_ppl = val.ppl,
-            genotype = ?genotype_now.as_ref().map(|g| g.to_python()),
-            "epoch finished"
-        );
-        run.log(&summary)?;
-        if let Some(al) = &alphas {
-            std::fs::create_dir_all(run.path().join("alphas"))
-                .map_err(|e| Error::Config(format!("{}: {e}", run.path().display())))?;
-            al.store.save(
-                &run.path()
-                    .join(format!("alphas/epoch-{:04}.safetensors", epoch + 1)),
-            )?;
-        }
-        let state = CheckpointState {
-            epoch: epoch + 1,
-            global_step,
-            seed: cfg.run.seed,
-            metrics_len: 0,
-            score: Some(-val.loss),
-            extra: serde_json::json!({ "val_losses": history }),
+            "averaging": self.average.is_some(), "switched_to_asgd": switched,
+        }) else {
+            unreachable!("a JSON object literal")
         };
-        let mut groups = vec![("weights", store.snapshot()?)];
-        if let (Some(al), Some(arch)) = (&alphas, &architect) {
-            groups.push(("arch", al.store.snapshot()?));
-            groups.push(("arch_optimizer", arch.optimizer().state()?));
-        }
-        if let Some(avg) = &average {
+        fields.extend(self.arch.end_epoch(ctx.epoch, run)?);
+        Ok(EpochEnd {
+            fields,
+            log_keys: &["train_ppl", "val_ppl", "genotype"],
+            score: Some(-val.loss),
+            extra: serde_json::json!({ "val_losses": self.history }),
+        })
+    }
+
+    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>> {
+        let mut groups = vec![("weights", self.store.snapshot()?)];
+        groups.extend(self.arch.state()?);
+        if let Some(avg) = &self.average {
             groups.push(("average", avg.state()?));
         }
-        run.save_checkpoint(state, &groups)?;
-        progress.epoch_end(epoch, &summary);
+        Ok(groups)
     }
-    progress.run_end();
 
-    match &alphas {
-        Some(al) => {
-            let genotype = al.genotype()?;
-            let g = Genotype::DartsRnn(genotype.clone());
-            run.write(GENOTYPE_FILE, format!("{}\n", g.to_json()).as_bytes())?;
-            run.write(
-                "genotype.py",
-                format!("{}\n", genotype.to_python()).as_bytes(),
-            )?;
-            run.write("genotype.svg", to_svg(&g)?.as_bytes())?;
-            al.store.save(&run.path().join("alphas.safetensors"))?;
-            Ok(LmOutcome {
+    fn finish(
+        &mut self,
+        run: &RunDir,
+        end: RunEnd,
+        progress: &mut dyn Progress,
+    ) -> Result<LmOutcome> {
+        if let Some(genotype) = self.arch.finish(run)? {
+            return Ok(LmOutcome {
                 run_dir: run.path().to_path_buf(),
                 genotype,
-                start_epoch,
-                val_ppl,
+                start_epoch: end.start_epoch,
+                val_ppl: self.val_ppl,
                 test_ppl: None,
-            })
-        }
-        None => {
-            let genotype = genotype.expect("retraining has a genotype");
-            let report = evaluate_lm_run(run.path(), "test", true, opts, progress)?;
-            let valid = evaluate_lm_run(run.path(), "valid", true, opts, progress)?;
-            let results = serde_json::json!({
-                "checkpoint": "best", "valid": valid, "test": report,
-                "genotype": genotype.to_python(),
             });
-            run.write(
-                "results.json",
-                format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&results).unwrap_or_default()
-                )
-                .as_bytes(),
-            )?;
-            Ok(LmOutcome {
-                run_dir: run.path().to_path_buf(),
-                genotype,
-                start_epoch,
-                val_ppl,
-                test_ppl: Some(report.ppl),
-            })
         }
+        let genotype = self
+            .genotype
+            .clone()
+            .ok_or_else(|| Error::Config("a retraining run needs a genotype".to_string()))?;
+        let report = evaluate_lm_run(run.path(), "test", true, self.opts, progress)?;
+        let valid = evaluate_lm_run(run.path(), "valid", true, self.opts, progress)?;
+        let results = serde_json::json!({
+            "checkpoint": "best", "valid": valid, "test": report,
+            "genotype": genotype.to_python(),
+        });
+        run.write("results.json", format!("{results:#}\n").as_bytes())?;
+        Ok(LmOutcome {
+            run_dir: run.path().to_path_buf(),
+            genotype,
+            start_epoch: end.start_epoch,
+            val_ppl: self.val_ppl,
+            test_ppl: Some(report.ppl),
+        })
     }
 }
 
-/// NT-ASGD's trigger (`rnn/train.py`): switch to averaging when the validation loss is
-/// worse than the best of all evaluations but the last `nonmono` (`history` holds the
-/// earlier epochs' losses). `nonmono = 0` never switches.
-pub fn nt_asgd_switch(history: &[f64], val_loss: f64, nonmono: usize) -> bool {
-    nonmono > 0
-        && history.len() > nonmono
-        && val_loss
-            > history[..history.len() - nonmono]
-                .iter()
-                .copied()
-                .fold(f64::INFINITY, f64::min)
-}
-
-/// The architecture half of a search step.
-pub struct ArchPart<'a> {
-    /// The architecture weights.
-    pub alphas: &'a Tensor,
-    /// Their optimizer.
-    pub architect: &'a mut Architect,
-    /// The validation window, with the validation stream's hidden state.
-    pub val: LmBatch,
-}
-
-/// What one step gives.
+/// What a weight step gives.
 #[derive(Debug, Clone)]
-pub struct StepOutput {
+pub struct WeightStep {
     /// The training window's NLL (before AR and TAR).
     pub loss: f64,
     /// The weight gradient's norm before clipping.
     pub grad_norm: f64,
-    /// The architecture step's validation loss (search only).
-    pub arch_val_loss: Option<f64>,
     /// The training stream's next hidden state (detached).
     pub hidden: Tensor,
-    /// The validation stream's next hidden state (search only).
-    pub hidden_valid: Option<Tensor>,
 }
 
-/// One step of a recurrent run (`train()`'s loop body in the reference): for a search,
-/// first the architecture step on the validation window, then the weight step on the
-/// training window (NLL + AR + TAR, clipping, SGD at the optimizer's current rate).
-/// Finiteness is checked; errors name the quantity (the caller adds epoch and step).
-pub fn lm_step(
+/// The weight step of a recurrent run (`train()`'s loop body in the reference): the NLL
+/// plus AR and TAR on the training window, clipping, SGD at the optimizer's current rate.
+/// `probs` are the (detached) architecture probabilities of a search model.
+pub fn weight_step(
+    ctx: &StepCtx,
     model: &RnnLm,
     sgd: &mut Sgd,
-    optim: &crate::lm_config::LmOptimConfig,
+    optim: &LmOptimConfig,
     train: &LmBatch,
-    arch: Option<ArchPart<'_>>,
-) -> Result<StepOutput> {
-    let (mut arch_val_loss, mut hidden_valid, mut probs) = (None, None, None);
-    if let Some(ArchPart {
-        alphas,
-        architect,
-        val,
-    }) = arch
-    {
-        // First order differentiates only in the architecture weights.
-        let constant;
-        let model_for_arch = if architect.order() == crate::architect::Order::First {
-            constant = model.detached();
-            &constant
-        } else {
-            model
-        };
-        let objective = RnnObjective {
-            model: model_for_arch,
-            alphas,
-        };
-        let a = architect.step(&objective, train, &val, sgd)?;
-        nas_train::ensure_finite("architecture validation loss", a.val_loss, 0, 0)?;
-        arch_val_loss = Some(a.val_loss);
-        hidden_valid = val.next_hidden.into_inner();
-        // The weight step does not differentiate in the architecture weights.
-        probs = Some(candle_nn::ops::softmax(&alphas.detach(), 1)?);
-    }
-    let out = model.forward(
-        &train.tokens,
-        &train.hidden,
-        probs.as_ref(),
-        &train.masks,
-        true,
-    )?;
+    probs: Option<&Tensor>,
+) -> Result<WeightStep> {
+    let out = model.forward(&train.tokens, &train.hidden, probs, &train.masks, true)?;
     let raw_loss = nll(&out, &train.targets)?;
     let loss_value = nas_train::scalar(&raw_loss)?;
-    nas_train::ensure_finite("training loss", loss_value, 0, 0)?;
+    ctx.ensure_finite("training loss", loss_value)?;
     let mut loss = raw_loss;
     for extra in [
         ar(&out.dropped, optim.ar_alpha)?,
@@ -618,30 +589,26 @@ pub fn lm_step(
     let store_grads = loss.backward()?;
     let mut g = grads::collect(&store_grads, sgd.vars());
     let norm = grads::clip_global_norm(&mut g, optim.clip)?;
-    nas_train::ensure_finite("weight gradient norm", norm, 0, 0)?;
+    ctx.ensure_finite("weight gradient norm", norm)?;
     sgd.step(&g)?;
-    Ok(StepOutput {
+    Ok(WeightStep {
         loss: loss_value,
         grad_norm: norm,
-        arch_val_loss,
         hidden: out.hidden.detach(),
-        hidden_valid,
     })
 }
 
-/// Puts the epoch and step into a non-finite error raised inside [`lm_step`].
-fn at_step(e: Error, epoch: usize, step: usize) -> Error {
-    match e {
-        Error::Train(nas_train::Error::NonFinite { what, value, .. }) => {
-            Error::Train(nas_train::Error::NonFinite {
-                what,
-                value,
-                epoch,
-                step,
-            })
-        }
-        other => other,
-    }
+/// NT-ASGD's trigger (`rnn/train.py`): switch to averaging when the validation loss is
+/// worse than the best of all evaluations but the last `nonmono` (`history` holds the
+/// earlier epochs' losses). `nonmono = 0` never switches.
+pub fn nt_asgd_switch(history: &[f64], val_loss: f64, nonmono: usize) -> bool {
+    nonmono > 0
+        && history.len() > nonmono
+        && val_loss
+            > history[..history.len() - nonmono]
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
 }
 
 /// Perplexity over a whole stream in evaluation mode, hidden state carried across
@@ -684,7 +651,7 @@ pub fn evaluate_lm_run(
     run_dir: &Path,
     split: &str,
     best: bool,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmReport> {
     let cfg = LmConfig::from_file(&run_dir.join("config.toml"))?;
@@ -706,23 +673,22 @@ pub fn evaluate_lm_run(
             None,
         ),
         Some(a) => {
-            let al = RnnAlphas::new(a.steps, cfg.run.seed ^ 0xa1fa, &opts.device)?;
-            if let Some(arch) = ckpt.groups.get("arch") {
-                al.store.set_all(arch).map_err(Error::Config)?;
-            }
+            // A search run: its architecture weights, softmaxed over the primitives.
+            let alphas =
+                ckpt.group("arch")?
+                    .get("weights")
+                    .ok_or_else(|| nas_train::Error::Group {
+                        path: ckpt.path.clone(),
+                        group: "arch".into(),
+                        message: "no tensor \"weights\"".into(),
+                    })?;
             (
                 RnnLm::search(cfg.model, data.vocab, a.steps, vb)?,
-                Some(candle_nn::ops::softmax(al.weights.as_tensor(), 1)?),
+                Some(candle_nn::ops::softmax(alphas, 1)?),
             )
         }
     };
-    let weights = ckpt
-        .groups
-        .get("weights")
-        .ok_or_else(|| Error::Config(format!("checkpoint {} has no weights", path.display())))?;
-    store
-        .set_all(weights)
-        .map_err(|m| Error::Config(format!("checkpoint {}: {m}", path.display())))?;
+    ckpt.load("weights", |t| store.set_all(t))?;
     if let Some(ax) = ckpt.groups.get("average") {
         let mut avg = IterateAverage::new(store.trainable())?;
         avg.load_state(ax)?;

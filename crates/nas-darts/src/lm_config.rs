@@ -2,15 +2,13 @@
 //! and the retraining of a derived cell (`rnn/train.py`). TOML with
 //! `deny_unknown_fields`, named presets, `key=value` overrides.
 
-use std::path::Path;
-
-use nas_train::{AdamConfig, SgdConfig};
+use nas_train::{AdamConfig, ConfigFile, RunConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::architect::Order;
-use crate::config::{apply_overrides, one_line, read_config};
+
 use crate::error::{Error, Result};
-use crate::rnn_lm::RnnLmConfig;
+use nas_models::RnnLmConfig;
 
 /// Everything that decides a recurrent search or retraining run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,7 +24,7 @@ pub struct LmConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<LmArchConfig>,
     /// Epochs, seed, checkpoints.
-    pub run: LmRunConfig,
+    pub run: RunConfig,
 }
 
 /// Corpus and batching.
@@ -85,20 +83,6 @@ pub struct LmArchConfig {
     pub order: Order,
     /// Nodes of the search cell (8).
     pub steps: usize,
-}
-
-/// Run settings.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LmRunConfig {
-    /// Epochs.
-    pub epochs: usize,
-    /// The seed of initialisation, dropout masks and window lengths.
-    pub seed: u64,
-    /// Checkpoints kept besides the best one.
-    pub keep_checkpoints: usize,
-    /// Write a step line to `metrics.jsonl` every this many steps (0: never).
-    pub log_every: usize,
 }
 
 /// The search presets.
@@ -162,7 +146,7 @@ impl LmConfig {
                 order: Order::First,
                 steps: 8,
             }),
-            run: LmRunConfig {
+            run: RunConfig {
                 epochs: 50,
                 seed: 3,
                 keep_checkpoints: 2,
@@ -191,7 +175,7 @@ impl LmConfig {
                 ..s.optim
             },
             arch: None,
-            run: LmRunConfig {
+            run: RunConfig {
                 epochs: 8000,
                 seed: 1267,
                 log_every: 200,
@@ -215,7 +199,7 @@ impl LmConfig {
                     nhid: 64,
                     ..paper.model
                 },
-                run: LmRunConfig {
+                run: RunConfig {
                     epochs: 3,
                     log_every: 5,
                     ..paper.run
@@ -243,7 +227,7 @@ impl LmConfig {
                     nonmono: 2,
                     ..paper.optim
                 },
-                run: LmRunConfig {
+                run: RunConfig {
                     epochs: 6,
                     log_every: 50,
                     ..paper.run
@@ -252,71 +236,6 @@ impl LmConfig {
             }),
             "tiny" => Ok(tiny(paper)),
             other => Err(unknown(other, LM_TRAIN_PRESETS)),
-        }
-    }
-
-    /// Reads a configuration file.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path, Self::from_toml)
-    }
-
-    /// Parses TOML and checks the values.
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let cfg: LmConfig = toml::from_str(text).map_err(|e| Error::Config(one_line(&e)))?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// The configuration as TOML.
-    pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
-    }
-
-    /// Applies `key=value` overrides (dotted keys).
-    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
-        let cfg: LmConfig = apply_overrides(
-            self,
-            overrides,
-            &["data.max_train_tokens", "data.max_valid_tokens"],
-        )?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    /// Checks ranges; the message names the key.
-    pub fn validate(&self) -> Result<()> {
-        self.model.validate()?;
-        let d = &self.data;
-        let checks: [(bool, &str); 8] = [
-            (
-                d.dataset == "ptb" || d.dataset == "wikitext2",
-                "data.dataset must be ptb or wikitext2",
-            ),
-            (d.batch_size >= 2, "data.batch_size must be at least 2"),
-            (
-                d.eval_batch_size >= 1 && d.test_batch_size >= 1,
-                "data.eval_batch_size and data.test_batch_size must be positive",
-            ),
-            (d.bptt >= 2, "data.bptt must be at least 2"),
-            (self.run.epochs >= 1, "run.epochs must be at least 1"),
-            (
-                self.optim.lr > 0.0 && self.optim.clip > 0.0,
-                "optim.lr and optim.clip must be positive",
-            ),
-            (
-                self.optim.weight_decay >= 0.0
-                    && self.optim.ar_alpha >= 0.0
-                    && self.optim.tar_beta >= 0.0,
-                "optim.weight_decay, optim.ar_alpha and optim.tar_beta must be >= 0",
-            ),
-            (
-                self.arch.is_none_or(|a| a.lr > 0.0 && a.steps >= 1),
-                "arch.lr must be positive and arch.steps at least 1",
-            ),
-        ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config((*message).to_string())),
-            None => Ok(()),
         }
     }
 
@@ -361,7 +280,7 @@ fn tiny(base: LmConfig) -> LmConfig {
             ..base.model
         },
         arch: base.arch.map(|a| LmArchConfig { lr: 3e-2, ..a }),
-        run: LmRunConfig {
+        run: RunConfig {
             epochs: 2,
             log_every: 10,
             ..base.run
@@ -376,6 +295,48 @@ fn unknown(name: &str, presets: &[(&str, &str)]) -> Error {
         "unknown preset {name:?}; expected one of: {}",
         names.join(", ")
     ))
+}
+
+impl ConfigFile for LmConfig {
+    type Error = Error;
+    const OPTIONAL: &'static [&'static str] = &["data.max_train_tokens", "data.max_valid_tokens"];
+
+    /// Checks ranges; the message names the key.
+    fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let d = &self.data;
+        let checks: [(bool, &str); 8] = [
+            (
+                d.dataset == "ptb" || d.dataset == "wikitext2",
+                "data.dataset must be ptb or wikitext2",
+            ),
+            (d.batch_size >= 2, "data.batch_size must be at least 2"),
+            (
+                d.eval_batch_size >= 1 && d.test_batch_size >= 1,
+                "data.eval_batch_size and data.test_batch_size must be positive",
+            ),
+            (d.bptt >= 2, "data.bptt must be at least 2"),
+            (self.run.epochs >= 1, "run.epochs must be at least 1"),
+            (
+                self.optim.lr > 0.0 && self.optim.clip > 0.0,
+                "optim.lr and optim.clip must be positive",
+            ),
+            (
+                self.optim.weight_decay >= 0.0
+                    && self.optim.ar_alpha >= 0.0
+                    && self.optim.tar_beta >= 0.0,
+                "optim.weight_decay, optim.ar_alpha and optim.tar_beta must be >= 0",
+            ),
+            (
+                self.arch.is_none_or(|a| a.lr > 0.0 && a.steps >= 1),
+                "arch.lr must be positive and arch.steps at least 1",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(Error::Config((*message).to_string())),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,31 +9,23 @@
 //!   reference reuses its augmented loader);
 //! - cosine annealing gives epoch 0 the initial rate (see `nas_train::LrSchedule`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use nas_data::{split::darts_split, Augment, ImageSet, LoaderConfig};
 use nas_search_space::{to_svg, CnnGenotype, Genotype};
 use nas_train::{
-    grads, Average, CheckpointState, LoadedCheckpoint, ParamStore, Progress, RunDir, Sgd, StepStats,
+    grads, Average, ConfigFile, EpochEnd, EpochMeans, EpochPlan, LoadedCheckpoint, ParamStore,
+    Progress, RunDir, RunEnd, RunOptions, Sgd, StepCtx, StepReport, StepStats, Task,
 };
 
 use crate::architect::{Architect, Objective};
 use crate::config::SearchConfig;
-use crate::data::{load_image_set, loader, normalize_for};
 use crate::error::{Error, Result};
 use crate::search_network::{Alphas, SearchCnn, SearchCnnConfig};
-
-/// Where a search reads and writes.
-#[derive(Debug, Clone)]
-pub struct SearchOptions {
-    /// The data directory (`nas-data`'s layout).
-    pub data_dir: PathBuf,
-    /// The device.
-    pub device: Device,
-}
+use nas_data::{load_image_set, loader, normalize_for};
 
 /// What a finished search hands back.
 #[derive(Debug, Clone)]
@@ -52,7 +44,7 @@ pub struct SearchOutcome {
 pub fn search(
     cfg: &SearchConfig,
     out: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     cfg.validate()?;
@@ -60,14 +52,14 @@ pub fn search(
     let data = load_data(cfg, &opts.data_dir)?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
     tracing::info!(dir = %out.display(), "search started");
-    run_search(cfg, run, None, data, opts, progress)
+    run_search(cfg, run, data, opts, progress)
 }
 
 /// Resumes the search in `run_dir` from its newest checkpoint (or from the start if it has
 /// none), with the configuration it was started with.
 pub fn resume(
     run_dir: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     // First only check that this is a run; keep_checkpoints comes from its configuration.
@@ -75,13 +67,7 @@ pub fn resume(
     let cfg = SearchConfig::from_file(&run_dir.join("config.toml"))?;
     let data = load_data(&cfg, &opts.data_dir)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
-    let ckpt = run.resume(&opts.device)?;
-    tracing::info!(
-        dir = %run_dir.display(),
-        epoch = ckpt.as_ref().map_or(0, |c| c.state.epoch),
-        "search resumed"
-    );
-    run_search(&cfg, run, ckpt, data, opts, progress)
+    run_search(&cfg, run, data, opts, progress)
 }
 
 /// The training data of a search: the two halves and the loaders' settings.
@@ -150,9 +136,8 @@ impl Objective for Model<'_> {
 fn run_search(
     cfg: &SearchConfig,
     run: RunDir,
-    ckpt: Option<LoadedCheckpoint>,
     data: SearchData,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     let dev = &opts.device;
@@ -169,200 +154,184 @@ fn run_search(
     let store = ParamStore::new(cfg.run.seed);
     let net = SearchCnn::new(net_cfg, store.var_builder(DType::F32, dev))?;
     let alphas = Alphas::new(cfg.model.steps, cfg.run.seed ^ 0xa1fa, dev)?;
-    let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
-    let mut architect = Architect::new(alphas.store().trainable(), cfg.adam(), cfg.arch.order)?;
+    let sgd = Sgd::new(store.trainable(), cfg.sgd())?;
+    let architect = Architect::new(alphas.store().trainable(), cfg.adam(), cfg.arch.order)?;
     tracing::info!(
         parameters = store.count(|_| true),
         train_images = data.train.len(),
         val_images = data.val.len(),
         "search network built"
     );
-
-    let mut start_epoch = 0;
-    let mut global_step = 0u64;
-    if let Some(ckpt) = ckpt {
-        restore(&ckpt, &store, &alphas, &mut sgd, &mut architect)?;
-        start_epoch = ckpt.state.epoch;
-        global_step = ckpt.state.global_step;
-    }
-
-    let schedule = cfg.schedule();
-    let model = Model {
-        net: &net,
-        alphas: &alphas,
+    let mut task = SearchTask {
+        cfg,
+        data,
+        device: dev.clone(),
+        store,
+        net,
+        alphas,
+        sgd,
+        architect,
+        lr: f64::NAN,
+        val_accuracy: f64::NAN,
     };
-    let mut val_accuracy = f64::NAN;
-    progress.run_start(cfg.run.epochs, start_epoch);
-    for epoch in start_epoch..cfg.run.epochs {
-        let started = Instant::now();
-        let lr = schedule.lr(epoch);
-        sgd.set_lr(lr);
-        let batch_size = cfg.data.batch_size;
-        let steps = data.train.len().min(data.val.len()) / batch_size;
-        progress.epoch_start(epoch, steps);
-        let train_rx = nas_data::epoch(
-            data.set.clone(),
-            data.train.clone(),
-            &data.train_loader,
-            epoch as u64,
-        )?;
-        let val_rx = nas_data::epoch(
-            data.set.clone(),
-            data.val.clone(),
-            &data.val_loader,
-            epoch as u64,
-        )?;
-        let (mut train_loss, mut train_acc, mut arch_loss) =
-            (Average::default(), Average::default(), Average::default());
-        for (step, (tb, vb)) in train_rx.iter().zip(val_rx.iter()).enumerate() {
-            let train = tb.to_tensors(dev)?;
-            let val = vb.to_tensors(dev)?;
-            // The step on a pool thread (`nas_ops::runtime::in_pool`); never the batch
-            // waits above, whose loader threads may themselves need the pool.
-            let (a, loss_value, norm, correct) = nas_ops::runtime::in_pool(|| -> Result<_> {
-                // Architecture step first, at the current weights.
-                let a = architect.step(&model, &train, &val, &sgd)?;
-                nas_train::ensure_finite("architecture validation loss", a.val_loss, epoch, step)?;
-                // Then the weight step.
-                let logits = net.forward(&train.0, &alphas, true)?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &train.1)?;
-                let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                nas_train::ensure_finite("training loss", loss_value, epoch, step)?;
-                let store_grads = loss.backward()?;
-                let mut g = grads::collect(&store_grads, sgd.vars());
-                let norm = grads::clip_global_norm(&mut g, cfg.weights.grad_clip)?;
-                nas_train::ensure_finite("weight gradient norm", norm, epoch, step)?;
-                sgd.step(&g)?;
-                let correct = nas_train::correct_top_k(&logits, &train.1, &[1])?[0];
-                Ok((a, loss_value, norm, correct))
-            })?;
-            arch_loss.add(a.val_loss, batch_size);
-            let acc = correct as f64 / batch_size as f64;
-            train_loss.add(loss_value, batch_size);
-            train_acc.add(acc, batch_size);
-            global_step += 1;
-            let stats = StepStats {
-                loss: loss_value,
-                accuracy: acc,
-                lr,
-            };
-            progress.step(step, &stats);
-            if cfg.run.log_every > 0 && (step + 1) % cfg.run.log_every == 0 {
-                run.log(&serde_json::json!({
-                    "kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
-                    "loss": loss_value, "accuracy": acc, "arch_val_loss": a.val_loss, "lr": lr,
-                    "grad_norm": norm,
-                }))?;
-            }
-        }
-        let (val_loss, val_acc) = evaluate(&net, &alphas, &data, dev, progress)?;
-        nas_train::ensure_finite("validation loss", val_loss, epoch, steps)?;
-        val_accuracy = val_acc;
-        let genotype = alphas.genotype()?;
-        let python = genotype.to_python()?;
-        let summary = serde_json::json!({
-            "kind": "epoch", "epoch": epoch, "lr": lr,
-            "train_loss": train_loss.mean(), "train_accuracy": train_acc.mean(),
-            "arch_val_loss": arch_loss.mean(),
-            "val_loss": val_loss, "val_accuracy": val_acc,
-            "genotype": python,
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        tracing::info!(
-            epoch,
-            train_loss = train_loss.mean(),
-            train_accuracy = train_acc.mean(),
-            val_loss,
-            val_accuracy = val_acc,
-            genotype = %python,
-            "epoch finished"
-        );
-        run.log(&summary)?;
-        std::fs::create_dir_all(run.path().join("alphas"))
-            .map_err(|e| Error::Config(format!("{}: {e}", run.path().display())))?;
-        alphas.store().save(
-            &run.path()
-                .join(format!("alphas/epoch-{:04}.safetensors", epoch + 1)),
-        )?;
-        global_step = global_step.max(1);
-        let state = CheckpointState {
-            epoch: epoch + 1,
-            global_step,
-            seed: cfg.run.seed,
-            metrics_len: 0,
-            score: Some(val_acc),
-            extra: serde_json::json!({ "val_loss": val_loss }),
-        };
-        let mut opt_state = sgd.state();
-        opt_state.extend(
-            architect
-                .optimizer()
-                .state()?
-                .into_iter()
-                .map(|(k, v)| (format!("arch.{k}"), v)),
-        );
-        run.save_checkpoint(
-            state,
-            &[
-                ("weights", store.snapshot()?),
-                ("arch", alphas.store().snapshot()?),
-                ("optimizer", opt_state),
-            ],
-        )?;
-        progress.epoch_end(epoch, &summary);
-    }
-    progress.run_end();
-    let genotype = alphas.genotype()?;
-    write_outputs(&run, &genotype, &alphas)?;
-    Ok(SearchOutcome {
-        genotype,
-        run_dir: run.path().to_path_buf(),
-        start_epoch,
-        val_accuracy,
-    })
+    nas_train::runner::run(&mut task, &run, cfg.run.settings(), dev, progress)
 }
 
-fn restore(
-    ckpt: &LoadedCheckpoint,
-    store: &ParamStore,
-    alphas: &Alphas,
-    sgd: &mut Sgd,
-    architect: &mut Architect,
-) -> Result<()> {
-    let group = |name: &str| {
-        ckpt.groups.get(name).ok_or_else(|| {
-            Error::Config(format!(
-                "checkpoint {} has no {name}.safetensors",
-                ckpt.path.display()
-            ))
+/// The search as the run loop drives it.
+struct SearchTask<'a> {
+    cfg: &'a SearchConfig,
+    data: SearchData,
+    device: Device,
+    store: ParamStore,
+    net: SearchCnn,
+    alphas: Alphas,
+    sgd: Sgd,
+    architect: Architect,
+    lr: f64,
+    val_accuracy: f64,
+}
+
+impl Task for SearchTask<'_> {
+    type Batch = ((Tensor, Tensor), (Tensor, Tensor));
+    type Error = Error;
+    type Outcome = SearchOutcome;
+
+    fn restore(&mut self, ckpt: &LoadedCheckpoint) -> Result<()> {
+        ckpt.load("weights", |t| self.store.set_all(t))?;
+        ckpt.load("arch", |t| self.alphas.store().set_all(t))?;
+        ckpt.load("optimizer", |t| self.sgd.load_state(t))?;
+        ckpt.load("arch_optimizer", |t| {
+            self.architect.optimizer_mut().load_state(t)
+        })?;
+        Ok(())
+    }
+
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochPlan<Self::Batch, Error>> {
+        self.lr = self.cfg.schedule().lr(epoch);
+        self.sgd.set_lr(self.lr);
+        let d = &self.data;
+        let steps = d.train.len().min(d.val.len()) / self.cfg.data.batch_size;
+        let train = nas_data::epoch(
+            d.set.clone(),
+            d.train.clone(),
+            &d.train_loader,
+            epoch as u64,
+        )?;
+        let val = nas_data::epoch(d.set.clone(), d.val.clone(), &d.val_loader, epoch as u64)?;
+        let dev = self.device.clone();
+        let batches = train
+            .into_iter()
+            .zip(val)
+            .map(move |(tb, vb)| Ok((tb.to_tensors(&dev)?, vb.to_tensors(&dev)?)));
+        Ok(EpochPlan {
+            steps,
+            batches: Box::new(batches),
         })
-    };
-    let bad = |what: &str, m: String| {
-        Error::Config(format!("checkpoint {} ({what}): {m}", ckpt.path.display()))
-    };
-    store
-        .set_all(group("weights")?)
-        .map_err(|m| bad("weights", m))?;
-    alphas
-        .store()
-        .set_all(group("arch")?)
-        .map_err(|m| bad("arch", m))?;
-    let opt = group("optimizer")?;
-    let (arch_state, sgd_state): (Vec<_>, Vec<_>) = opt
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .partition(|(k, _)| k.starts_with("arch."));
-    sgd.load_state(&sgd_state.into_iter().collect())
-        .map_err(|m| bad("optimizer", m))?;
-    let arch_state = arch_state
-        .into_iter()
-        .map(|(k, v)| (k["arch.".len()..].to_string(), v))
-        .collect();
-    architect
-        .optimizer_mut()
-        .load_state(&arch_state)
-        .map_err(|m| bad("optimizer", m))?;
-    Ok(())
+    }
+
+    fn step(&mut self, ctx: &StepCtx, (train, val): Self::Batch) -> Result<StepReport> {
+        let model = Model {
+            net: &self.net,
+            alphas: &self.alphas,
+        };
+        // Architecture step first, at the current weights.
+        let a = self.architect.step(&model, &train, &val, &self.sgd)?;
+        ctx.ensure_finite("architecture validation loss", a.val_loss)?;
+        // Then the weight step.
+        let logits = self.net.forward(&train.0, &self.alphas, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &train.1)?;
+        let loss_value = nas_train::scalar(&loss)?;
+        ctx.ensure_finite("training loss", loss_value)?;
+        let mut g = grads::collect(&loss.backward()?, self.sgd.vars());
+        let norm = grads::clip_global_norm(&mut g, self.cfg.weights.grad_clip)?;
+        ctx.ensure_finite("weight gradient norm", norm)?;
+        self.sgd.step(&g)?;
+        let batch_size = self.cfg.data.batch_size;
+        let correct = nas_train::correct_top_k(&logits, &train.1, &[1])?[0];
+        let acc = correct as f64 / batch_size as f64;
+        let mut log = serde_json::Map::new();
+        log.insert("accuracy".into(), acc.into());
+        log.insert("arch_val_loss".into(), a.val_loss.into());
+        log.insert("grad_norm".into(), norm.into());
+        Ok(StepReport {
+            stats: StepStats {
+                loss: loss_value,
+                accuracy: acc,
+                lr: self.lr,
+            },
+            weight: batch_size,
+            means: vec![("arch_val_loss", a.val_loss, batch_size)],
+            log,
+        })
+    }
+
+    fn end_epoch(
+        &mut self,
+        ctx: &StepCtx,
+        means: &EpochMeans,
+        run: &RunDir,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochEnd> {
+        let (val_loss, val_acc) =
+            evaluate(&self.net, &self.alphas, &self.data, &self.device, progress)?;
+        ctx.ensure_finite("validation loss", val_loss)?;
+        self.val_accuracy = val_acc;
+        let python = self.alphas.genotype()?.to_python()?;
+        let serde_json::Value::Object(fields) = serde_json::json!({
+            "lr": self.lr,
+            "train_loss": means.mean("loss"), "train_accuracy": means.mean("accuracy"),
+            "arch_val_loss": means.mean("arch_val_loss"),
+            "val_loss": val_loss, "val_accuracy": val_acc,
+            "genotype": python,
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        let dir = run.path().join("alphas");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
+        self.alphas
+            .store()
+            .save(&dir.join(format!("epoch-{:04}.safetensors", ctx.epoch + 1)))?;
+        Ok(EpochEnd {
+            fields,
+            log_keys: &[
+                "train_loss",
+                "train_accuracy",
+                "val_loss",
+                "val_accuracy",
+                "genotype",
+            ],
+            score: Some(val_acc),
+            extra: serde_json::json!({ "val_loss": val_loss }),
+        })
+    }
+
+    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>> {
+        Ok(vec![
+            ("weights", self.store.snapshot()?),
+            ("arch", self.alphas.store().snapshot()?),
+            ("optimizer", self.sgd.state()),
+            ("arch_optimizer", self.architect.optimizer().state()?),
+        ])
+    }
+
+    fn finish(
+        &mut self,
+        run: &RunDir,
+        end: RunEnd,
+        _progress: &mut dyn Progress,
+    ) -> Result<SearchOutcome> {
+        let genotype = self.alphas.genotype()?;
+        write_outputs(run, &genotype, &self.alphas)?;
+        Ok(SearchOutcome {
+            genotype,
+            run_dir: run.path().to_path_buf(),
+            start_epoch: end.start_epoch,
+            val_accuracy: self.val_accuracy,
+        })
+    }
 }
 
 /// Loss and top-1 accuracy on the architecture half, in evaluation mode.
@@ -379,10 +348,11 @@ fn evaluate(
     let (mut loss, mut acc) = (Average::default(), Average::default());
     for batch in rx.iter() {
         let (x, y) = batch.to_tensors(dev)?;
-        let logits = net.forward(&x, alphas, false)?.detach();
-        let l = candle_nn::loss::cross_entropy(&logits, &y)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        let (logits, l) = nas_train::in_pool(|| -> Result<_> {
+            let logits = net.forward(&x, alphas, false)?.detach();
+            let l = nas_train::scalar(&candle_nn::loss::cross_entropy(&logits, &y)?)?;
+            Ok((logits, l))
+        })?;
         let n = batch.labels.len();
         let correct = nas_train::correct_top_k(&logits, &y, &[1])?[0];
         loss.add(l, n);

@@ -4,67 +4,13 @@
 
 use candle_core::Tensor;
 use candle_nn::{ModuleT, VarBuilder};
-use nas_ops::{
-    factorized_reduce, mixed_op, relu_conv_bn, Conv2dConfig, FactorizedReduce, MixedOp, ReluConvBn,
-};
+use nas_models::{CellShape, Preprocess0};
+use nas_ops::{mixed_op, MixedOp, ReluConvBn};
 
 /// The number of edges of a cell with `steps` intermediate nodes: node `i` has `i + 2`
 /// inputs, so `steps (steps + 3) / 2` (14 for 4 nodes).
 pub fn edge_count(steps: usize) -> usize {
     steps * (steps + 3) / 2
-}
-
-/// How a cell adapts its first input `s0` (shared by the search and evaluation cells).
-#[derive(Debug, Clone)]
-pub(crate) enum Preprocess0 {
-    /// After a reduction cell `s0` has twice the resolution of `s1`.
-    Reduce(FactorizedReduce),
-    /// ReLU, 1x1 convolution, BN.
-    Conv(ReluConvBn),
-}
-
-impl Preprocess0 {
-    /// `preprocess0` and `preprocess1` of a cell of `shape`, under `vb`.
-    pub(crate) fn build(
-        shape: &CellShape,
-        affine: bool,
-        vb: &VarBuilder,
-    ) -> candle_core::Result<(Self, ReluConvBn)> {
-        let pw = Conv2dConfig::pointwise(1);
-        let (cpp, cp, c) = (shape.c_prev_prev, shape.c_prev, shape.c);
-        let p0 = if shape.reduction_prev {
-            Preprocess0::Reduce(factorized_reduce(cpp, c, affine, vb.pp("preprocess0"))?)
-        } else {
-            Preprocess0::Conv(relu_conv_bn(cpp, c, pw, affine, vb.pp("preprocess0"))?)
-        };
-        Ok((p0, relu_conv_bn(cp, c, pw, affine, vb.pp("preprocess1"))?))
-    }
-
-    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        match self {
-            Preprocess0::Reduce(op) => op.forward_t(x, train),
-            Preprocess0::Conv(op) => op.forward_t(x, train),
-        }
-    }
-}
-
-/// Channel counts and position of one search cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CellShape {
-    /// Channels of the cell before the previous one.
-    pub c_prev_prev: usize,
-    /// Channels of the previous cell.
-    pub c_prev: usize,
-    /// Channels of every node of this cell.
-    pub c: usize,
-    /// Intermediate nodes.
-    pub steps: usize,
-    /// Nodes concatenated into the output.
-    pub multiplier: usize,
-    /// This cell halves the resolution (its input edges have stride 2).
-    pub reduction: bool,
-    /// The previous cell halved the resolution.
-    pub reduction_prev: bool,
 }
 
 /// One search cell.

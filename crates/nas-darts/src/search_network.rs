@@ -13,7 +13,9 @@ use nas_train::ParamStore;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::search_cell::{edge_count, CellShape, SearchCell};
+use nas_models::CellShape;
+
+use crate::search_cell::{edge_count, SearchCell};
 
 /// Sizes of a search network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

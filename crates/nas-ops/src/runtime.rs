@@ -1,5 +1,6 @@
 //! Process-wide settings for programs that run these kernels: the binaries (`nas`, the
-//! benchmarks) call [`configure_process`] first thing in `main`.
+//! benchmarks) call [`configure_process`] first thing in `main`. (Running a step on a pool
+//! thread, `in_pool`, is `nas-train`'s, beside the run loop that does it.)
 //!
 //! - **Threads.** candle runs element-wise ops on a pool of spin-waiting threads sized by
 //!   `CANDLE_NUM_THREADS` (default: every core), next to rayon's pool that the fused
@@ -27,15 +28,6 @@ pub fn configure_process() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         set_mimalloc_purge_delay(-1);
     }
-}
-
-/// Runs `f` on a thread of rayon's global pool and returns its result. The kernels'
-/// parallel loops then fork from a pool thread (work stealing), instead of each one
-/// handing its work to the pool from outside and sleeping until it is done: a futex wake
-/// and sleep per loop, thousands per training step, with the calling thread as a third
-/// thread on the pool's cores.
-pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
 }
 
 /// The purge delay mimalloc uses now (milliseconds; -1: never).

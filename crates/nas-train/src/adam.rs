@@ -144,7 +144,11 @@ impl Adam {
     }
 
     /// Restores state saved by [`Adam::state`].
-    pub fn load_state(
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.try_load_state(state).map_err(Error::Mismatch)
+    }
+
+    fn try_load_state(
         &mut self,
         state: &HashMap<String, Tensor>,
     ) -> std::result::Result<(), String> {
@@ -303,6 +307,10 @@ mod tests {
         );
         let mut partial = a.state().unwrap();
         partial.remove("step.x");
-        assert!(b.load_state(&partial).unwrap_err().contains("incomplete"));
+        assert!(b
+            .load_state(&partial)
+            .unwrap_err()
+            .to_string()
+            .contains("incomplete"));
     }
 }

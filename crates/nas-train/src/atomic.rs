@@ -38,6 +38,11 @@ pub fn write_atomic_with(
     Ok(())
 }
 
+/// Reads a text file; the error names it.
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

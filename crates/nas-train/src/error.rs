@@ -36,6 +36,22 @@ pub enum Error {
         /// The step within the epoch (0-based).
         step: usize,
     },
+    /// Tensors do not match the variables they should set (names, shapes, counts).
+    #[error("{0}")]
+    Mismatch(String),
+    /// A checkpoint's tensor group is missing or does not match the model.
+    #[error("checkpoint {path}: {group}: {message}")]
+    Group {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// The group (`weights`, `optimizer`, ...).
+        group: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A configuration value is wrong; the message names the key.
+    #[error("configuration: {0}")]
+    Config(String),
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),

@@ -6,6 +6,7 @@
 mod adam;
 mod atomic;
 mod average;
+mod config;
 mod error;
 pub mod grads;
 mod loss;
@@ -13,17 +14,25 @@ mod metrics;
 mod params;
 mod progress;
 mod run_dir;
+pub mod runner;
 mod schedule;
+pub mod seed;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
-pub use atomic::{write_atomic, write_atomic_with};
+pub use atomic::{read_text, write_atomic, write_atomic_with};
 pub use average::IterateAverage;
+pub use config::{check, one_line, ConfigFile, RunConfig};
 pub use error::{Error, Result};
 pub use loss::{cross_entropy, ensure_finite, scalar};
 pub use metrics::{argmax, correct_top_k, Average};
 pub use params::{is_buffer, ParamStore, BUFFER_SUFFIXES};
 pub use progress::{NoProgress, Progress, StepStats};
 pub use run_dir::{read_checkpoint, CheckpointState, LoadedCheckpoint, RunDir};
+pub use runner::{
+    in_pool, EpochEnd, EpochMeans, EpochPlan, RunEnd, RunOptions, RunSettings, StepCtx, StepReport,
+    Task,
+};
 pub use schedule::LrSchedule;
+pub use seed::{stream_rng, stream_seed};
 pub use sgd::{Sgd, SgdConfig};

@@ -116,11 +116,15 @@ impl ParamStore {
         let tensors = candle_core::safetensors::load(path, &device)
             .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
         self.set_all(&tensors)
-            .map_err(|message| Error::format(path, message))
+            .map_err(|e| Error::format(path, e.to_string()))
     }
 
     /// Sets every variable from `tensors`, which must match names and shapes exactly.
-    pub fn set_all(&self, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
+    pub fn set_all(&self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        self.try_set_all(tensors).map_err(Error::Mismatch)
+    }
+
+    fn try_set_all(&self, tensors: &HashMap<String, Tensor>) -> std::result::Result<(), String> {
         let vars = self.lock();
         // The first extra name in sorted order, so the message does not depend on hashing.
         if let Some(extra) = tensors.keys().filter(|k| !vars.contains_key(*k)).min() {

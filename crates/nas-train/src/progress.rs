@@ -2,7 +2,7 @@
 //! [`Progress`], which the command line renders as progress bars.
 
 /// Figures of one training step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepStats {
     /// Mean loss of the step's batch.
     pub loss: f64,

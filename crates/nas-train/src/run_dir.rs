@@ -54,6 +54,34 @@ pub struct LoadedCheckpoint {
     pub groups: HashMap<String, HashMap<String, Tensor>>,
 }
 
+impl LoadedCheckpoint {
+    /// The tensor group `name`, or an error naming the checkpoint and the group.
+    pub fn group(&self, name: &str) -> Result<&HashMap<String, Tensor>> {
+        self.groups.get(name).ok_or_else(|| Error::Group {
+            path: self.path.clone(),
+            group: name.to_string(),
+            message: format!("no {name}.safetensors"),
+        })
+    }
+
+    /// Hands group `name` to `apply` (a store's `set_all`, an optimizer's `load_state`);
+    /// a mismatch becomes an error naming the checkpoint and the group.
+    pub fn load(
+        &self,
+        name: &str,
+        apply: impl FnOnce(&HashMap<String, Tensor>) -> Result<()>,
+    ) -> Result<()> {
+        apply(self.group(name)?).map_err(|e| match e {
+            Error::Mismatch(message) => Error::Group {
+                path: self.path.clone(),
+                group: name.to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+}
+
 /// A run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {

@@ -131,7 +131,11 @@ impl Sgd {
     }
 
     /// Restores buffers saved by [`Sgd::state`]; names must match.
-    pub fn load_state(
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.try_load_state(state).map_err(Error::Mismatch)
+    }
+
+    fn try_load_state(
         &mut self,
         state: &HashMap<String, Tensor>,
     ) -> std::result::Result<(), String> {
@@ -257,7 +261,11 @@ mod tests {
             "momentum_buffer.v".to_string(),
             Tensor::new(&[1.0f64], &Device::Cpu).unwrap(),
         );
-        assert!(b.load_state(&bad).unwrap_err().contains("\"v\""));
+        assert!(b
+            .load_state(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("\"v\""));
         assert!(Sgd::new(
             one_var(0.0),
             SgdConfig {

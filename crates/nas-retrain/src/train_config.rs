@@ -1,12 +1,9 @@
 //! The configuration of training a genotype from scratch: TOML with
 //! `deny_unknown_fields`, presets, `key=value` overrides (shared with the search).
 
-use std::path::Path;
-
-use nas_train::{LrSchedule, SgdConfig};
+use nas_train::{ConfigFile, LrSchedule, RunConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{apply_overrides, one_line, read_config, RunConfig};
 use crate::error::{Error, Result};
 
 /// Everything that decides a training run (the genotype is stored beside it).
@@ -304,32 +301,45 @@ impl TrainConfig {
         }
     }
 
-    /// Reads a configuration file.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        read_config(path, Self::from_toml)
+    /// SGD settings.
+    pub fn sgd(&self) -> SgdConfig {
+        SgdConfig {
+            lr: self.optim.lr,
+            momentum: self.optim.momentum,
+            weight_decay: self.optim.weight_decay,
+            nesterov: self.optim.nesterov,
+        }
     }
 
-    /// Parses TOML and checks the values.
-    pub fn from_toml(text: &str) -> Result<Self> {
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| Error::Config(one_line(&e)))?;
-        cfg.validate()?;
-        Ok(cfg)
+    /// Cosine from `lr` to `lr_min`, or step decay by `gamma` every epoch.
+    pub fn schedule(&self) -> LrSchedule {
+        match self.optim.schedule {
+            ScheduleKind::Cosine => LrSchedule::Cosine {
+                lr: self.optim.lr,
+                eta_min: self.optim.lr_min,
+                epochs: self.run.epochs,
+            },
+            ScheduleKind::Step => LrSchedule::Step {
+                lr: self.optim.lr,
+                step_size: 1,
+                gamma: self.optim.gamma,
+            },
+            ScheduleKind::Sgdr => LrSchedule::Sgdr {
+                lr_max: self.optim.lr,
+                lr_min: self.optim.lr_min,
+                t0: self.optim.t0,
+                t_mul: self.optim.t_mul,
+            },
+        }
     }
+}
 
-    /// The configuration as TOML.
-    pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
-    }
-
-    /// Applies `key=value` overrides by dotted key.
-    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self> {
-        let cfg: TrainConfig = apply_overrides(self, overrides, &["data.max_train_images"])?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
+impl ConfigFile for TrainConfig {
+    type Error = Error;
+    const OPTIONAL: &'static [&'static str] = &["data.max_train_images"];
 
     /// Checks ranges; the message names the key.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()> {
         let (d, m, o) = (&self.data, &self.model, &self.optim);
         let checks: [(bool, &str); 11] = [
             (
@@ -371,38 +381,6 @@ impl TrainConfig {
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(Error::Config((*message).to_string())),
             None => Ok(()),
-        }
-    }
-
-    /// SGD settings.
-    pub fn sgd(&self) -> SgdConfig {
-        SgdConfig {
-            lr: self.optim.lr,
-            momentum: self.optim.momentum,
-            weight_decay: self.optim.weight_decay,
-            nesterov: self.optim.nesterov,
-        }
-    }
-
-    /// Cosine from `lr` to `lr_min`, or step decay by `gamma` every epoch.
-    pub fn schedule(&self) -> LrSchedule {
-        match self.optim.schedule {
-            ScheduleKind::Cosine => LrSchedule::Cosine {
-                lr: self.optim.lr,
-                eta_min: self.optim.lr_min,
-                epochs: self.run.epochs,
-            },
-            ScheduleKind::Step => LrSchedule::Step {
-                lr: self.optim.lr,
-                step_size: 1,
-                gamma: self.optim.gamma,
-            },
-            ScheduleKind::Sgdr => LrSchedule::Sgdr {
-                lr_max: self.optim.lr,
-                lr_min: self.optim.lr_min,
-                t0: self.optim.t0,
-                t_mul: self.optim.t_mul,
-            },
         }
     }
 }

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use nas_data::{Augment, Dataset, ImageSet, LoaderConfig, Normalize};
-
-use crate::error::{Error, Result};
+use crate::{Augment, Dataset, Error, ImageSet, LoaderConfig, Normalize, Result};
 
 /// The data sets a CNN search or training run can hold in memory.
 pub const IMAGE_SETS: &[Dataset] = &[
@@ -21,7 +19,7 @@ pub fn load_image_set(name: &str, data_dir: &Path, train: bool) -> Result<(Datas
     let dataset = Dataset::from_name(name)?;
     if !IMAGE_SETS.contains(&dataset) {
         let names: Vec<_> = IMAGE_SETS.iter().map(|d| d.name()).collect();
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "data.dataset {:?}: CNN searches and training run on an in-memory image set: {}",
             dataset.name(),
             names.join(", ")

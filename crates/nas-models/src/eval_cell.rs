@@ -11,7 +11,7 @@ use nas_ops::{
 use nas_search_space::{CnnCell, CnnOp};
 use rand::Rng;
 
-use crate::search_cell::{CellShape, Preprocess0};
+use crate::cell_shape::{CellShape, Preprocess0};
 
 /// One evaluation cell.
 #[derive(Debug, Clone)]

@@ -20,11 +20,11 @@ use nas_train::ParamStore;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::cell_shape::CellShape;
 use crate::enas_micro_cell::{EnasCellShape, EnasMicroEvalCell};
 use crate::error::{Error, Result};
 use crate::eval_cell::{op_mult_adds, EvalCell};
 use crate::eval_genotype::EvalGenotype;
-use crate::search_cell::CellShape;
 
 /// Which of the two networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

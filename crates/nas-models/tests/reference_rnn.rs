@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
-use nas_darts::{nll, tar, LmMasks, LmOutput, RnnLm, RnnLmConfig, RNN_STEPS};
+use nas_models::{nll, tar, LmMasks, LmOutput, RnnLm, RnnLmConfig, RNN_STEPS};
 use nas_search_space::{bundled, Genotype, RnnGenotype};
 use nas_train::ParamStore;
 use serde_json::Value;

@@ -16,7 +16,6 @@ use nas_search_space::{RnnGenotype, RnnOp};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::architect::Objective;
 use crate::error::{Error, Result};
 use crate::rnn_cell::{CellMasks, RnnCell};
 
@@ -392,40 +391,6 @@ impl LmBatch {
             masks,
             next_hidden: RefCell::new(None),
         }
-    }
-}
-
-/// The search model with its architecture weights, as the architect sees it: the
-/// training-mode NLL of a window (the reference's `_loss`, without TAR).
-#[derive(Debug)]
-pub struct RnnObjective<'a> {
-    /// The model.
-    pub model: &'a RnnLm,
-    /// The architecture weights `[36, 5]`.
-    pub alphas: &'a Tensor,
-}
-
-impl RnnObjective<'_> {
-    /// The softmax of the architecture weights over the primitives.
-    pub fn probs(&self) -> Result<Tensor> {
-        Ok(candle_nn::ops::softmax(self.alphas, 1)?)
-    }
-}
-
-impl Objective for RnnObjective<'_> {
-    type Batch = LmBatch;
-
-    fn loss(&self, batch: &LmBatch) -> Result<Tensor> {
-        let probs = self.probs()?;
-        let out = self.model.forward(
-            &batch.tokens,
-            &batch.hidden,
-            Some(&probs),
-            &batch.masks,
-            true,
-        )?;
-        *batch.next_hidden.borrow_mut() = Some(out.hidden.detach());
-        nll(&out, &batch.targets)
     }
 }
 

@@ -7,29 +7,29 @@
 //! Its masks come from a generator seeded by (seed, epoch), so a resumed run draws the
 //! same ones.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use nas_data::imagenet::ImageFolder;
 use nas_data::imagenet::Transform;
 use nas_data::{
-    split::darts_split, Augment, Batch, Dataset, ImageSet, ImagenetLoaderConfig, LoaderConfig,
+    load_image_set, loader, normalize_for, split::darts_split, Augment, Batch, Dataset, ImageSet,
+    ImagenetLoaderConfig, LoaderConfig,
 };
+use nas_models::{EvalGenotype, EvalKind, EvalNetConfig, EvalNetwork};
 use nas_search_space::Genotype;
 use nas_train::{
-    cross_entropy, ensure_finite, grads, scalar, Average, CheckpointState, ParamStore, Progress,
-    RunDir, Sgd, StepStats,
+    cross_entropy, grads, scalar, Average, ConfigFile, EpochEnd, EpochMeans, EpochPlan,
+    LoadedCheckpoint, ParamStore, Progress, RunDir, RunEnd, RunOptions, Sgd, StepCtx, StepReport,
+    StepStats, Task,
 };
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::data::{load_image_set, loader, normalize_for};
 use crate::error::{Error, Result};
-use crate::eval_genotype::EvalGenotype;
-use crate::eval_network::{EvalKind, EvalNetConfig, EvalNetwork};
-use crate::search::SearchOptions;
 use crate::train_config::TrainConfig;
 
 /// Images of the digits set kept for testing (it has no official split); drawn with a
@@ -264,7 +264,7 @@ pub fn train(
     genotype: &EvalGenotype,
     cfg: &TrainConfig,
     out: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
@@ -293,7 +293,7 @@ pub fn train(
 /// Resumes the training run in `run_dir` with its own configuration and genotype.
 pub fn resume_training(
     run_dir: &Path,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome> {
     let (cfg, genotype) = read_run(run_dir)?;
@@ -318,7 +318,7 @@ fn run_training(
     cfg: &TrainConfig,
     run: RunDir,
     data: TrainData,
-    opts: &SearchOptions,
+    opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<TrainOutcome> {
     let dev = &opts.device;
@@ -327,131 +327,167 @@ fn run_training(
     let net = EvalNetwork::new(genotype, net_cfg, store.var_builder(DType::F32, dev))?
         .with_dropout(cfg.model.dropout);
     let params = store.count(|n| !n.starts_with("auxiliary_head."));
-    let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
-    let ckpt = run.resume(dev)?;
-    let (mut start_epoch, mut global_step) = (0, 0u64);
-    if let Some(ckpt) = &ckpt {
-        let bad = |m: String| Error::Config(format!("checkpoint {}: {m}", ckpt.path.display()));
-        let group = |name: &str| {
-            ckpt.groups
-                .get(name)
-                .ok_or_else(|| bad(format!("no {name}.safetensors")))
-        };
-        store.set_all(group("weights")?).map_err(bad)?;
-        sgd.load_state(group("optimizer")?).map_err(bad)?;
-        start_epoch = ckpt.state.epoch;
-        global_step = ckpt.state.global_step;
-    }
+    let sgd = Sgd::new(store.trainable(), cfg.sgd())?;
     tracing::info!(
         params,
         train = data.train.len(),
         val = data.val.len(),
-        start_epoch,
         "network built"
     );
-    let schedule = cfg.schedule();
-    let bs = cfg.data.batch_size;
-    progress.run_start(cfg.run.epochs, start_epoch);
-    for epoch in start_epoch..cfg.run.epochs {
-        let started = Instant::now();
-        let lr = schedule.lr(epoch);
-        sgd.set_lr(lr);
-        let drop_prob = cfg.model.drop_path * epoch as f64 / cfg.run.epochs as f64;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
+    let mut task = TrainTask {
+        genotype,
+        cfg,
+        data,
+        device: dev.clone(),
+        store,
+        net,
+        sgd,
+        params,
+        lr: f64::NAN,
+        drop_prob: 0.0,
+        rng: rand::rngs::StdRng::seed_from_u64(0),
+    };
+    nas_train::runner::run(&mut task, &run, cfg.run.settings(), dev, progress)
+}
+
+/// Training a genotype as the run loop drives it.
+struct TrainTask<'a> {
+    genotype: &'a EvalGenotype,
+    cfg: &'a TrainConfig,
+    data: TrainData,
+    device: Device,
+    store: ParamStore,
+    net: EvalNetwork,
+    sgd: Sgd,
+    params: usize,
+    lr: f64,
+    drop_prob: f64,
+    /// The epoch's drop-path masks.
+    rng: rand::rngs::StdRng,
+}
+
+impl Task for TrainTask<'_> {
+    type Batch = (Tensor, Tensor);
+    type Error = Error;
+    type Outcome = TrainOutcome;
+
+    fn restore(&mut self, ckpt: &LoadedCheckpoint) -> Result<()> {
+        ckpt.load("weights", |t| self.store.set_all(t))?;
+        ckpt.load("optimizer", |t| self.sgd.load_state(t))?;
+        Ok(())
+    }
+
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochPlan<Self::Batch, Error>> {
+        let cfg = self.cfg;
+        self.lr = cfg.schedule().lr(epoch);
+        self.sgd.set_lr(self.lr);
+        self.drop_prob = cfg.model.drop_path * epoch as f64 / cfg.run.epochs as f64;
+        self.rng = rand::rngs::StdRng::seed_from_u64(
             cfg.run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64,
         );
-        progress.epoch_start(epoch, data.train.len() / bs);
-        let batches = data.source.batches(&data.train, true, epoch as u64)?;
-        let (mut train_loss, mut train_acc) = (Average::default(), Average::default());
-        for (step, batch) in batches.enumerate() {
-            let (x, y) = batch?.to_tensors(dev)?;
-            // The step on a pool thread (`nas_ops::runtime::in_pool`); never the batch
-            // wait above, whose loader thread may itself need the pool.
-            let (main_loss, norm, acc) = nas_ops::runtime::in_pool(|| -> Result<_> {
-                let (logits, aux) = net.forward(&x, true, drop_prob, &mut rng)?;
-                let mut loss = cross_entropy(&logits, &y, cfg.optim.label_smoothing)?;
-                let main_loss = scalar(&loss)?;
-                if let Some(aux) = aux {
-                    let aux_loss = cross_entropy(&aux, &y, cfg.optim.label_smoothing)?;
-                    loss = (loss + (aux_loss * cfg.model.auxiliary_weight)?)?;
-                }
-                ensure_finite("training loss", scalar(&loss)?, epoch, step)?;
-                let mut g = grads::collect(&loss.backward()?, sgd.vars());
-                let norm = grads::clip_global_norm(&mut g, cfg.optim.grad_clip)?;
-                ensure_finite("gradient norm", norm, epoch, step)?;
-                sgd.step(&g)?;
-                let acc = nas_train::correct_top_k(&logits, &y, &[1])?[0] as f64 / bs as f64;
-                Ok((main_loss, norm, acc))
-            })?;
-            train_loss.add(main_loss, bs);
-            train_acc.add(acc, bs);
-            global_step += 1;
-            progress.step(
-                step,
-                &StepStats {
-                    loss: main_loss,
-                    accuracy: acc,
-                    lr,
-                },
-            );
-            if cfg.run.log_every > 0 && (step + 1) % cfg.run.log_every == 0 {
-                run.log(&serde_json::json!({
-                    "kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
-                    "loss": main_loss, "accuracy": acc, "lr": lr, "grad_norm": norm,
-                }))?;
-            }
-        }
-        progress.evaluating(data.val.len().div_ceil(bs));
-        let val = evaluate(&net, &data.source, &data.val, dev)?;
-        ensure_finite("validation loss", val.loss, epoch, 0)?;
-        let summary = serde_json::json!({
-            "kind": "epoch", "epoch": epoch, "lr": lr, "drop_prob": drop_prob,
-            "train_loss": train_loss.mean(), "train_accuracy": train_acc.mean(),
-            "val_loss": val.loss, "val_accuracy": val.top1, "val_top5": val.top5,
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        tracing::info!(
-            epoch,
-            train_loss = train_loss.mean(),
-            train_accuracy = train_acc.mean(),
-            val_accuracy = val.top1,
-            "epoch finished"
-        );
-        run.log(&summary)?;
-        run.save_checkpoint(
-            CheckpointState {
-                epoch: epoch + 1,
-                global_step,
-                seed: cfg.run.seed,
-                metrics_len: 0,
-                score: Some(val.top1),
-                extra: serde_json::Value::Null,
-            },
-            &[("weights", store.snapshot()?), ("optimizer", sgd.state())],
-        )?;
-        progress.epoch_end(epoch, &summary);
+        let dev = self.device.clone();
+        let batches = self
+            .data
+            .source
+            .batches(&self.data.train, true, epoch as u64)?
+            .map(move |b| Ok(b?.to_tensors(&dev)?));
+        Ok(EpochPlan {
+            steps: self.data.train.len() / cfg.data.batch_size,
+            batches: Box::new(batches),
+        })
     }
-    progress.run_end();
-    let val = evaluate(&net, &data.source, &data.val, dev)?;
-    // The test set, once, with the final weights.
-    let test = evaluate(&net, &data.test_source, &data.test, dev)?;
-    let g = genotype.to_genotype();
-    let genotype_text = g.to_text(g.native_format())?;
-    let results = serde_json::json!({
-        "genotype": genotype_text,
-        "params": params,
-        "epochs": cfg.run.epochs,
-        "best_val_accuracy": run.best()?.map(|(_, s)| s),
-        "val": val,
-        "test": test,
-    });
-    run.write("results.json", format!("{results:#}\n").as_bytes())?;
-    Ok(TrainOutcome {
-        run_dir: run.path().to_path_buf(),
-        val,
-        test,
-        params,
-    })
+
+    fn step(&mut self, ctx: &StepCtx, (x, y): Self::Batch) -> Result<StepReport> {
+        let cfg = self.cfg;
+        let bs = cfg.data.batch_size;
+        let (logits, aux) = self.net.forward(&x, true, self.drop_prob, &mut self.rng)?;
+        let mut loss = cross_entropy(&logits, &y, cfg.optim.label_smoothing)?;
+        let main_loss = scalar(&loss)?;
+        if let Some(aux) = aux {
+            let aux_loss = cross_entropy(&aux, &y, cfg.optim.label_smoothing)?;
+            loss = (loss + (aux_loss * cfg.model.auxiliary_weight)?)?;
+        }
+        ctx.ensure_finite("training loss", scalar(&loss)?)?;
+        let mut g = grads::collect(&loss.backward()?, self.sgd.vars());
+        let norm = grads::clip_global_norm(&mut g, cfg.optim.grad_clip)?;
+        ctx.ensure_finite("gradient norm", norm)?;
+        self.sgd.step(&g)?;
+        let acc = nas_train::correct_top_k(&logits, &y, &[1])?[0] as f64 / bs as f64;
+        let mut log = serde_json::Map::new();
+        log.insert("accuracy".into(), acc.into());
+        log.insert("grad_norm".into(), norm.into());
+        Ok(StepReport {
+            stats: StepStats {
+                loss: main_loss,
+                accuracy: acc,
+                lr: self.lr,
+            },
+            weight: bs,
+            means: Vec::new(),
+            log,
+        })
+    }
+
+    fn end_epoch(
+        &mut self,
+        ctx: &StepCtx,
+        means: &EpochMeans,
+        _run: &RunDir,
+        progress: &mut dyn Progress,
+    ) -> Result<EpochEnd> {
+        progress.evaluating(self.data.val.len().div_ceil(self.cfg.data.batch_size));
+        let val = evaluate(&self.net, &self.data.source, &self.data.val, &self.device)?;
+        ctx.ensure_finite("validation loss", val.loss)?;
+        let serde_json::Value::Object(fields) = serde_json::json!({
+            "lr": self.lr, "drop_prob": self.drop_prob,
+            "train_loss": means.mean("loss"), "train_accuracy": means.mean("accuracy"),
+            "val_loss": val.loss, "val_accuracy": val.top1, "val_top5": val.top5,
+        }) else {
+            unreachable!("a JSON object literal")
+        };
+        Ok(EpochEnd {
+            fields,
+            log_keys: &["train_loss", "train_accuracy", "val_accuracy"],
+            score: Some(val.top1),
+            extra: serde_json::Value::Null,
+        })
+    }
+
+    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>> {
+        Ok(vec![
+            ("weights", self.store.snapshot()?),
+            ("optimizer", self.sgd.state()),
+        ])
+    }
+
+    fn finish(
+        &mut self,
+        run: &RunDir,
+        _end: RunEnd,
+        _progress: &mut dyn Progress,
+    ) -> Result<TrainOutcome> {
+        let (net, data, dev) = (&self.net, &self.data, &self.device);
+        let val = evaluate(net, &data.source, &data.val, dev)?;
+        // The test set, once, with the final weights.
+        let test = evaluate(net, &data.test_source, &data.test, dev)?;
+        let g = self.genotype.to_genotype();
+        let genotype_text = g.to_text(g.native_format())?;
+        let results = serde_json::json!({
+            "genotype": genotype_text,
+            "params": self.params,
+            "epochs": self.cfg.run.epochs,
+            "best_val_accuracy": run.best()?.map(|(_, s)| s),
+            "val": val,
+            "test": test,
+        });
+        run.write("results.json", format!("{results:#}\n").as_bytes())?;
+        Ok(TrainOutcome {
+            run_dir: run.path().to_path_buf(),
+            val,
+            test,
+            params: self.params,
+        })
+    }
 }
 
 fn evaluate(
@@ -468,7 +504,7 @@ fn evaluate(
     for batch in batches {
         let batch = batch?;
         let (x, y) = batch.to_tensors(dev)?;
-        let (logits, _) = nas_ops::runtime::in_pool(|| net.forward(&x, false, 0.0, &mut rng))?;
+        let (logits, _) = nas_train::in_pool(|| net.forward(&x, false, 0.0, &mut rng))?;
         let logits = logits.detach();
         let n = batch.labels.len();
         let k = [1, 5.min(logits.dim(1)?)];
@@ -487,16 +523,16 @@ fn evaluate(
     })
 }
 
-/// Evaluates a weights file ([`write_weights`](crate::write_weights), what `nas import`
+/// Evaluates a weights file ([`write_weights`](nas_models::write_weights), what `nas import`
 /// writes) on the test split of `dataset` (`None`: CIFAR-10 for a CIFAR network, ImageNet
 /// for an ImageNet one), with the normalisation the file names.
 pub fn evaluate_weights(
     path: &Path,
     dataset: Option<&str>,
     batch_size: usize,
-    opts: &SearchOptions,
+    opts: &RunOptions,
 ) -> Result<EvalReport> {
-    let file = crate::weights_file::read_weights(path, &opts.device)?;
+    let file = nas_models::read_weights(path, &opts.device)?;
     let net_cfg = file.net;
     let store = ParamStore::new(0);
     let net = EvalNetwork::new(
@@ -506,7 +542,7 @@ pub fn evaluate_weights(
     )?;
     store
         .set_all(&file.tensors)
-        .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let loader_cfg =
         |normalize: &nas_data::Normalize| loader(batch_size, 0, 3, None, normalize, false);
     let (source, count, classes) = match net_cfg.kind {
@@ -532,7 +568,7 @@ pub fn evaluate_weights(
         EvalKind::Imagenet => {
             // The ImageNet loader normalises with the standard constants, the ones
             // `nas import` records for an ImageNet network.
-            if file.normalize != crate::weights_file::reference_imagenet_normalize() {
+            if file.normalize != nas_models::reference_imagenet_normalize() {
                 return Err(Error::Config(format!(
                     "{}: the ImageNet loader normalises with the standard ImageNet mean and \
                      std; the file asks for {:?}",
@@ -574,7 +610,7 @@ pub fn evaluate_run(
     run_dir: &Path,
     test: bool,
     best: bool,
-    opts: &SearchOptions,
+    opts: &RunOptions,
 ) -> Result<EvalReport> {
     let (cfg, genotype) = read_run(run_dir)?;
     let data = load_data(&cfg, &opts.data_dir)?;
@@ -601,16 +637,89 @@ pub fn evaluate_run(
         net_config(&cfg, &data),
         store.var_builder(DType::F32, &opts.device),
     )?;
-    let weights = ckpt
-        .groups
-        .get("weights")
-        .ok_or_else(|| Error::Config(format!("{}: no weights.safetensors", path.display())))?;
-    store
-        .set_all(weights)
-        .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+    ckpt.load("weights", |t| store.set_all(t))?;
     if test {
         evaluate(&net, &data.test_source, &data.test, &opts.device)
     } else {
         evaluate(&net, &data.source, &data.val, &opts.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use candle_core::{DType, Device, Tensor};
+    use nas_models::{
+        reference_imagenet_normalize, write_weights, EvalKind, EvalNetConfig, EvalNetwork,
+    };
+    use nas_search_space::bundled;
+    use nas_train::RunOptions;
+
+    use super::*;
+
+    fn darts_v2() -> EvalGenotype {
+        EvalGenotype::from_genotype(bundled("darts-v2").expect("bundled")).expect("cells")
+    }
+
+    #[test]
+    fn an_imagenet_network_evaluates_from_its_file_on_real_jpegs() -> Result<()> {
+        // The 20 real sample JPEGs as a 2-class ImageNet validation folder.
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/datasets/imagenet-sample/val");
+        // One folder per class, holding its JPEGs.
+        let mut files: Vec<_> = std::fs::read_dir(&sample)
+            .expect("the ImageNet sample")
+            .flat_map(|class| std::fs::read_dir(class.expect("entry").path()).expect("class"))
+            .map(|e| e.expect("entry").path())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 20, "{}", sample.display());
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (i, f) in files.iter().enumerate() {
+            let class = dir.path().join(format!("imagenet/val/n0{}", i % 2));
+            std::fs::create_dir_all(&class).expect("mkdir");
+            std::fs::copy(f, class.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let net = EvalNetConfig {
+            kind: EvalKind::Imagenet,
+            in_channels: 3,
+            channels: 4,
+            layers: 3,
+            classes: 2,
+            auxiliary: false,
+        };
+        let store = nas_train::ParamStore::new(3);
+        EvalNetwork::new(
+            &darts_v2(),
+            net,
+            store.var_builder(DType::F32, &Device::Cpu),
+        )?;
+        let tensors: HashMap<String, Tensor> = store
+            .all()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect();
+        let path = dir.path().join("w.safetensors");
+        write_weights(
+            &path,
+            &tensors,
+            &net,
+            &darts_v2(),
+            &reference_imagenet_normalize(),
+        )?;
+        let opts = RunOptions {
+            data_dir: dir.path().to_path_buf(),
+            device: Device::Cpu,
+        };
+        let report = crate::evaluate_weights(&path, None, 8, &opts)?;
+        assert_eq!(report.images, 20);
+        assert!(report.loss.is_finite() && (0.0..=1.0).contains(&report.top1));
+        let e = crate::evaluate_weights(&path, Some("cifar10"), 8, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("evaluated on imagenet"), "{e}");
+        Ok(())
     }
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use nas_darts::{
+use nas_models::{
     import_reference, read_weights, reference_cifar_normalize, write_weights, EvalGenotype,
     EvalKind, EvalNetConfig, EvalNetwork,
 };

@@ -1,0 +1,227 @@
+//! `cargo xtask deps`: checks that every crate depends only on the crates ARCHITECTURE.md
+//! allows it (the layers: genotypes; ops and data; training; networks; retraining;
+//! searches; the command line), and that libraries stay free of argv parsing and
+//! `anyhow`. Reads `cargo metadata`; CI runs it.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The workspace crates each library may depend on (normal and build dependencies;
+/// dev-dependencies are free). A crate missing here fails the check until it is added.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("nas-search-space", &[]),
+    ("nas-ops", &["nas-search-space", "nas-kernels"]),
+    ("nas-data", &[]),
+    ("nas-train", &[]),
+    (
+        "nas-models",
+        &["nas-search-space", "nas-ops", "nas-data", "nas-train"],
+    ),
+    (
+        "nas-retrain",
+        &[
+            "nas-search-space",
+            "nas-ops",
+            "nas-data",
+            "nas-train",
+            "nas-models",
+        ],
+    ),
+    (
+        "nas-darts",
+        &[
+            "nas-search-space",
+            "nas-ops",
+            "nas-data",
+            "nas-train",
+            "nas-models",
+            "nas-retrain",
+        ],
+    ),
+    (
+        "nas-enas",
+        &[
+            "nas-search-space",
+            "nas-ops",
+            "nas-data",
+            "nas-train",
+            "nas-models",
+            "nas-retrain",
+        ],
+    ),
+];
+
+/// Packages that may depend on anything: binaries and test packages.
+const TOP: &[&str] = &["nas-cli", "xtask", "nas-tests"];
+
+/// External crates a library may not use, with the reason.
+const FORBIDDEN: &[(&str, &str, &str)] = &[
+    (
+        "nas-search-space",
+        "candle-core",
+        "genotypes are parsed, derived and drawn without tensors",
+    ),
+    (
+        "nas-search-space",
+        "candle-nn",
+        "genotypes are parsed, derived and drawn without tensors",
+    ),
+    (
+        "nas-data",
+        "candle-nn",
+        "data sets know nothing about models",
+    ),
+    ("*", "anyhow", "libraries return their own thiserror types"),
+    ("*", "clap", "only nas-cli and xtask parse argv"),
+    (
+        "*",
+        "indicatif",
+        "libraries report progress through a trait",
+    ),
+    ("*", "ureq", "only xtask touches the network"),
+];
+
+pub fn run(args: &[&str]) -> Result<()> {
+    if !args.is_empty() {
+        bail!("usage: cargo xtask deps");
+    }
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .output()
+        .context("running cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let problems = check(&meta);
+    if problems.is_empty() {
+        println!("deps: every crate depends only on what its layer allows");
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("deps: {p}");
+        }
+        bail!(
+            "{} dependency rule(s) broken (see ARCHITECTURE.md, invariants)",
+            problems.len()
+        )
+    }
+}
+
+/// The broken rules in `cargo metadata`'s output, one line each.
+fn check(meta: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let packages = meta["packages"].as_array().cloned().unwrap_or_default();
+    let internal: Vec<&str> = packages
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| n.starts_with("nas-"))
+        .collect();
+    for p in &packages {
+        let Some(name) = p["name"].as_str() else {
+            continue;
+        };
+        if TOP.contains(&name) || name == "nas-kernels" || name.starts_with("nas-fuzz") {
+            continue;
+        }
+        let allowed = LAYERS.iter().find(|(n, _)| *n == name).map(|(_, a)| *a);
+        let Some(allowed) = allowed else {
+            problems.push(format!(
+                "{name} has no layer in xtask/src/deps.rs: add it there and to ARCHITECTURE.md"
+            ));
+            continue;
+        };
+        let deps = p["dependencies"].as_array().cloned().unwrap_or_default();
+        for d in deps.iter().filter(|d| d["kind"].as_str() != Some("dev")) {
+            let Some(dep) = d["name"].as_str() else {
+                continue;
+            };
+            if (internal.contains(&dep) || dep.starts_with("nas-")) && !allowed.contains(&dep) {
+                problems.push(format!(
+                    "{name} depends on {dep}, which its layer may not use"
+                ));
+            }
+            for (who, what, why) in FORBIDDEN {
+                if (*who == "*" || *who == name) && *what == dep {
+                    problems.push(format!("{name} depends on {dep}: {why}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn package(name: &str, deps: &[(&str, Option<&str>)]) -> Value {
+        serde_json::json!({
+            "name": name,
+            "dependencies": deps
+                .iter()
+                .map(|(d, kind)| serde_json::json!({ "name": d, "kind": kind }))
+                .collect::<Vec<_>>(),
+        })
+    }
+
+    #[test]
+    fn a_search_crate_that_uses_another_search_crate_is_reported() {
+        let meta = serde_json::json!({ "packages": [
+            package("nas-train", &[("candle-core", None)]),
+            package("nas-darts", &[("nas-train", None), ("nas-models", None)]),
+            package("nas-enas", &[("nas-darts", None), ("nas-train", None)]),
+            package("nas-cli", &[("nas-darts", None), ("anyhow", None)]),
+        ]});
+        let problems = check(&meta);
+        assert_eq!(
+            problems,
+            vec!["nas-enas depends on nas-darts, which its layer may not use".to_string()]
+        );
+    }
+
+    #[test]
+    fn forbidden_externals_unknown_crates_and_dev_dependencies() {
+        let meta = serde_json::json!({ "packages": [
+            package("nas-search-space", &[("candle-core", None)]),
+            package("nas-models", &[("anyhow", Some("dev")), ("clap", None)]),
+            package("nas-new", &[]),
+        ]});
+        let problems = check(&meta);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("without tensors"), "{problems:?}");
+        assert!(
+            problems[1].contains("nas-models depends on clap"),
+            "{problems:?}"
+        );
+        assert!(problems[2].contains("nas-new has no layer"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_workspace_as_it_is_passes() {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .output()
+            .expect("cargo metadata");
+        assert!(out.status.success());
+        let meta: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(check(&meta), Vec::<String>::new());
+    }
+}
