@@ -29,7 +29,6 @@ use nas_train::{
     ParamStore, Progress, RunDir, RunEnd, Sgd, StepCtx, StepReport, StepStats, Task,
 };
 use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -219,15 +218,6 @@ pub(crate) fn window(
     ))
 }
 
-/// A generator for one purpose of one step, independent of everything before it (so a
-/// resumed run draws what an uninterrupted one would).
-pub(crate) fn rng_for(seed: u64, step: u64, purpose: u64) -> StdRng {
-    let mut z = seed ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ purpose.rotate_left(32);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    StdRng::seed_from_u64(z ^ (z >> 31))
-}
-
 /// What a recurrent run does besides training the weights: nothing (retraining a
 /// genotype, [`Retrain`]), or a search's architecture step before every weight step,
 /// with its own state, outputs and checkpoint groups.
@@ -294,7 +284,7 @@ impl LmArch for Retrain {
         train.darts_windows(
             cfg.data.bptt,
             cfg.data.max_seq_len_delta,
-            cfg.run.seed ^ epoch as u64,
+            nas_train::stream_seed(cfg.run.seed, "windows", epoch as u64),
         )
     }
 }
@@ -394,7 +384,8 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         let lr = cfg.optim.lr * len as f64 / bptt as f64;
         self.sgd.set_lr(lr);
         let (x, y) = window(&self.data.train, start, len, dev)?;
-        let mut mask_rng = rng_for(cfg.run.seed, ctx.global_step, 1);
+        // Drawn afresh per step, so a resumed run draws what an uninterrupted one would.
+        let mut mask_rng = nas_train::stream_rng(cfg.run.seed, "masks", ctx.global_step);
         let masks = LmMasks::sample(
             &cfg.model,
             self.data.vocab,

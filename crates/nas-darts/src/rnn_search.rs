@@ -87,7 +87,11 @@ impl RnnSearch {
                 "a recurrent search needs an [arch] section (use a search preset)".into(),
             ));
         };
-        let alphas = RnnAlphas::new(a.steps, cfg.run.seed ^ 0xa1fa, dev)?;
+        let alphas = RnnAlphas::new(
+            a.steps,
+            nas_train::stream_seed(cfg.run.seed, "alphas", 0),
+            dev,
+        )?;
         let architect = Architect::new(alphas.store.trainable(), adam, a.order)?
             .with_unrolled_clip(cfg.optim.clip);
         Ok(RnnSearch {
@@ -103,7 +107,10 @@ impl RnnSearch {
 
 impl LmArch for RnnSearch {
     fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)> {
-        train.search_windows(cfg.data.bptt, self.seed ^ epoch as u64)
+        train.search_windows(
+            cfg.data.bptt,
+            nas_train::stream_seed(self.seed, "windows", epoch as u64),
+        )
     }
 
     fn begin_epoch(&mut self, model: &RnnLm, batch: usize) -> Result<()> {

@@ -17,8 +17,8 @@ use candle_core::{DType, Device, Tensor};
 use nas_data::{split::darts_split, Augment, ImageSet, LoaderConfig};
 use nas_search_space::{to_svg, CnnGenotype, Genotype};
 use nas_train::{
-    grads, Average, ConfigFile, EpochEnd, EpochMeans, EpochPlan, LoadedCheckpoint, ParamStore,
-    Progress, RunDir, RunEnd, RunOptions, Sgd, StepCtx, StepReport, StepStats, Task,
+    grads, stream_seed, Average, ConfigFile, EpochEnd, EpochMeans, EpochPlan, LoadedCheckpoint,
+    ParamStore, Progress, RunDir, RunEnd, RunOptions, Sgd, StepCtx, StepReport, StepStats, Task,
 };
 
 use crate::architect::{Architect, Objective};
@@ -85,7 +85,7 @@ fn load_data(cfg: &SearchConfig, data_dir: &Path) -> Result<SearchData> {
     let n = set.len();
     let seed = cfg.run.seed;
     // A seeded permutation of the training set, cut to the images used.
-    let (mut order, _) = darts_split(n, 1.0, seed)?;
+    let (mut order, _) = darts_split(n, 1.0, stream_seed(seed, "split", 0))?;
     if let Some(m) = cfg.data.max_train_images {
         order.truncate(m.min(n));
     }
@@ -113,9 +113,27 @@ fn load_data(cfg: &SearchConfig, data_dir: &Path) -> Result<SearchData> {
         set: Arc::new(set),
         train: Arc::new(train),
         val: Arc::new(val),
-        train_loader: loader(bs, seed, 1, Some(augment), &normalize, true),
-        val_loader: loader(bs, seed, 2, Some(augment), &normalize, true),
-        eval_loader: loader(bs, seed, 3, None, &normalize, false),
+        train_loader: loader(
+            bs,
+            stream_seed(seed, "loader.train", 0),
+            Some(augment),
+            &normalize,
+            true,
+        ),
+        val_loader: loader(
+            bs,
+            stream_seed(seed, "loader.arch", 0),
+            Some(augment),
+            &normalize,
+            true,
+        ),
+        eval_loader: loader(
+            bs,
+            stream_seed(seed, "loader.eval", 0),
+            None,
+            &normalize,
+            false,
+        ),
     })
 }
 
@@ -153,7 +171,7 @@ fn run_search(
     };
     let store = ParamStore::new(cfg.run.seed);
     let net = SearchCnn::new(net_cfg, store.var_builder(DType::F32, dev))?;
-    let alphas = Alphas::new(cfg.model.steps, cfg.run.seed ^ 0xa1fa, dev)?;
+    let alphas = Alphas::new(cfg.model.steps, stream_seed(cfg.run.seed, "alphas", 0), dev)?;
     let sgd = Sgd::new(store.trainable(), cfg.sgd())?;
     let architect = Architect::new(alphas.store().trainable(), cfg.adam(), cfg.arch.order)?;
     tracing::info!(

@@ -38,12 +38,11 @@ pub fn normalize_for(set: &ImageSet, indices: &[usize]) -> Result<Normalize> {
     })
 }
 
-/// Loader settings for one stream of batches; `stream` separates the seeds of streams
-/// drawn from the same run seed.
+/// Loader settings for one stream of batches, drawn from `seed` (the stream's own seed,
+/// derived by the caller from the run seed and the stream's name).
 pub fn loader(
     batch_size: usize,
     seed: u64,
-    stream: u64,
     augment: Option<Augment>,
     normalize: &Normalize,
     training: bool,
@@ -52,7 +51,7 @@ pub fn loader(
         batch_size,
         shuffle: training,
         drop_last: training,
-        seed: seed.wrapping_mul(0x9e37_79b9).wrapping_add(stream),
+        seed,
         augment,
         normalize: normalize.clone(),
         prefetch: 4,

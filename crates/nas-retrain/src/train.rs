@@ -22,9 +22,9 @@ use nas_data::{
 use nas_models::{EvalGenotype, EvalKind, EvalNetConfig, EvalNetwork};
 use nas_search_space::Genotype;
 use nas_train::{
-    cross_entropy, grads, scalar, Average, ConfigFile, EpochEnd, EpochMeans, EpochPlan,
-    LoadedCheckpoint, ParamStore, Progress, RunDir, RunEnd, RunOptions, Sgd, StepCtx, StepReport,
-    StepStats, Task,
+    cross_entropy, grads, scalar, stream_rng, stream_seed, Average, ConfigFile, EpochEnd,
+    EpochMeans, EpochPlan, LoadedCheckpoint, ParamStore, Progress, RunDir, RunEnd, RunOptions, Sgd,
+    StepCtx, StepReport, StepStats, Task,
 };
 use rand::SeedableRng;
 use serde::Serialize;
@@ -122,7 +122,7 @@ struct TrainData {
 
 /// A seeded permutation of `pool`, cut to `max`, split into (train, valid).
 fn hold_out(pool: &[usize], cfg: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)> {
-    let (perm, _) = darts_split(pool.len(), 1.0, cfg.run.seed)?;
+    let (perm, _) = darts_split(pool.len(), 1.0, stream_seed(cfg.run.seed, "split", 0))?;
     let mut order: Vec<usize> = perm.into_iter().map(|i| pool[i]).collect();
     if let Some(m) = cfg.data.max_train_images {
         order.truncate(m.min(order.len()));
@@ -167,8 +167,20 @@ fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
         Some(t) => Arc::new(t),
         None => set.clone(),
     };
-    let train_cfg = loader(bs, seed, 1, Some(augment), &normalize, true);
-    let eval_cfg = loader(bs, seed, 3, None, &normalize, false);
+    let train_cfg = loader(
+        bs,
+        stream_seed(seed, "loader.train", 0),
+        Some(augment),
+        &normalize,
+        true,
+    );
+    let eval_cfg = loader(
+        bs,
+        stream_seed(seed, "loader.eval", 0),
+        None,
+        &normalize,
+        false,
+    );
     Ok(TrainData {
         source: Source::Memory {
             set,
@@ -203,9 +215,15 @@ fn imagenet_loader(
         batch_size,
         shuffle: training,
         drop_last: training,
-        seed: seed
-            .wrapping_mul(0x9e37_79b9)
-            .wrapping_add(if training { 1 } else { 3 }),
+        seed: stream_seed(
+            seed,
+            if training {
+                "loader.train"
+            } else {
+                "loader.eval"
+            },
+            0,
+        ),
         transform,
         prefetch: 4,
     }
@@ -382,9 +400,7 @@ impl Task for TrainTask<'_> {
         self.lr = cfg.schedule().lr(epoch);
         self.sgd.set_lr(self.lr);
         self.drop_prob = cfg.model.drop_path * epoch as f64 / cfg.run.epochs as f64;
-        self.rng = rand::rngs::StdRng::seed_from_u64(
-            cfg.run.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ epoch as u64,
-        );
+        self.rng = stream_rng(cfg.run.seed, "drop_path", epoch as u64);
         let dev = self.device.clone();
         let batches = self
             .data
@@ -544,7 +560,7 @@ pub fn evaluate_weights(
         .set_all(&file.tensors)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let loader_cfg =
-        |normalize: &nas_data::Normalize| loader(batch_size, 0, 3, None, normalize, false);
+        |normalize: &nas_data::Normalize| loader(batch_size, 0, None, normalize, false);
     let (source, count, classes) = match net_cfg.kind {
         EvalKind::Cifar => {
             let (_, set) = load_image_set(dataset.unwrap_or("cifar10"), &opts.data_dir, false)?;
