@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nas_darts::{LmConfig, LmOutcome, Order, LM_SEARCH_PRESETS, LM_TRAIN_PRESETS};
+use nas_darts::{Order, LM_SEARCH_PRESETS};
+use nas_retrain::{ArchSection, LmConfig, LmOutcome, LM_TRAIN_PRESETS};
 use nas_search_space::Genotype;
 use nas_train::RunOptions;
 
@@ -68,11 +69,11 @@ pub struct TrainLmArgs {
     common: LmCommon,
 }
 
-fn resolve(
+fn resolve<A: ArchSection, E: std::error::Error + Send + Sync + 'static>(
     common: &LmCommon,
-    preset: fn(&str) -> nas_darts::Result<LmConfig>,
+    preset: fn(&str) -> std::result::Result<LmConfig<A>, E>,
     extra: &[String],
-) -> Result<LmConfig> {
+) -> Result<LmConfig<A>> {
     let cfg = match (&common.config, &common.preset) {
         (Some(path), _) => LmConfig::from_file(path)?,
         (None, Some(name)) => preset(name)?,
@@ -90,7 +91,7 @@ fn resolve(
     Ok(cfg.with_overrides(&overrides)?)
 }
 
-fn default_out(command: &str, cfg: &LmConfig) -> PathBuf {
+fn default_out<A>(command: &str, cfg: &LmConfig<A>) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -126,7 +127,7 @@ pub fn run_search(args: DartsRnnArgs) -> Result<()> {
             })
             .into_iter()
             .collect();
-        let cfg = resolve(&args.common, LmConfig::search_preset, &order)?;
+        let cfg = resolve(&args.common, nas_darts::rnn_search_preset, &order)?;
         if args.common.dry_run {
             print!("{}", cfg.to_toml()?);
             return Ok(());
@@ -172,7 +173,7 @@ pub fn run_train(args: TrainLmArgs) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| default_out("train-lm", &cfg));
-        nas_darts::train_lm(&cfg, &genotype, &out, &opts, &mut bars)
+        nas_retrain::train_lm(&cfg, &genotype, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
     println!(
@@ -186,8 +187,7 @@ pub fn run_train(args: TrainLmArgs) -> Result<()> {
 
 /// True when `run_dir` holds a recurrent (language model) run.
 pub fn is_lm_run(run_dir: &Path) -> bool {
-    std::fs::read_to_string(run_dir.join("config.toml"))
-        .is_ok_and(|text| LmConfig::from_toml(&text).is_ok())
+    nas_darts::is_lm_run(run_dir)
 }
 
 /// `nas eval` on a recurrent run: perplexity of the best or newest checkpoint.

@@ -13,7 +13,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use nas_darts::{lm_step, ArchPart, Architect, LmConfig, Order};
+use nas_darts::{lm_step, rnn_paper_search, ArchPart, Architect, Order};
 use nas_models::{rnn_edge_count, LmBatch, LmMasks, RnnLm, RNN_STEPS};
 use nas_train::{ParamStore, Sgd};
 use rand::{Rng, SeedableRng};
@@ -46,7 +46,7 @@ fn main() -> nas_darts::Result<()> {
         Ok("cuda") => Device::new_cuda(0)?,
         _ => Device::Cpu,
     };
-    let mut cfg = LmConfig::paper_search();
+    let mut cfg = rnn_paper_search();
     cfg.model.emsize = nhid;
     cfg.model.nhid = nhid;
     let store = ParamStore::new(0);
@@ -59,7 +59,7 @@ fn main() -> nas_darts::Result<()> {
     let alphas =
         Var::from_tensor(&(Tensor::randn(0f32, 1e-3, (rnn_edge_count(RNN_STEPS), 5), &dev)?))?;
     let mut sgd = Sgd::new(store.trainable(), cfg.sgd())?;
-    let adam = cfg.adam().expect("a search preset has [arch]");
+    let adam = cfg.arch.expect("a search preset has [arch]").adam();
     let mut architect = Architect::new(vec![("weights".into(), alphas.clone())], adam, order)?
         .with_unrolled_clip(cfg.optim.clip);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

@@ -15,6 +15,9 @@ pub enum Error {
     /// Building or reading a network.
     #[error(transparent)]
     Model(#[from] nas_models::Error),
+    /// The recurrent loop (retraining crate).
+    #[error(transparent)]
+    Retrain(#[from] nas_retrain::Error),
     /// Genotype derivation or formatting.
     #[error(transparent)]
     SearchSpace(#[from] nas_search_space::Error),

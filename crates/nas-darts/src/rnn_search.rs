@@ -13,29 +13,109 @@ use nas_train::{LoadedCheckpoint, ParamStore, Progress, RunDir, Sgd, StepCtx};
 use rand::rngs::StdRng;
 use serde_json::{Map, Value};
 
-use crate::architect::{Architect, Order};
-use crate::error::{Error, Result};
-use crate::lm::{weight_step, LmArch, LmData, LmOutcome, WeightStep};
-use crate::lm_config::{LmConfig, LmOptimConfig};
-use nas_models::rnn_edge_count;
-use nas_models::{nll, LmBatch, LmMasks, RnnLm, RnnLmConfig};
+use nas_models::{nll, rnn_edge_count, LmBatch, LmMasks, RnnLm, RnnLmConfig};
+use nas_retrain::{
+    evaluate_lm_checkpoint, resume_lm_training, run_lm, weight_step, LmArch, LmCell, LmConfig,
+    LmData, LmOptimConfig, LmOutcome, LmReport, WeightStep,
+};
+use nas_train::{ConfigFile, RunOptions};
 
-use crate::architect::Objective;
-use nas_train::RunOptions;
+use crate::architect::{Architect, Objective, Order};
+use crate::error::{Error, Result};
+use crate::rnn_config::LmSearchConfig;
 
 /// Starts a recurrent cell search in `out` (`cfg.arch` must be set).
 pub fn search_rnn(
-    cfg: &LmConfig,
+    cfg: &LmSearchConfig,
     out: &Path,
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
-    if cfg.arch.is_none() {
-        return Err(Error::Config(
-            "a recurrent search needs an [arch] section (use a search preset)".into(),
-        ));
+    cfg.validate()?;
+    let base = cfg.base();
+    // Load the data and build the model first: a run that cannot start leaves no folder.
+    let data = LmData::load(&base, &opts.data_dir)?;
+    let (model, store, arch) = search_model(cfg, &data, &opts.device)?;
+    let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
+    tracing::info!(dir = %out.display(), "recurrent search started");
+    run_lm(&base, model, store, arch, None, run, data, opts, progress)
+}
+
+fn search_model(
+    cfg: &LmSearchConfig,
+    data: &LmData,
+    dev: &Device,
+) -> Result<(RnnLm, ParamStore, RnnSearch)> {
+    let arch = RnnSearch::new(cfg, dev)?;
+    let store = ParamStore::new(cfg.run.seed);
+    let vb = store.var_builder(DType::F32, dev);
+    let model = RnnLm::search(cfg.model, data.vocab, arch.steps, vb)?;
+    Ok((model, store, arch))
+}
+
+/// True when the configuration in `run_dir` has an `[arch]` section: a search run.
+fn is_search_run(run_dir: &Path) -> Result<bool> {
+    let path = run_dir.join("config.toml");
+    let text = nas_train::read_text(&path)?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| nas_train::Error::Format {
+        path: path.clone(),
+        message: nas_train::one_line(&e),
+    })?;
+    Ok(table.contains_key("arch"))
+}
+
+/// Resumes the recurrent run in `run_dir` (a search or a retraining run) from its
+/// newest checkpoint, with the configuration it was started with.
+pub fn resume_lm(
+    run_dir: &Path,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<LmOutcome> {
+    RunDir::open(run_dir, 1)?;
+    if !is_search_run(run_dir)? {
+        return Ok(resume_lm_training(run_dir, opts, progress)?);
     }
-    crate::lm::start(cfg, None, out, opts, progress)
+    let cfg = LmSearchConfig::from_file(&run_dir.join("config.toml"))?;
+    let base = cfg.base();
+    let data = LmData::load(&base, &opts.data_dir)?;
+    let (model, store, arch) = search_model(&cfg, &data, &opts.device)?;
+    let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
+    run_lm(&base, model, store, arch, None, run, data, opts, progress)
+}
+
+/// Evaluates a recurrent run's checkpoint (the best one, or the newest; a search or a
+/// retraining run) on `split` (`valid` or `test`).
+pub fn evaluate_lm_run(
+    run_dir: &Path,
+    split: &str,
+    best: bool,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<LmReport> {
+    if !is_search_run(run_dir)? {
+        return Ok(nas_retrain::evaluate_lm_run(
+            run_dir, split, best, opts, progress,
+        )?);
+    }
+    let cfg = LmSearchConfig::from_file(&run_dir.join("config.toml"))?;
+    let steps = cfg.arch.map_or(nas_models::RNN_STEPS, |a| a.steps);
+    let cell = LmCell::Search { steps };
+    Ok(evaluate_lm_checkpoint(
+        run_dir,
+        &cfg.base(),
+        &cell,
+        split,
+        best,
+        opts,
+        progress,
+    )?)
+}
+
+/// True when `run_dir` holds a recurrent (language model) run, search or retraining.
+pub fn is_lm_run(run_dir: &Path) -> bool {
+    nas_train::read_text(&run_dir.join("config.toml")).is_ok_and(|text| {
+        LmSearchConfig::from_toml(&text).is_ok() || <LmConfig>::from_toml(&text).is_ok()
+    })
 }
 
 /// The architecture weights of a recurrent search, `[36, 5]` for 8 nodes.
@@ -76,13 +156,14 @@ pub(crate) struct RnnSearch {
     architect: Architect,
     hidden_valid: Option<Tensor>,
     seed: u64,
+    steps: usize,
     bptt: usize,
     model: RnnLmConfig,
 }
 
 impl RnnSearch {
-    pub(crate) fn new(cfg: &LmConfig, dev: &Device) -> Result<Self> {
-        let (Some(a), Some(adam)) = (cfg.arch, cfg.adam()) else {
+    pub(crate) fn new(cfg: &LmSearchConfig, dev: &Device) -> Result<Self> {
+        let Some(a) = cfg.arch else {
             return Err(Error::Config(
                 "a recurrent search needs an [arch] section (use a search preset)".into(),
             ));
@@ -92,13 +173,14 @@ impl RnnSearch {
             nas_train::stream_seed(cfg.run.seed, "alphas", 0),
             dev,
         )?;
-        let architect = Architect::new(alphas.store.trainable(), adam, a.order)?
+        let architect = Architect::new(alphas.store.trainable(), a.adam(), a.order)?
             .with_unrolled_clip(cfg.optim.clip);
         Ok(RnnSearch {
             alphas,
             architect,
             hidden_valid: None,
             seed: cfg.run.seed,
+            steps: a.steps,
             bptt: cfg.data.bptt,
             model: cfg.model,
         })
@@ -106,6 +188,8 @@ impl RnnSearch {
 }
 
 impl LmArch for RnnSearch {
+    type Error = Error;
+
     fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)> {
         train.search_windows(
             cfg.data.bptt,
@@ -130,7 +214,7 @@ impl LmArch for RnnSearch {
     ) -> Result<Option<(Tensor, f64)>> {
         let dev = train.tokens.device();
         let search = &data.search;
-        let (vx, vy) = crate::lm::window(search, start % (search.rows() - 1), self.bptt, dev)?;
+        let (vx, vy) = nas_retrain::window(search, start % (search.rows() - 1), self.bptt, dev)?;
         let batch = train.hidden.dim(0)?;
         let val_masks = LmMasks::sample(&self.model, data.vocab, batch, mask_rng, DType::F32, dev)?;
         let hidden_valid = match &self.hidden_valid {

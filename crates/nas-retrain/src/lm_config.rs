@@ -1,19 +1,59 @@
-//! Configuration of the recurrent runs: the cell search on PTB (`rnn/train_search.py`)
-//! and the retraining of a derived cell (`rnn/train.py`). TOML with
-//! `deny_unknown_fields`, named presets, `key=value` overrides.
+//! Configuration of the recurrent runs: the sections every one has (data, model, optim,
+//! run), an optional `[arch]` section whose type a search supplies ([`ArchSection`];
+//! retraining has none, [`NoArch`]), and the retraining presets (`rnn/train.py`). TOML
+//! with `deny_unknown_fields`, named presets, `key=value` overrides.
 
-use nas_train::{AdamConfig, ConfigFile, RunConfig, SgdConfig};
+use nas_models::RnnLmConfig;
+use nas_train::{ConfigFile, RunConfig, SgdConfig};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::architect::Order;
-
 use crate::error::{Error, Result};
-use nas_models::RnnLmConfig;
 
-/// Everything that decides a recurrent search or retraining run.
+/// The `[arch]` section of a recurrent search's configuration (its architecture
+/// optimizer); a search crate supplies it.
+pub trait ArchSection:
+    Clone + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + Send + Sync
+{
+    /// Checks ranges; the message names the key.
+    fn validate(&self) -> std::result::Result<(), String>;
+
+    /// The section of the `tiny` preset made from this one.
+    fn tiny(self) -> Self {
+        self
+    }
+}
+
+/// No `[arch]` section: retraining a derived cell. A configuration that has one is
+/// refused with a message saying so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoArch {}
+
+impl Serialize for NoArch {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+        match *self {}
+    }
+}
+
+impl<'de> Deserialize<'de> for NoArch {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "retraining takes no [arch] section (use a training preset)",
+        ))
+    }
+}
+
+impl ArchSection for NoArch {
+    fn validate(&self) -> std::result::Result<(), String> {
+        match *self {}
+    }
+}
+
+/// Everything that decides a recurrent run: a retraining run (`LmConfig`, no `[arch]`)
+/// or, with a search's `[arch]` section type `A`, a search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LmConfig {
+#[serde(deny_unknown_fields, bound(deserialize = "A: DeserializeOwned"))]
+pub struct LmConfig<A = NoArch> {
     /// The corpus and its batching.
     pub data: LmDataConfig,
     /// Sizes and dropouts.
@@ -21,10 +61,14 @@ pub struct LmConfig {
     /// The weights' optimizer and regularisation.
     pub optim: LmOptimConfig,
     /// The architecture weights' optimizer (searches only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<LmArchConfig>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub arch: Option<A>,
     /// Epochs, seed, checkpoints.
     pub run: RunConfig,
+}
+
+fn none<A>() -> Option<A> {
+    None
 }
 
 /// Corpus and batching.
@@ -71,36 +115,6 @@ pub struct LmOptimConfig {
     pub nonmono: usize,
 }
 
-/// Adam on the architecture weights.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LmArchConfig {
-    /// Learning rate (3e-3).
-    pub lr: f64,
-    /// L2 weight decay (1e-3).
-    pub weight_decay: f64,
-    /// First or second order.
-    pub order: Order,
-    /// Nodes of the search cell (8).
-    pub steps: usize,
-}
-
-/// The search presets.
-pub const LM_SEARCH_PRESETS: &[(&str, &str)] = &[
-    (
-        "cpu",
-        "all of PTB, emsize = nhid = 64, batch 256, 3 epochs: under an hour on one core",
-    ),
-    (
-        "tiny",
-        "PTB, emsize = nhid = 16, batch 8, 6k tokens, 2 epochs: seconds (tests)",
-    ),
-    (
-        "paper",
-        "the paper's PTB search: emsize = nhid = 300, batch 256, bptt 35, SGD lr 20, 50 epochs",
-    ),
-];
-
 /// The retraining presets.
 pub const LM_TRAIN_PRESETS: &[(&str, &str)] = &[
     ("cpu", "all of PTB, emsize = nhid = 128, batch 64, 6 epochs, NT-ASGD after 2 non-improving epochs: under an hour on one core"),
@@ -109,12 +123,12 @@ pub const LM_TRAIN_PRESETS: &[(&str, &str)] = &[
 ];
 
 impl LmConfig {
-    /// The paper's search setting.
-    pub fn paper_search() -> Self {
+    /// The paper's retraining setting.
+    pub fn paper_train() -> Self {
         LmConfig {
             data: LmDataConfig {
                 dataset: "ptb".into(),
-                batch_size: 256,
+                batch_size: 64,
                 eval_batch_size: 10,
                 test_batch_size: 1,
                 bptt: 35,
@@ -123,91 +137,30 @@ impl LmConfig {
                 max_valid_tokens: None,
             },
             model: RnnLmConfig {
-                emsize: 300,
-                nhid: 300,
+                emsize: 850,
+                nhid: 850,
                 dropout: 0.75,
                 dropouth: 0.25,
                 dropoutx: 0.75,
                 dropouti: 0.2,
-                dropoute: 0.0,
+                dropoute: 0.1,
                 init_range: 0.04,
             },
             optim: LmOptimConfig {
                 lr: 20.0,
                 clip: 0.25,
-                weight_decay: 5e-7,
+                weight_decay: 8e-7,
                 ar_alpha: 0.0,
                 tar_beta: 1e-3,
-                nonmono: 0,
-            },
-            arch: Some(LmArchConfig {
-                lr: 3e-3,
-                weight_decay: 1e-3,
-                order: Order::First,
-                steps: 8,
-            }),
-            run: RunConfig {
-                epochs: 50,
-                seed: 3,
-                keep_checkpoints: 2,
-                log_every: 50,
-            },
-        }
-    }
-
-    /// The paper's retraining setting.
-    pub fn paper_train() -> Self {
-        let s = Self::paper_search();
-        LmConfig {
-            data: LmDataConfig {
-                batch_size: 64,
-                ..s.data
-            },
-            model: RnnLmConfig {
-                emsize: 850,
-                nhid: 850,
-                dropoute: 0.1,
-                ..s.model
-            },
-            optim: LmOptimConfig {
-                weight_decay: 8e-7,
                 nonmono: 5,
-                ..s.optim
             },
             arch: None,
             run: RunConfig {
                 epochs: 8000,
                 seed: 1267,
+                keep_checkpoints: 2,
                 log_every: 200,
-                ..s.run
             },
-        }
-    }
-
-    /// A search preset by name (see [`LM_SEARCH_PRESETS`]).
-    pub fn search_preset(name: &str) -> Result<Self> {
-        let paper = Self::paper_search();
-        match name {
-            "paper" => Ok(paper),
-            // The whole of PTB at the paper's batch of 256 (104 steps per epoch), a
-            // smaller cell. At batch 64 the search diverged here (gradient norms of 1e9
-            // within 250 steps), as the reference code's gradient norms also blow up
-            // there (docs/results/ptb.md).
-            "cpu" => Ok(LmConfig {
-                model: RnnLmConfig {
-                    emsize: 64,
-                    nhid: 64,
-                    ..paper.model
-                },
-                run: RunConfig {
-                    epochs: 3,
-                    log_every: 5,
-                    ..paper.run
-                },
-                ..paper
-            }),
-            "tiny" => Ok(tiny(paper)),
-            other => Err(unknown(other, LM_SEARCH_PRESETS)),
         }
     }
 
@@ -235,10 +188,12 @@ impl LmConfig {
                 ..paper
             }),
             "tiny" => Ok(tiny(paper)),
-            other => Err(unknown(other, LM_TRAIN_PRESETS)),
+            other => Err(unknown_preset(other, LM_TRAIN_PRESETS)),
         }
     }
+}
 
+impl<A: ArchSection> LmConfig<A> {
     /// The weights' optimizer settings (plain SGD).
     pub fn sgd(&self) -> SgdConfig {
         SgdConfig {
@@ -249,20 +204,25 @@ impl LmConfig {
         }
     }
 
-    /// The architecture optimizer's settings (Adam with betas (0.9, 0.999), as the
-    /// reference's recurrent architect), if this is a search.
-    pub fn adam(&self) -> Option<AdamConfig> {
-        self.arch.map(|a| AdamConfig {
-            lr: a.lr,
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: a.weight_decay,
-            decoupled: false,
-        })
+    /// The sections every recurrent run has, without the `[arch]` section (what the
+    /// recurrent loop reads).
+    pub fn base(&self) -> LmConfig {
+        LmConfig {
+            data: self.data.clone(),
+            model: self.model,
+            optim: self.optim,
+            arch: None,
+            run: self.run,
+        }
+    }
+
+    /// The `tiny` preset made from this one: PTB's first tokens, 16 units, 2 epochs.
+    pub fn tiny(self) -> Self {
+        tiny(self)
     }
 }
 
-fn tiny(base: LmConfig) -> LmConfig {
+fn tiny<A: ArchSection>(base: LmConfig<A>) -> LmConfig<A> {
     LmConfig {
         data: LmDataConfig {
             batch_size: 8,
@@ -279,7 +239,7 @@ fn tiny(base: LmConfig) -> LmConfig {
             nhid: 16,
             ..base.model
         },
-        arch: base.arch.map(|a| LmArchConfig { lr: 3e-2, ..a }),
+        arch: base.arch.map(ArchSection::tiny),
         run: RunConfig {
             epochs: 2,
             log_every: 10,
@@ -289,7 +249,8 @@ fn tiny(base: LmConfig) -> LmConfig {
     }
 }
 
-fn unknown(name: &str, presets: &[(&str, &str)]) -> Error {
+/// The error for an unknown preset, naming the known ones.
+pub fn unknown_preset(name: &str, presets: &[(&str, &str)]) -> Error {
     let names: Vec<_> = presets.iter().map(|(n, _)| *n).collect();
     Error::Config(format!(
         "unknown preset {name:?}; expected one of: {}",
@@ -297,7 +258,7 @@ fn unknown(name: &str, presets: &[(&str, &str)]) -> Error {
     ))
 }
 
-impl ConfigFile for LmConfig {
+impl<A: ArchSection> ConfigFile for LmConfig<A> {
     type Error = Error;
     const OPTIONAL: &'static [&'static str] = &["data.max_train_tokens", "data.max_valid_tokens"];
 
@@ -305,7 +266,10 @@ impl ConfigFile for LmConfig {
     fn validate(&self) -> Result<()> {
         self.model.validate()?;
         let d = &self.data;
-        let checks: [(bool, &str); 8] = [
+        if let Some(a) = &self.arch {
+            a.validate().map_err(Error::Config)?;
+        }
+        let checks: [(bool, &str); 7] = [
             (
                 d.dataset == "ptb" || d.dataset == "wikitext2",
                 "data.dataset must be ptb or wikitext2",
@@ -327,10 +291,6 @@ impl ConfigFile for LmConfig {
                     && self.optim.tar_beta >= 0.0,
                 "optim.weight_decay, optim.ar_alpha and optim.tar_beta must be >= 0",
             ),
-            (
-                self.arch.is_none_or(|a| a.lr > 0.0 && a.steps >= 1),
-                "arch.lr must be positive and arch.steps at least 1",
-            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err(Error::Config((*message).to_string())),
@@ -344,27 +304,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn presets_round_trip_and_overrides_name_keys() {
-        for (name, _) in LM_SEARCH_PRESETS {
-            let cfg = LmConfig::search_preset(name).unwrap();
-            assert!(cfg.arch.is_some());
-            assert_eq!(LmConfig::from_toml(&cfg.to_toml().unwrap()).unwrap(), cfg);
-        }
+    fn presets_round_trip_and_an_arch_section_is_refused() {
         for (name, _) in LM_TRAIN_PRESETS {
             let cfg = LmConfig::train_preset(name).unwrap();
-            assert!(cfg.arch.is_none());
             assert_eq!(LmConfig::from_toml(&cfg.to_toml().unwrap()).unwrap(), cfg);
         }
-        let cfg = LmConfig::search_preset("paper").unwrap();
-        let changed = cfg
-            .with_overrides(&["model.nhid=32".into(), "model.emsize=32".into()])
-            .unwrap();
-        assert_eq!(changed.model.nhid, 32);
+        let text = LmConfig::train_preset("tiny").unwrap().to_toml().unwrap();
+        let with_arch = format!("{text}\n[arch]\nlr = 0.003\n");
+        let err = LmConfig::<NoArch>::from_toml(&with_arch).unwrap_err();
+        assert!(err.to_string().contains("takes no [arch] section"), "{err}");
+        let cfg = LmConfig::train_preset("paper").unwrap();
         let err = cfg.with_overrides(&["model.nhid=32".into()]).unwrap_err();
         assert!(err.to_string().contains("emsize and nhid"), "{err}");
         let err = cfg.with_overrides(&["optim.lrr=1".into()]).unwrap_err();
         assert!(err.to_string().contains("lrr"), "{err}");
-        let err = LmConfig::search_preset("huge").unwrap_err();
+        let err = LmConfig::train_preset("huge").unwrap_err();
         assert!(err.to_string().contains("cpu, tiny, paper"), "{err}");
     }
 }

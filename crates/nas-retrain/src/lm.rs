@@ -1,5 +1,6 @@
-//! The recurrent runs on a text corpus: the DARTS cell search (`rnn/train_search.py`)
-//! and the retraining of a derived cell with NT-ASGD (`rnn/train.py`), one loop for both.
+//! The recurrent runs on a text corpus, one loop for all: the retraining of a derived
+//! cell with NT-ASGD (`rnn/train.py`), and, through the [`LmArch`] hook, a search's
+//! architecture steps (DARTS's is `nas-darts`'s `rnn_search`).
 //!
 //! Per training window: (search only) an architecture step on the next window of the
 //! validation stream, then a weight step on the training window (NLL + AR + TAR, SGD whose
@@ -34,7 +35,6 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::lm_config::{LmConfig, LmOptimConfig};
-use crate::rnn_search::RnnSearch;
 use nas_models::{ar, nll, tar, LmBatch, LmMasks, RnnLm};
 use nas_train::RunOptions;
 
@@ -68,7 +68,7 @@ pub struct LmReport {
     pub tokens_per_second: f64,
 }
 
-/// Starts retraining `genotype` in `out` (`cfg.arch` must be unset).
+/// Starts retraining `genotype` in `out`.
 pub fn train_lm(
     cfg: &LmConfig,
     genotype: &RnnGenotype,
@@ -76,83 +76,52 @@ pub fn train_lm(
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
-    if cfg.arch.is_some() {
-        return Err(Error::Config(
-            "retraining takes no [arch] section (use a training preset)".into(),
-        ));
-    }
-    start(cfg, Some(genotype), out, opts, progress)
-}
-
-pub(crate) fn start(
-    cfg: &LmConfig,
-    genotype: Option<&RnnGenotype>,
-    out: &Path,
-    opts: &RunOptions,
-    progress: &mut dyn Progress,
-) -> Result<LmOutcome> {
     cfg.validate()?;
-    // Load the data first: a run that cannot start leaves no folder behind.
+    // Load the data and build the model first: a run that cannot start leaves no folder.
     let data = LmData::load(cfg, &opts.data_dir)?;
+    let (model, store) = derived_model(cfg, genotype, &data, &opts.device)?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
-    if let Some(g) = genotype {
-        let json = Genotype::DartsRnn(g.clone()).to_json();
-        run.write(GENOTYPE_FILE, format!("{json}\n").as_bytes())?;
-    }
-    tracing::info!(dir = %out.display(), "recurrent run started");
-    launch(cfg, genotype.cloned(), run, data, opts, progress)
+    let json = Genotype::DartsRnn(genotype.clone()).to_json();
+    run.write(GENOTYPE_FILE, format!("{json}\n").as_bytes())?;
+    tracing::info!(dir = %out.display(), "recurrent retraining started");
+    let genotype = Some(genotype.clone());
+    run_lm(
+        cfg, model, store, Retrain, genotype, run, data, opts, progress,
+    )
 }
 
-/// Builds the model (a derived cell for retraining, the search cell otherwise) and runs
-/// the loop.
-fn launch(
-    cfg: &LmConfig,
-    genotype: Option<RnnGenotype>,
-    run: RunDir,
-    data: LmData,
-    opts: &RunOptions,
-    progress: &mut dyn Progress,
-) -> Result<LmOutcome> {
-    let store = ParamStore::new(cfg.run.seed);
-    let vb = store.var_builder(DType::F32, &opts.device);
-    match (&genotype, cfg.arch) {
-        (Some(g), _) => {
-            let model = RnnLm::derived(cfg.model, data.vocab, g, vb)?;
-            run_loop(
-                cfg, model, store, Retrain, genotype, run, data, opts, progress,
-            )
-        }
-        (None, Some(a)) => {
-            let model = RnnLm::search(cfg.model, data.vocab, a.steps, vb)?;
-            let arch = RnnSearch::new(cfg, &opts.device)?;
-            run_loop(cfg, model, store, arch, None, run, data, opts, progress)
-        }
-        (None, None) => Err(Error::Config(
-            "a retraining run needs a genotype".to_string(),
-        )),
-    }
-}
-
-/// Resumes the recurrent run (search or retraining) in `run_dir` from its newest
-/// checkpoint, with the configuration it was started with.
-pub fn resume_lm(
+/// Resumes the retraining run in `run_dir` from its newest checkpoint, with the
+/// configuration and genotype it was started with.
+pub fn resume_lm_training(
     run_dir: &Path,
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
     RunDir::open(run_dir, 1)?;
     let cfg = LmConfig::from_file(&run_dir.join("config.toml"))?;
-    let genotype = if cfg.arch.is_none() {
-        Some(read_genotype(run_dir)?)
-    } else {
-        None
-    };
+    let genotype = read_genotype(run_dir)?;
     let data = LmData::load(&cfg, &opts.data_dir)?;
+    let (model, store) = derived_model(&cfg, &genotype, &data, &opts.device)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
-    launch(&cfg, genotype, run, data, opts, progress)
+    let genotype = Some(genotype);
+    run_lm(
+        &cfg, model, store, Retrain, genotype, run, data, opts, progress,
+    )
 }
 
-fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
+fn derived_model(
+    cfg: &LmConfig,
+    genotype: &RnnGenotype,
+    data: &LmData,
+    dev: &Device,
+) -> Result<(RnnLm, ParamStore)> {
+    let store = ParamStore::new(cfg.run.seed);
+    let vb = store.var_builder(DType::F32, dev);
+    Ok((RnnLm::derived(cfg.model, data.vocab, genotype, vb)?, store))
+}
+
+/// The DARTS recurrent genotype a run directory holds (`genotype.json`).
+pub fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
     let path = run_dir.join(GENOTYPE_FILE);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -169,16 +138,21 @@ fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
 
 /// The corpus cut into the streams a run reads.
 pub struct LmData {
-    pub(crate) vocab: usize,
-    pub(crate) train: Batched,
+    /// The vocabulary size.
+    pub vocab: usize,
+    /// The training stream at the training batch size.
+    pub train: Batched,
     /// The validation tokens at the training batch size (the search's architecture data).
-    pub(crate) search: Batched,
-    pub(crate) valid: Batched,
-    pub(crate) test: Batched,
+    pub search: Batched,
+    /// The validation stream at the evaluation batch size.
+    pub valid: Batched,
+    /// The test stream at the test batch size.
+    pub test: Batched,
 }
 
 impl LmData {
-    fn load(cfg: &LmConfig, data_dir: &Path) -> Result<Self> {
+    /// Reads the corpus `cfg` names and cuts it into the streams.
+    pub fn load(cfg: &LmConfig, data_dir: &Path) -> Result<Self> {
         let corpus: Corpus = Dataset::from_name(&cfg.data.dataset)?.load_corpus(data_dir)?;
         let cut = |tokens: &[u32], max: Option<usize>| -> Vec<u32> {
             tokens[..max.unwrap_or(usize::MAX).min(tokens.len())].to_vec()
@@ -204,7 +178,7 @@ impl LmData {
 }
 
 /// A window of a stream as tensors: inputs `[T, B]` and flat targets `[T * B]`.
-pub(crate) fn window(
+pub fn window(
     stream: &Batched,
     start: usize,
     len: usize,
@@ -222,11 +196,19 @@ pub(crate) fn window(
 /// genotype, [`Retrain`]), or a search's architecture step before every weight step,
 /// with its own state, outputs and checkpoint groups.
 pub trait LmArch: Send {
+    /// The error of the hook's steps; the loop's own errors convert into it.
+    type Error: From<Error>
+        + From<nas_train::Error>
+        + From<nas_models::Error>
+        + From<candle_core::Error>
+        + Send
+        + 'static;
+
     /// The windows of epoch `epoch` over the training stream.
     fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)>;
 
     /// An epoch starts: `batch` is the training batch size.
-    fn begin_epoch(&mut self, _model: &RnnLm, _batch: usize) -> Result<()> {
+    fn begin_epoch(&mut self, _model: &RnnLm, _batch: usize) -> Result<(), Self::Error> {
         Ok(())
     }
 
@@ -243,34 +225,38 @@ pub trait LmArch: Send {
         _start: usize,
         _data: &LmData,
         _mask_rng: &mut StdRng,
-    ) -> Result<Option<(Tensor, f64)>> {
+    ) -> Result<Option<(Tensor, f64)>, Self::Error> {
         Ok(None)
     }
 
     /// The architecture probabilities evaluation uses (`None`: a derived cell).
-    fn probs(&self) -> Result<Option<Tensor>> {
+    fn probs(&self) -> Result<Option<Tensor>, Self::Error> {
         Ok(None)
     }
 
     /// Fields of the epoch's line (the current genotype) and per-epoch outputs.
-    fn end_epoch(&mut self, _epoch: usize, _run: &RunDir) -> Result<Map<String, Value>> {
+    fn end_epoch(
+        &mut self,
+        _epoch: usize,
+        _run: &RunDir,
+    ) -> Result<Map<String, Value>, Self::Error> {
         Ok(Map::new())
     }
 
     /// Checkpoint groups besides the weights and the iterate average.
     #[allow(clippy::type_complexity)]
-    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>> {
+    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>, Self::Error> {
         Ok(Vec::new())
     }
 
     /// Restores what [`LmArch::state`] saved.
-    fn restore(&mut self, _ckpt: &LoadedCheckpoint) -> Result<()> {
+    fn restore(&mut self, _ckpt: &LoadedCheckpoint) -> Result<(), Self::Error> {
         Ok(())
     }
 
     /// After the last epoch: the found genotype of a search (its outputs written), or
     /// `None` for retraining (the run is then evaluated on the test set).
-    fn finish(&self, _run: &RunDir) -> Result<Option<RnnGenotype>> {
+    fn finish(&self, _run: &RunDir) -> Result<Option<RnnGenotype>, Self::Error> {
         Ok(None)
     }
 }
@@ -280,6 +266,8 @@ pub trait LmArch: Send {
 pub struct Retrain;
 
 impl LmArch for Retrain {
+    type Error = Error;
+
     fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)> {
         train.darts_windows(
             cfg.data.bptt,
@@ -306,8 +294,10 @@ struct LmTask<'a, A: LmArch> {
     opts: &'a RunOptions,
 }
 
+/// Runs the recurrent loop in `run` (new or resumed) on `model`, whose variables live in
+/// `store`, with the hook `arch`; `genotype` is the derived cell of a retraining run.
 #[allow(clippy::too_many_arguments)]
-fn run_loop<A: LmArch>(
+pub fn run_lm<A: LmArch>(
     cfg: &LmConfig,
     model: RnnLm,
     store: ParamStore,
@@ -317,7 +307,7 @@ fn run_loop<A: LmArch>(
     data: LmData,
     opts: &RunOptions,
     progress: &mut dyn Progress,
-) -> Result<LmOutcome> {
+) -> Result<LmOutcome, A::Error> {
     let sgd = Sgd::new(store.trainable(), cfg.sgd())?;
     tracing::info!(
         parameters = store.count(|_| true),
@@ -345,10 +335,10 @@ fn run_loop<A: LmArch>(
 
 impl<A: LmArch> Task for LmTask<'_, A> {
     type Batch = (usize, usize);
-    type Error = Error;
+    type Error = A::Error;
     type Outcome = LmOutcome;
 
-    fn restore(&mut self, ckpt: &LoadedCheckpoint) -> Result<()> {
+    fn restore(&mut self, ckpt: &LoadedCheckpoint) -> Result<(), A::Error> {
         ckpt.load("weights", |t| self.store.set_all(t))?;
         self.arch.restore(ckpt)?;
         if let Some(ax) = ckpt.groups.get("average") {
@@ -367,7 +357,7 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         Ok(())
     }
 
-    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochPlan<Self::Batch, Error>> {
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochPlan<Self::Batch, A::Error>, A::Error> {
         let windows = self.arch.windows(&self.data.train, self.cfg, epoch);
         let batch = self.cfg.data.batch_size;
         self.hidden = self.model.init_hidden(batch)?;
@@ -378,7 +368,11 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         })
     }
 
-    fn step(&mut self, ctx: &StepCtx, (start, len): (usize, usize)) -> Result<StepReport> {
+    fn step(
+        &mut self,
+        ctx: &StepCtx,
+        (start, len): (usize, usize),
+    ) -> Result<StepReport, A::Error> {
         let cfg = self.cfg;
         let (bptt, batch, dev) = (cfg.data.bptt, cfg.data.batch_size, &self.device);
         let lr = cfg.optim.lr * len as f64 / bptt as f64;
@@ -446,7 +440,7 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         means: &EpochMeans,
         run: &RunDir,
         progress: &mut dyn Progress,
-    ) -> Result<EpochEnd> {
+    ) -> Result<EpochEnd, A::Error> {
         let cfg = self.cfg;
         self.sgd.set_lr(cfg.optim.lr);
         // Validation, with the averaged weights once NT-ASGD runs.
@@ -496,7 +490,7 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         })
     }
 
-    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>> {
+    fn state(&self) -> Result<Vec<(&'static str, HashMap<String, Tensor>)>, A::Error> {
         let mut groups = vec![("weights", self.store.snapshot()?)];
         groups.extend(self.arch.state()?);
         if let Some(avg) = &self.average {
@@ -510,7 +504,7 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         run: &RunDir,
         end: RunEnd,
         progress: &mut dyn Progress,
-    ) -> Result<LmOutcome> {
+    ) -> Result<LmOutcome, A::Error> {
         if let Some(genotype) = self.arch.finish(run)? {
             return Ok(LmOutcome {
                 run_dir: run.path().to_path_buf(),
@@ -636,7 +630,20 @@ fn evaluate(
     })
 }
 
-/// Evaluates a recurrent run's checkpoint (the best one, or the newest) on `split`
+/// Which language model a recurrent run's checkpoint holds.
+#[derive(Debug, Clone)]
+pub enum LmCell {
+    /// A derived cell (retraining).
+    Derived(RnnGenotype),
+    /// The search cell's mixture of `steps` nodes; the checkpoint's `arch` group holds
+    /// the architecture weights (`weights`, softmaxed over the primitives).
+    Search {
+        /// Nodes of the search cell.
+        steps: usize,
+    },
+}
+
+/// Evaluates a retraining run's checkpoint (the best one, or the newest) on `split`
 /// (`valid` or `test`), with the averaged weights when NT-ASGD had started.
 pub fn evaluate_lm_run(
     run_dir: &Path,
@@ -646,7 +653,22 @@ pub fn evaluate_lm_run(
     progress: &mut dyn Progress,
 ) -> Result<LmReport> {
     let cfg = LmConfig::from_file(&run_dir.join("config.toml"))?;
-    let data = LmData::load(&cfg, &opts.data_dir)?;
+    let cell = LmCell::Derived(read_genotype(run_dir)?);
+    evaluate_lm_checkpoint(run_dir, &cfg, &cell, split, best, opts, progress)
+}
+
+/// Evaluates the best (or newest) checkpoint of the recurrent run in `run_dir`, whose
+/// configuration is `cfg` and whose model is `cell`, on `split` (`valid` or `test`).
+pub fn evaluate_lm_checkpoint(
+    run_dir: &Path,
+    cfg: &LmConfig,
+    cell: &LmCell,
+    split: &str,
+    best: bool,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<LmReport> {
+    let data = LmData::load(cfg, &opts.data_dir)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
     let path = match (best, run.best()?) {
         (true, Some((name, _))) => run_dir.join("checkpoints").join(name),
@@ -658,13 +680,9 @@ pub fn evaluate_lm_run(
     let ckpt = nas_train::read_checkpoint(&path, &opts.device)?;
     let store = ParamStore::new(cfg.run.seed);
     let vb = store.var_builder(DType::F32, &opts.device);
-    let (model, probs) = match cfg.arch {
-        None => (
-            RnnLm::derived(cfg.model, data.vocab, &read_genotype(run_dir)?, vb)?,
-            None,
-        ),
-        Some(a) => {
-            // A search run: its architecture weights, softmaxed over the primitives.
+    let (model, probs) = match cell {
+        LmCell::Derived(g) => (RnnLm::derived(cfg.model, data.vocab, g, vb)?, None),
+        LmCell::Search { steps } => {
             let alphas =
                 ckpt.group("arch")?
                     .get("weights")
@@ -674,7 +692,7 @@ pub fn evaluate_lm_run(
                         message: "no tensor \"weights\"".into(),
                     })?;
             (
-                RnnLm::search(cfg.model, data.vocab, a.steps, vb)?,
+                RnnLm::search(cfg.model, data.vocab, *steps, vb)?,
                 Some(candle_nn::ops::softmax(alphas, 1)?),
             )
         }
