@@ -282,10 +282,7 @@ impl ConfigFile for SearchConfig {
                 "arch.betas must be in [0, 1)",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config((*message).to_string())),
-            None => Ok(()),
-        }
+        Ok(nas_train::check(&checks)?)
     }
 }
 

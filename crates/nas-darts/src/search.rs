@@ -295,15 +295,13 @@ impl Task for SearchTask<'_> {
         ctx.ensure_finite("validation loss", val_loss)?;
         self.val_accuracy = val_acc;
         let python = self.alphas.genotype()?.to_python()?;
-        let serde_json::Value::Object(fields) = serde_json::json!({
+        let fields = nas_train::fields(serde_json::json!({
             "lr": self.lr,
             "train_loss": means.mean("loss"), "train_accuracy": means.mean("accuracy"),
             "arch_val_loss": means.mean("arch_val_loss"),
             "val_loss": val_loss, "val_accuracy": val_acc,
             "genotype": python,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
+        }));
         let dir = run.path().join("alphas");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
             path: dir.clone(),

@@ -472,15 +472,13 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         }
         self.history.push(val.loss);
         let train_loss = means.mean("loss");
-        let serde_json::Value::Object(mut fields) = serde_json::json!({
+        let mut fields = nas_train::fields(serde_json::json!({
             "lr": cfg.optim.lr,
             "train_loss": train_loss, "train_ppl": train_loss.exp(),
             "arch_val_loss": means.get("arch_val_loss"),
             "val_loss": val.loss, "val_ppl": val.ppl,
             "averaging": self.average.is_some(), "switched_to_asgd": switched,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
+        }));
         fields.extend(self.arch.end_epoch(ctx.epoch, run)?);
         Ok(EpochEnd {
             fields,

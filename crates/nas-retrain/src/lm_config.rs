@@ -292,10 +292,7 @@ impl<A: ArchSection> ConfigFile for LmConfig<A> {
                 "optim.weight_decay, optim.ar_alpha and optim.tar_beta must be >= 0",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config((*message).to_string())),
-            None => Ok(()),
-        }
+        Ok(nas_train::check(&checks)?)
     }
 }
 

@@ -454,13 +454,11 @@ impl Task for TrainTask<'_> {
         progress.evaluating(self.data.val.len().div_ceil(self.cfg.data.batch_size));
         let val = evaluate(&self.net, &self.data.source, &self.data.val, &self.device)?;
         ctx.ensure_finite("validation loss", val.loss)?;
-        let serde_json::Value::Object(fields) = serde_json::json!({
+        let fields = nas_train::fields(serde_json::json!({
             "lr": self.lr, "drop_prob": self.drop_prob,
             "train_loss": means.mean("loss"), "train_accuracy": means.mean("accuracy"),
             "val_loss": val.loss, "val_accuracy": val.top1, "val_top5": val.top5,
-        }) else {
-            unreachable!("a JSON object literal")
-        };
+        }));
         Ok(EpochEnd {
             fields,
             log_keys: &["train_loss", "train_accuracy", "val_accuracy"],

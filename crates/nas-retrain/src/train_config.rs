@@ -378,10 +378,7 @@ impl ConfigFile for TrainConfig {
                 "optim.label_smoothing must be in [0, 1)",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config((*message).to_string())),
-            None => Ok(()),
-        }
+        Ok(nas_train::check(&checks)?)
     }
 }
 

@@ -30,8 +30,8 @@ pub use params::{is_buffer, ParamStore, BUFFER_SUFFIXES};
 pub use progress::{NoProgress, Progress, StepStats};
 pub use run_dir::{read_checkpoint, CheckpointState, LoadedCheckpoint, RunDir};
 pub use runner::{
-    in_pool, EpochEnd, EpochMeans, EpochPlan, RunEnd, RunOptions, RunSettings, StepCtx, StepReport,
-    Task,
+    fields, in_pool, EpochEnd, EpochMeans, EpochPlan, RunEnd, RunOptions, RunSettings, StepCtx,
+    StepReport, Task,
 };
 pub use schedule::LrSchedule;
 pub use seed::{stream_rng, stream_seed};

@@ -131,6 +131,15 @@ pub struct EpochEnd {
     pub extra: Value,
 }
 
+/// The fields of a JSON object (`serde_json::json!({...})`), for [`EpochEnd::fields`]; any
+/// other value becomes the one field `value`.
+pub fn fields(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        other => Map::from_iter([("value".to_string(), other)]),
+    }
+}
+
 /// How the run went, for [`Task::finish`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunEnd {
