@@ -193,13 +193,7 @@ impl SearchConfig {
                 },
                 ..paper
             }),
-            other => {
-                let names: Vec<_> = PRESETS.iter().map(|(n, _)| *n).collect();
-                Err(Error::Config(format!(
-                    "unknown preset {other:?}; expected one of: {}",
-                    names.join(", ")
-                )))
-            }
+            other => Err(nas_train::unknown_preset(other, PRESETS).into()),
         }
     }
 

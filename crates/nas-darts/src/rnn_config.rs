@@ -3,7 +3,7 @@
 //! presets.
 
 use nas_models::RnnLmConfig;
-use nas_retrain::{unknown_preset, ArchSection, LmConfig, LmDataConfig, LmOptimConfig};
+use nas_retrain::{ArchSection, LmConfig, LmDataConfig, LmOptimConfig};
 use nas_train::{AdamConfig, RunConfig};
 use serde::{Deserialize, Serialize};
 
@@ -140,7 +140,7 @@ pub fn rnn_search_preset(name: &str) -> Result<LmSearchConfig> {
             ..paper
         }),
         "tiny" => Ok(paper.tiny()),
-        other => Err(unknown_preset(other, LM_SEARCH_PRESETS).into()),
+        other => Err(nas_train::unknown_preset(other, LM_SEARCH_PRESETS).into()),
     }
 }
 

@@ -17,9 +17,7 @@ pub use lm::{
     run_lm, train_lm, weight_step, window, LmArch, LmCell, LmData, LmOutcome, LmReport, Retrain,
     WeightStep,
 };
-pub use lm_config::{
-    unknown_preset, ArchSection, LmConfig, LmDataConfig, LmOptimConfig, NoArch, LM_TRAIN_PRESETS,
-};
+pub use lm_config::{ArchSection, LmConfig, LmDataConfig, LmOptimConfig, NoArch, LM_TRAIN_PRESETS};
 pub use train::{evaluate_run, evaluate_weights, resume_training, train, EvalReport, TrainOutcome};
 pub use train_config::{
     TrainConfig, TrainDataConfig, TrainModelConfig, TrainOptimConfig, TRAIN_PRESETS,

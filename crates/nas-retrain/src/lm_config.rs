@@ -188,7 +188,7 @@ impl LmConfig {
                 ..paper
             }),
             "tiny" => Ok(tiny(paper)),
-            other => Err(unknown_preset(other, LM_TRAIN_PRESETS)),
+            other => Err(nas_train::unknown_preset(other, LM_TRAIN_PRESETS).into()),
         }
     }
 }
@@ -247,15 +247,6 @@ fn tiny<A: ArchSection>(base: LmConfig<A>) -> LmConfig<A> {
         },
         ..base
     }
-}
-
-/// The error for an unknown preset, naming the known ones.
-pub fn unknown_preset(name: &str, presets: &[(&str, &str)]) -> Error {
-    let names: Vec<_> = presets.iter().map(|(n, _)| *n).collect();
-    Error::Config(format!(
-        "unknown preset {name:?}; expected one of: {}",
-        names.join(", ")
-    ))
 }
 
 impl<A: ArchSection> ConfigFile for LmConfig<A> {

@@ -281,13 +281,7 @@ impl TrainConfig {
                 },
                 ..paper
             }),
-            other => {
-                let names: Vec<_> = TRAIN_PRESETS.iter().map(|(n, _)| *n).collect();
-                Err(Error::Config(format!(
-                    "unknown preset {other:?}; expected one of: {}",
-                    names.join(", ")
-                )))
-            }
+            other => Err(nas_train::unknown_preset(other, TRAIN_PRESETS).into()),
         }
     }
 

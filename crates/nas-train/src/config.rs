@@ -77,6 +77,16 @@ pub trait ConfigFile: Serialize + DeserializeOwned {
     }
 }
 
+/// The error for an unknown preset `name`, naming the known `presets` (name,
+/// description).
+pub fn unknown_preset(name: &str, presets: &[(&str, &str)]) -> Error {
+    let names: Vec<_> = presets.iter().map(|(n, _)| *n).collect();
+    Error::Config(format!(
+        "unknown preset {name:?}; expected one of: {}",
+        names.join(", ")
+    ))
+}
+
 /// The first failed check's message as an error.
 pub fn check(checks: &[(bool, &str)]) -> Result<()> {
     match checks.iter().find(|(ok, _)| !ok) {

@@ -22,7 +22,7 @@ mod sgd;
 pub use adam::{Adam, AdamConfig};
 pub use atomic::{read_text, write_atomic, write_atomic_with};
 pub use average::IterateAverage;
-pub use config::{check, one_line, ConfigFile, RunConfig};
+pub use config::{check, one_line, unknown_preset, ConfigFile, RunConfig};
 pub use error::{Error, Result};
 pub use loss::{cross_entropy, ensure_finite, scalar};
 pub use metrics::{argmax, correct_top_k, Average};
