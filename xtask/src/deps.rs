@@ -1,7 +1,9 @@
 //! `cargo xtask deps`: checks that every crate depends only on the crates ARCHITECTURE.md
 //! allows it (the layers: genotypes; ops and data; training; networks; retraining;
 //! searches; the command line), and that libraries stay free of argv parsing and
-//! `anyhow`. Reads `cargo metadata`; CI runs it.
+//! `anyhow`. Reads `cargo metadata`; CI runs it. Inside `nas-ops` the source folders are
+//! layers too (kernels, cuda, ops, fused, modules): a file may name only its own folder
+//! and those before it.
 
 use std::process::Command;
 
@@ -52,6 +54,13 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// `nas-ops`'s source folders in layer order: a file in one may use only itself and the
+/// folders before it (its tests may use anything).
+const OPS_LAYERS: &[&str] = &["kernels", "cuda", "ops", "fused", "modules"];
+
+/// Paths at `nas-ops`'s root that every layer may use.
+const OPS_SHARED: &[&str] = &["error", "testing", "runtime"];
 
 /// Packages that may depend on anything: binaries and test packages.
 const TOP: &[&str] = &["nas-cli", "xtask", "nas-tests"];
@@ -104,9 +113,11 @@ pub fn run(args: &[&str]) -> Result<()> {
         );
     }
     let meta: Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    let problems = check(&meta);
+    let mut problems = check(&meta);
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/nas-ops/src");
+    problems.extend(check_ops_layers(&ops)?);
     if problems.is_empty() {
-        println!("deps: every crate depends only on what its layer allows");
+        println!("deps: every crate and every nas-ops layer uses only what its layer allows");
         Ok(())
     } else {
         for p in &problems {
@@ -162,9 +173,87 @@ fn check(meta: &Value) -> Vec<String> {
     problems
 }
 
+/// The `crate::` paths in `nas-ops`'s layer folders under `src` that reach a later layer
+/// (or the crate root's re-exports, which hide the layer), one line each.
+fn check_ops_layers(src: &std::path::Path) -> Result<Vec<String>> {
+    let mut problems = Vec::new();
+    for (rank, layer) in OPS_LAYERS.iter().enumerate() {
+        let dir = src.join(layer);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .filter(|p| !p.ends_with("tests.rs"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let name = format!(
+                "{layer}/{}",
+                file.file_name().unwrap_or_default().to_string_lossy()
+            );
+            problems.extend(layer_problems(&name, rank, &text));
+        }
+    }
+    Ok(problems)
+}
+
+/// [`check_ops_layers`] for one file's text: code only, its test module and comments
+/// left out (as are test files, `tests.rs`).
+fn layer_problems(name: &str, rank: usize, text: &str) -> Vec<String> {
+    let code = text
+        .split("#[cfg(test)]\nmod tests")
+        .next()
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for (i, line) in code.lines().enumerate() {
+        let line = line.split("//").next().unwrap_or_default();
+        for (at, _) in line.match_indices("crate::") {
+            let path: String = line[at + 7..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let ok = match OPS_LAYERS.iter().position(|l| *l == path) {
+                Some(r) => r <= rank,
+                None => OPS_SHARED.contains(&path.as_str()),
+            };
+            if !ok {
+                problems.push(format!(
+                    "nas-ops/src/{name}:{}: `crate::{path}` is not in its layer or one before it ({})",
+                    i + 1,
+                    OPS_LAYERS[..=rank].join(", ")
+                ));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_op_that_uses_a_module_or_a_root_reexport_is_reported() {
+        let text = "use crate::kernels::elem::Elem;\nuse crate::modules::conv::Conv2d;\n\
+                    fn f() { crate::DepthwiseConfig::default(); } // crate::fused\n\
+                    #[cfg(test)]\nmod tests {\n    use crate::modules::cell;\n}\n";
+        let problems = layer_problems("ops/x.rs", 2, text);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("nas-ops/src/ops/x.rs:2: `crate::modules`"));
+        assert!(problems[1].contains(":3: `crate::DepthwiseConfig`"));
+        assert!(layer_problems("modules/x.rs", 4, "use crate::ops::pool;\n").is_empty());
+    }
+
+    #[test]
+    fn the_ops_layers_as_they_are_pass() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/nas-ops/src");
+        assert_eq!(
+            check_ops_layers(&src).expect("readable"),
+            Vec::<String>::new()
+        );
+    }
 
     fn package(name: &str, deps: &[(&str, Option<&str>)]) -> Value {
         serde_json::json!({

@@ -19,6 +19,7 @@ mod import;
 mod lm;
 mod output;
 mod progress;
+mod run_args;
 mod search;
 mod train;
 

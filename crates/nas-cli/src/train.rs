@@ -7,48 +7,18 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use nas_models::EvalGenotype;
 use nas_retrain::{TrainConfig, TRAIN_PRESETS};
-use nas_train::RunOptions;
 
-use crate::data::resolve_data_dir;
 use crate::output::emit;
 use crate::progress::Bars;
-use crate::search::device;
+use crate::run_args::{PlaceArgs, RunArgs};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// A bundled genotype name or a genotype file (e.g. a search's genotype.json).
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     genotype: Option<String>,
-    /// digits, fashion-mnist, mnist, cifar10 or cifar100 [default: the preset's].
-    #[arg(long)]
-    dataset: Option<String>,
-    /// digits, fashion-mnist or paper [default: by data set].
-    #[arg(long)]
-    preset: Option<String>,
-    /// A whole TOML configuration instead of a preset.
-    #[arg(long, conflicts_with = "preset")]
-    config: Option<PathBuf>,
-    /// Override one setting by dotted key, e.g. `--set model.channels=16`; repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// The seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// The run directory [default: runs/train-<dataset>-<unix time>].
-    #[arg(long, conflicts_with = "resume")]
-    out: Option<PathBuf>,
-    /// Resume the run in this directory.
-    #[arg(long, conflicts_with_all = ["genotype", "dataset", "preset", "config", "set", "seed"])]
-    resume: Option<PathBuf>,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The data directory [default: $NAS_DATA_DIR, else ./datasets].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Print the resolved configuration and stop.
-    #[arg(long)]
-    dry_run: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -69,76 +39,46 @@ pub struct EvalArgs {
     /// Use the checkpoint with the best validation accuracy instead of the newest.
     #[arg(long)]
     best: bool,
-    /// cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// The data directory [default: $NAS_DATA_DIR, else ./datasets].
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    place: PlaceArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn presets_help() -> String {
-    TRAIN_PRESETS
-        .iter()
-        .map(|(n, d)| format!("  {n:<14} {d}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    crate::run_args::presets_help(TRAIN_PRESETS)
 }
 
-/// The configuration: a file, a named preset, or the data set's default preset (ENAS's
-/// own training for ENAS cells on CIFAR).
-fn resolve(args: &TrainArgs, genotype: &EvalGenotype) -> Result<TrainConfig> {
-    let cfg = match (&args.config, &args.preset) {
-        (Some(path), _) => TrainConfig::from_file(path)?,
-        (None, Some(name)) => TrainConfig::preset(name)?,
-        (None, None) => {
-            let name = TrainConfig::default_preset_for(args.dataset.as_deref().unwrap_or("digits"));
-            let enas = matches!(genotype, EvalGenotype::EnasMicro(_));
-            TrainConfig::preset(if enas && name == "paper" {
-                "enas"
-            } else {
-                name
-            })?
-        }
-    };
-    let mut overrides = Vec::new();
-    if let Some(d) = &args.dataset {
-        overrides.push(format!("data.dataset=\"{d}\""));
+/// The preset when none is named: the data set's (ENAS's own training for ENAS cells on
+/// CIFAR).
+fn default_preset(args: &TrainArgs, genotype: &EvalGenotype) -> &'static str {
+    let name = TrainConfig::default_preset_for(args.run.dataset.as_deref().unwrap_or("digits"));
+    if matches!(genotype, EvalGenotype::EnasMicro(_)) && name == "paper" {
+        "enas"
+    } else {
+        name
     }
-    overrides.extend(args.set.iter().cloned());
-    if let Some(seed) = args.seed {
-        overrides.push(format!("run.seed={seed}"));
-    }
-    Ok(cfg.with_overrides(&overrides)?)
 }
 
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let opts = RunOptions {
-        data_dir: resolve_data_dir(args.data_dir.clone()),
-        device: device(&args.device)?,
-    };
+    let opts = args.run.options()?;
     let mut bars = Bars::new();
-    let outcome = if let Some(dir) = &args.resume {
+    let outcome = if let Some(dir) = &args.run.resume {
         nas_retrain::resume_training(dir, &opts, &mut bars)
             .with_context(|| format!("resuming the training run in {}", dir.display()))?
     } else {
         let spec = args.genotype.as_deref().unwrap_or_default();
         let genotype = EvalGenotype::from_genotype(crate::genotype::load(spec, None)?)
             .with_context(|| format!("genotype {spec:?}"))?;
-        let cfg = resolve(&args, &genotype)?;
-        if args.dry_run {
+        let cfg = args
+            .run
+            .resolve(TrainConfig::preset, default_preset(&args, &genotype), &[])?;
+        if args.run.dry_run {
             print!("{}", cfg.to_toml()?);
             return Ok(());
         }
-        let out = args.out.clone().unwrap_or_else(|| {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            PathBuf::from(format!("runs/train-{}-{secs}", cfg.data.dataset))
-        });
+        let out = args.run.out_dir("train", &cfg.data.dataset);
         nas_retrain::train(&genotype, &cfg, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
@@ -155,21 +95,14 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let opts = args.place.options()?;
     if crate::lm::is_lm_run(&args.checkpoint) {
-        let opts = RunOptions {
-            data_dir: resolve_data_dir(args.data_dir.clone()),
-            device: device(&args.device)?,
-        };
         return crate::lm::eval(&args.checkpoint, &args.split, args.best, &opts, args.json);
     }
     let test = match args.split.as_str() {
         "test" => true,
         "val" => false,
         other => bail!("unknown split {other:?}; expected test or val"),
-    };
-    let opts = RunOptions {
-        data_dir: resolve_data_dir(args.data_dir.clone()),
-        device: device(&args.device)?,
     };
     let report = if args.checkpoint.is_file() {
         if !test || args.best {

@@ -197,11 +197,12 @@ impl SearchConfig {
         }
     }
 
-    /// The preset a data set gets when none is named.
+    /// The preset a data set gets when none is named, by its size class (an unknown
+    /// name gets `paper`, whose validation then names the data set).
     pub fn default_preset_for(dataset: &str) -> &'static str {
-        match dataset {
-            "digits" => "digits",
-            "fashion-mnist" | "mnist" => "fashion-mnist",
+        match nas_data::Dataset::from_name(dataset).map(|d| d.scale()) {
+            Ok(nas_data::Scale::Tiny) => "digits",
+            Ok(nas_data::Scale::Small) => "fashion-mnist",
             _ => "paper",
         }
     }

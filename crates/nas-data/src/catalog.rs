@@ -34,6 +34,33 @@ pub enum Dataset {
     Imagenet,
 }
 
+/// How a run holds a data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Decoded images in memory ([`Dataset::load_images`]): what CNN searches and
+    /// training runs read.
+    Images,
+    /// JPEGs decoded batch by batch ([`Dataset::image_folder`]).
+    ImageFolder,
+    /// A token stream ([`Dataset::load_corpus`]).
+    Corpus,
+}
+
+/// A data set's size class, which picks the commands' default presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// A few thousand tiny images (the embedded digits): minutes on a laptop.
+    Tiny,
+    /// Tens of thousands of 28x28 images (MNIST-like): an hour on 2 cores.
+    Small,
+    /// The papers' CIFAR settings.
+    Paper,
+    /// ImageNet's settings.
+    Imagenet,
+    /// A text corpus.
+    Text,
+}
+
 /// The image shape a data set reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -199,6 +226,34 @@ impl Dataset {
             Dataset::Wikitext2 => "wikitext2",
             Dataset::Imagenet => "imagenet",
         }
+    }
+
+    /// How a run holds it.
+    pub fn form(self) -> Form {
+        match self {
+            Dataset::Imagenet => Form::ImageFolder,
+            Dataset::Ptb | Dataset::Wikitext2 => Form::Corpus,
+            _ => Form::Images,
+        }
+    }
+
+    /// Its size class.
+    pub fn scale(self) -> Scale {
+        match self {
+            Dataset::Digits => Scale::Tiny,
+            Dataset::Mnist | Dataset::FashionMnist => Scale::Small,
+            Dataset::Cifar10 | Dataset::Cifar100 => Scale::Paper,
+            Dataset::Imagenet => Scale::Imagenet,
+            Dataset::Ptb | Dataset::Wikitext2 => Scale::Text,
+        }
+    }
+
+    /// The data sets held as images in memory ([`Form::Images`]).
+    pub fn image_sets() -> impl Iterator<Item = Dataset> {
+        Dataset::ALL
+            .iter()
+            .copied()
+            .filter(|d| d.form() == Form::Images)
     }
 
     /// The command that puts this data set into `data_dir` (named in "not found" errors).

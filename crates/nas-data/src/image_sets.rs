@@ -3,22 +3,13 @@
 
 use std::path::Path;
 
-use crate::{Augment, Dataset, Error, ImageSet, LoaderConfig, Normalize, Result};
-
-/// The data sets a CNN search or training run can hold in memory.
-pub const IMAGE_SETS: &[Dataset] = &[
-    Dataset::Digits,
-    Dataset::Mnist,
-    Dataset::FashionMnist,
-    Dataset::Cifar10,
-    Dataset::Cifar100,
-];
+use crate::{Augment, Dataset, Error, Form, ImageSet, LoaderConfig, Normalize, Result};
 
 /// Loads the `train` (or test) split of an in-memory image set by name.
 pub fn load_image_set(name: &str, data_dir: &Path, train: bool) -> Result<(Dataset, ImageSet)> {
     let dataset = Dataset::from_name(name)?;
-    if !IMAGE_SETS.contains(&dataset) {
-        let names: Vec<_> = IMAGE_SETS.iter().map(|d| d.name()).collect();
+    if dataset.form() != Form::Images {
+        let names: Vec<_> = Dataset::image_sets().map(|d| d.name()).collect();
         return Err(Error::Invalid(format!(
             "data.dataset {:?}: CNN searches and training run on an in-memory image set: {}",
             dataset.name(),

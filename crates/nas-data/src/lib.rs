@@ -21,8 +21,8 @@ pub mod ptb;
 pub mod split;
 
 pub use augment::{Augment, Normalize};
-pub use catalog::{md5_hex, Dataset, Info, Shape};
+pub use catalog::{md5_hex, Dataset, Form, Info, Scale, Shape};
 pub use error::{Error, Result};
 pub use image::ImageSet;
-pub use image_sets::{load_image_set, loader, normalize_for, IMAGE_SETS};
+pub use image_sets::{load_image_set, loader, normalize_for};
 pub use loader::{epoch, imagenet_epoch, Batch, ImagenetLoaderConfig, LoaderConfig};

@@ -23,10 +23,27 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// A network setting or a weights file does not fit; the message names the key or
-    /// file.
+    /// A file cannot be read or does not hold what was expected.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong, or what was expected and what was found.
+        message: String,
+    },
+    /// A network setting does not fit; the message names the key.
     #[error("configuration: {0}")]
     Config(String),
+}
+
+impl Error {
+    /// A [`Error::File`] error for `path`.
+    pub(crate) fn file(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.to_path_buf(),
+            message: message.to_string(),
+        }
+    }
 }
 
 /// Results of this crate.

@@ -89,7 +89,7 @@ impl EvalCell {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         if train {
-            // The whole cell as one graph node where the kernel covers it (`cell_fused.rs`).
+            // The whole cell as one graph node where the kernel covers it (`fused/cell.rs`).
             let spec = CellSpec {
                 pre: [
                     match &self.preprocess0 {

@@ -21,7 +21,7 @@ pub fn import_reference(
     genotype: &CnnGenotype,
     cfg: EvalNetConfig,
 ) -> Result<HashMap<String, Tensor>> {
-    let bad = |m: String| Error::Config(format!("{}: {m}", path.display()));
+    let bad = |m: String| Error::file(path, m);
     let tensors = candle_core::pickle::read_all(path)
         .map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?;
     let mut by_name: HashMap<String, Tensor> = HashMap::new();

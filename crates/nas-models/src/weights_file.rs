@@ -82,12 +82,12 @@ pub fn write_weights(
         safetensors::serialize_to_file(sorted.iter().copied(), Some(meta.clone()), tmp)
             .map_err(std::io::Error::other)
     })
-    .map_err(|e| Error::Config(format!("writing {}: {e}", path.display())))
+    .map_err(Error::from)
 }
 
 /// Reads a file [`write_weights`] wrote; an error names the file and what is wrong with it.
 pub fn read_weights(path: &Path, device: &Device) -> Result<WeightsFile> {
-    let bad = |m: String| Error::Config(format!("{}: {m}", path.display()));
+    let bad = |m: String| Error::file(path, m);
     let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(format!("not a safetensors file: {e}")))?;

@@ -123,16 +123,17 @@ fn derived_model(
 /// The DARTS recurrent genotype a run directory holds (`genotype.json`).
 pub fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
     let path = run_dir.join(GENOTYPE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
     match Genotype::from_json(&text) {
         Ok(Genotype::DartsRnn(g)) => Ok(g),
-        Ok(other) => Err(Error::Config(format!(
-            "{}: expected a DARTS recurrent genotype, found a {} genotype",
-            path.display(),
-            other.kind()
-        ))),
-        Err(e) => Err(Error::Config(format!("{}: {e}", path.display()))),
+        Ok(other) => Err(Error::file(
+            &path,
+            format!(
+                "expected a DARTS recurrent genotype, found a {} genotype",
+                other.kind()
+            ),
+        )),
+        Err(e) => Err(Error::file(&path, e)),
     }
 }
 
@@ -673,7 +674,10 @@ pub fn evaluate_lm_checkpoint(
         _ => run
             .checkpoints()?
             .pop()
-            .ok_or_else(|| Error::Config(format!("{} has no checkpoint yet", run_dir.display())))?,
+            .ok_or_else(|| Error::NoCheckpoint {
+                run_dir: run_dir.to_path_buf(),
+                best: false,
+            })?,
     };
     let ckpt = nas_train::read_checkpoint(&path, &opts.device)?;
     let store = ParamStore::new(cfg.run.seed);

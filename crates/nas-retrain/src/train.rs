@@ -324,10 +324,9 @@ fn read_run(run_dir: &Path) -> Result<(TrainConfig, EvalGenotype)> {
     RunDir::open(run_dir, 1)?;
     let cfg = TrainConfig::from_file(&run_dir.join("config.toml"))?;
     let path = run_dir.join("genotype.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
     let genotype = EvalGenotype::from_genotype(Genotype::from_json(&text)?)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::file(&path, e))?;
     Ok((cfg, genotype))
 }
 
@@ -556,19 +555,21 @@ pub fn evaluate_weights(
     )?;
     store
         .set_all(&file.tensors)
-        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        .map_err(|e| Error::file(path, e))?;
     let loader_cfg =
         |normalize: &nas_data::Normalize| loader(batch_size, 0, None, normalize, false);
     let (source, count, classes) = match net_cfg.kind {
         EvalKind::Cifar => {
             let (_, set) = load_image_set(dataset.unwrap_or("cifar10"), &opts.data_dir, false)?;
             if set.shape() != [net_cfg.in_channels, 32, 32] {
-                return Err(Error::Config(format!(
-                    "{}: a CIFAR network takes {}x32x32 images, the data set's are {:?}",
-                    path.display(),
-                    net_cfg.in_channels,
-                    set.shape()
-                )));
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "a CIFAR network takes {}x32x32 images, the data set's are {:?}",
+                        net_cfg.in_channels,
+                        set.shape()
+                    ),
+                ));
             }
             let (count, classes) = (set.len(), set.classes());
             let eval = loader_cfg(&file.normalize);
@@ -583,19 +584,21 @@ pub fn evaluate_weights(
             // The ImageNet loader normalises with the standard constants, the ones
             // `nas import` records for an ImageNet network.
             if file.normalize != nas_models::reference_imagenet_normalize() {
-                return Err(Error::Config(format!(
-                    "{}: the ImageNet loader normalises with the standard ImageNet mean and \
-                     std; the file asks for {:?}",
-                    path.display(),
-                    file.normalize
-                )));
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "the ImageNet loader normalises with the standard ImageNet mean and \
+                         std; the file asks for {:?}",
+                        file.normalize
+                    ),
+                ));
             }
             let name = dataset.unwrap_or("imagenet");
             if name != Dataset::Imagenet.name() {
-                return Err(Error::Config(format!(
-                    "{}: an ImageNet network is evaluated on imagenet, not {name:?}",
-                    path.display()
-                )));
+                return Err(Error::file(
+                    path,
+                    format!("an ImageNet network is evaluated on imagenet, not {name:?}"),
+                ));
             }
             let folder = Dataset::Imagenet.image_folder(&opts.data_dir, false)?;
             let (count, classes) = (folder.samples().len(), folder.classes().len());
@@ -609,11 +612,13 @@ pub fn evaluate_weights(
         }
     };
     if classes != net_cfg.classes {
-        return Err(Error::Config(format!(
-            "{}: the network has {} classes, the data set {classes}",
-            path.display(),
-            net_cfg.classes
-        )));
+        return Err(Error::file(
+            path,
+            format!(
+                "the network has {} classes, the data set {classes}",
+                net_cfg.classes
+            ),
+        ));
     }
     evaluate(&net, &source, &Arc::new((0..count).collect()), &opts.device)
 }
@@ -633,16 +638,19 @@ pub fn evaluate_run(
         match run.best()? {
             Some((name, _)) => run_dir.join("checkpoints").join(name),
             None => {
-                return Err(Error::Config(format!(
-                    "{} has no best checkpoint yet",
-                    run_dir.display()
-                )))
+                return Err(Error::NoCheckpoint {
+                    run_dir: run_dir.to_path_buf(),
+                    best: true,
+                })
             }
         }
     } else {
         run.checkpoints()?
             .pop()
-            .ok_or_else(|| Error::Config(format!("{} has no checkpoint yet", run_dir.display())))?
+            .ok_or_else(|| Error::NoCheckpoint {
+                run_dir: run_dir.to_path_buf(),
+                best: false,
+            })?
     };
     let ckpt = nas_train::read_checkpoint(&path, &opts.device)?;
     let store = ParamStore::new(cfg.run.seed);

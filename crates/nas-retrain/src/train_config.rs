@@ -285,12 +285,13 @@ impl TrainConfig {
         }
     }
 
-    /// The preset a data set gets when none is named.
+    /// The preset a data set gets when none is named, by its size class (an unknown
+    /// name gets `paper`, whose validation then names the data set).
     pub fn default_preset_for(dataset: &str) -> &'static str {
-        match dataset {
-            "digits" => "digits",
-            "fashion-mnist" | "mnist" => "fashion-mnist",
-            "imagenet" => "imagenet",
+        match nas_data::Dataset::from_name(dataset).map(|d| d.scale()) {
+            Ok(nas_data::Scale::Tiny) => "digits",
+            Ok(nas_data::Scale::Small) => "fashion-mnist",
+            Ok(nas_data::Scale::Imagenet) => "imagenet",
             _ => "paper",
         }
     }
