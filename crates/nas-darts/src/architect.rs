@@ -21,7 +21,7 @@ use candle_core::{Tensor, Var};
 use nas_train::{grads, Adam, AdamConfig, Sgd};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::Result;
 
 /// First- or second-order approximation of the architecture gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

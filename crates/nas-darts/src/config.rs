@@ -5,7 +5,7 @@ use nas_train::{AdamConfig, ConfigFile, LrSchedule, RunConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::architect::Order;
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Everything that decides a search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

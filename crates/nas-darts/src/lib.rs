@@ -5,7 +5,6 @@
 
 mod architect;
 mod config;
-mod error;
 mod rnn_config;
 mod rnn_search;
 mod search;
@@ -14,7 +13,8 @@ mod search_network;
 
 pub use architect::{ArchStep, Architect, Objective, Order};
 pub use config::{ArchConfig, DataConfig, ModelConfig, SearchConfig, WeightsConfig, PRESETS};
-pub use error::{Error, Result};
+/// The shared error of the network crates (see `nas_models::Error`).
+pub use nas_models::{Error, Result};
 pub use rnn_config::{
     rnn_paper_search, rnn_search_preset, LmArchConfig, LmSearchConfig, LM_SEARCH_PRESETS,
 };

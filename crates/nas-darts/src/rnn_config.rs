@@ -8,7 +8,7 @@ use nas_train::{AdamConfig, RunConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::architect::Order;
-use crate::error::Result;
+use crate::Result;
 
 /// A recurrent search's configuration.
 pub type LmSearchConfig = LmConfig<LmArchConfig>;

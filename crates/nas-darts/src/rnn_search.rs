@@ -21,8 +21,8 @@ use nas_retrain::{
 use nas_train::{ConfigFile, RunOptions};
 
 use crate::architect::{Architect, Objective, Order};
-use crate::error::{Error, Result};
 use crate::rnn_config::LmSearchConfig;
+use crate::{Error, Result};
 
 /// Starts a recurrent cell search in `out` (`cfg.arch` must be set).
 pub fn search_rnn(

@@ -23,8 +23,8 @@ use nas_train::{
 
 use crate::architect::{Architect, Objective};
 use crate::config::SearchConfig;
-use crate::error::{Error, Result};
 use crate::search_network::{Alphas, SearchCnn, SearchCnnConfig};
+use crate::{Error, Result};
 use nas_data::{load_image_set, loader, normalize_for};
 
 /// What a finished search hands back.

@@ -12,7 +12,7 @@ use nas_search_space::{derive_cnn, ArchWeights, CnnGenotype, DARTS_CNN_PRIMITIVE
 use nas_train::ParamStore;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 use nas_models::CellShape;
 
 use crate::search_cell::{edge_count, SearchCell};

@@ -1,6 +1,9 @@
-//! Errors of the network crate.
+//! The error of the crates that build, train and search networks: `nas-models`,
+//! `nas-retrain`, `nas-darts` (and the searches to come) share it, as candle-nn shares
+//! candle-core's, so that one `?` carries an error through all of them.
 
-/// What can go wrong while building a network, counting it, or reading its weights.
+/// What can go wrong while building, counting, loading, training, searching or resuming
+/// a network.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A tensor operation failed.
@@ -31,14 +34,22 @@ pub enum Error {
         /// What went wrong, or what was expected and what was found.
         message: String,
     },
-    /// A network setting does not fit; the message names the key.
+    /// A run directory holds no checkpoint (or no best checkpoint) yet.
+    #[error("{} has no {}checkpoint yet", run_dir.display(), if *best { "best " } else { "" })]
+    NoCheckpoint {
+        /// The run directory.
+        run_dir: std::path::PathBuf,
+        /// Whether the best checkpoint was asked for.
+        best: bool,
+    },
+    /// A setting does not fit; the message names the key.
     #[error("configuration: {0}")]
     Config(String),
 }
 
 impl Error {
     /// A [`Error::File`] error for `path`.
-    pub(crate) fn file(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
+    pub fn file(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
         Error::File {
             path: path.to_path_buf(),
             message: message.to_string(),

@@ -5,19 +5,19 @@
 //! retraining of a derived cell, with a hook through which a search adds its
 //! architecture steps). Each run is a task of `nas-train`'s run loop.
 
-mod error;
 mod lm;
 mod lm_config;
 mod train;
 mod train_config;
 
-pub use error::{Error, Result};
 pub use lm::{
     evaluate_lm_checkpoint, evaluate_lm_run, nt_asgd_switch, read_genotype, resume_lm_training,
     run_lm, train_lm, weight_step, window, LmArch, LmCell, LmData, LmOutcome, LmReport, Retrain,
     WeightStep,
 };
 pub use lm_config::{ArchSection, LmConfig, LmDataConfig, LmOptimConfig, NoArch, LM_TRAIN_PRESETS};
+/// The shared error of the network crates (see `nas_models::Error`).
+pub use nas_models::{Error, Result};
 pub use train::{evaluate_run, evaluate_weights, resume_training, train, EvalReport, TrainOutcome};
 pub use train_config::{
     TrainConfig, TrainDataConfig, TrainModelConfig, TrainOptimConfig, TRAIN_PRESETS,

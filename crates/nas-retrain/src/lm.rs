@@ -33,8 +33,8 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Result};
 use crate::lm_config::{LmConfig, LmOptimConfig};
+use crate::{Error, Result};
 use nas_models::{ar, nll, tar, LmBatch, LmMasks, RnnLm};
 use nas_train::RunOptions;
 
@@ -198,12 +198,7 @@ pub fn window(
 /// with its own state, outputs and checkpoint groups.
 pub trait LmArch: Send {
     /// The error of the hook's steps; the loop's own errors convert into it.
-    type Error: From<Error>
-        + From<nas_train::Error>
-        + From<nas_models::Error>
-        + From<candle_core::Error>
-        + Send
-        + 'static;
+    type Error: From<Error> + From<nas_train::Error> + From<candle_core::Error> + Send + 'static;
 
     /// The windows of epoch `epoch` over the training stream.
     fn windows(&self, train: &Batched, cfg: &LmConfig, epoch: usize) -> Vec<(usize, usize)>;

@@ -8,7 +8,7 @@ use nas_train::{ConfigFile, RunConfig, SgdConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// The `[arch]` section of a recurrent search's configuration (its architecture
 /// optimizer); a search crate supplies it.

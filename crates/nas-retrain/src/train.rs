@@ -29,8 +29,8 @@ use nas_train::{
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::train_config::TrainConfig;
+use crate::{Error, Result};
 
 /// Images of the digits set kept for testing (it has no official split); drawn with a
 /// fixed seed, so every run tests on the same ones.

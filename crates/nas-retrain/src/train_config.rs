@@ -4,7 +4,7 @@
 use nas_train::{ConfigFile, LrSchedule, RunConfig, SgdConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Everything that decides a training run (the genotype is stored beside it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
