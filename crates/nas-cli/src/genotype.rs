@@ -186,8 +186,7 @@ pub fn load(spec: &str, arc_kind: Option<GenotypeKind>) -> Result<Genotype> {
         let err = bundled(spec).expect_err("not a bundled name");
         bail!("{err}, and no file {spec:?} exists");
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading genotype {path:?}"))?;
+    let text = nas_train::read_text(path)?;
     if arc_kind.is_none() && text.trim_start().starts_with(|c: char| c.is_ascii_digit()) {
         bail!("{path:?} holds an ENAS arc string, which does not say its search space: give --space enas-micro, enas-macro or enas-rnn");
     }

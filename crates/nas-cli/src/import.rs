@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::output::emit;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use nas_models::{
@@ -76,11 +77,14 @@ pub fn run(args: ImportArgs) -> Result<()> {
     let cells = nas_models::EvalGenotype::Darts(genotype);
     write_weights(&args.output, &tensors, &cfg, &cells, &normalize)
         .with_context(|| format!("writing {}", args.output.display()))?;
-    println!(
-        "{} tensors from {} written to {}",
-        tensors.len(),
-        args.from.display(),
-        args.output.display()
-    );
+    emit(
+        &format!(
+            "{} tensors from {} written to {}",
+            tensors.len(),
+            args.from.display(),
+            args.output.display()
+        ),
+        None,
+    )?;
     Ok(())
 }

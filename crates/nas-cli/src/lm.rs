@@ -49,19 +49,22 @@ pub fn run_search(args: DartsRnnArgs) -> Result<()> {
             .run
             .resolve(nas_darts::rnn_search_preset, "cpu", &extra)?;
         if args.run.dry_run {
-            print!("{}", cfg.to_toml()?);
+            emit(&cfg.to_toml()?, None)?;
             return Ok(());
         }
         let out = args.run.out_dir("darts-rnn", &cfg.data.dataset);
         nas_darts::search_rnn(&cfg, &out, &opts, &mut bars)
             .with_context(|| format!("searching in {}", out.display()))?
     };
-    println!("{}", outcome.genotype.to_python());
-    println!(
+    emit(&outcome.genotype.to_python(), None)?;
+    emit(
+        &format!(
         "validation perplexity {:.2}; run directory {} (genotype.json, genotype.py, genotype.svg, alphas.safetensors)",
         outcome.val_ppl,
         outcome.run_dir.display()
-    );
+),
+        None,
+    )?;
     Ok(())
 }
 
@@ -73,7 +76,7 @@ pub fn run_train(args: TrainLmArgs) -> Result<()> {
     } else {
         let cfg = args.run.resolve(LmConfig::train_preset, "cpu", &[])?;
         if args.run.dry_run {
-            print!("{}", cfg.to_toml()?);
+            emit(&cfg.to_toml()?, None)?;
             return Ok(());
         }
         let spec = args.genotype.as_deref().unwrap_or_default();
@@ -88,12 +91,15 @@ pub fn run_train(args: TrainLmArgs) -> Result<()> {
         nas_retrain::train_lm(&cfg, &genotype, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
-    println!(
+    emit(
+        &format!(
         "test perplexity {:.2}; validation perplexity {:.2} (last epoch); run directory {} (results.json)",
         outcome.test_ppl.unwrap_or(f64::NAN),
         outcome.val_ppl,
         outcome.run_dir.display()
-    );
+),
+        None,
+    )?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Every failure is reported as one line on stderr with exit status 2.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -96,7 +97,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` joins the context chain on one line.
-            eprintln!("error: {err:#}");
+            // Nothing more can be said when stderr fails too.
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             ExitCode::from(2)
         }
     }

@@ -41,7 +41,8 @@ impl Write for LogWriter {
         self.buf.clear();
         let text = text.trim_end_matches('\n');
         if bars().is_hidden() {
-            eprintln!("{text}");
+            // Log lines on a closed or full stderr are dropped, not a panic.
+            let _ = writeln!(std::io::stderr(), "{text}");
             Ok(())
         } else {
             bars().println(text)

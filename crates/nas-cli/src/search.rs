@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use nas_darts::{Order, SearchConfig, PRESETS};
 
+use crate::output::emit;
 use crate::progress::Bars;
 use crate::run_args::RunArgs;
 
@@ -76,19 +77,22 @@ fn darts(args: DartsArgs) -> Result<()> {
             .run
             .resolve(SearchConfig::preset, default, &order_override(args.order))?;
         if args.run.dry_run {
-            print!("{}", cfg.to_toml()?);
+            emit(&cfg.to_toml()?, None)?;
             return Ok(());
         }
         let out = args.run.out_dir("darts", &cfg.data.dataset);
         nas_darts::search(&cfg, &out, &opts, &mut bars)
             .with_context(|| format!("searching in {}", out.display()))?
     };
-    println!("{}", outcome.genotype.to_python()?);
-    println!(
+    emit(&outcome.genotype.to_python()?, None)?;
+    emit(
+        &format!(
         "validation accuracy {:.2}%; run directory {} (genotype.json, genotype.py, genotype.svg, alphas.safetensors)",
         100.0 * outcome.val_accuracy,
         outcome.run_dir.display()
-    );
+),
+        None,
+    )?;
     Ok(())
 }
 

@@ -75,14 +75,15 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             .run
             .resolve(TrainConfig::preset, default_preset(&args, &genotype), &[])?;
         if args.run.dry_run {
-            print!("{}", cfg.to_toml()?);
+            emit(&cfg.to_toml()?, None)?;
             return Ok(());
         }
         let out = args.run.out_dir("train", &cfg.data.dataset);
         nas_retrain::train(&genotype, &cfg, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
-    println!(
+    emit(
+        &format!(
         "test accuracy {:.2}% (top-5 {:.2}%) on {} images; validation {:.2}%; {} parameters; run directory {}",
         100.0 * outcome.test.top1,
         100.0 * outcome.test.top5,
@@ -90,7 +91,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         100.0 * outcome.val.top1,
         outcome.params,
         outcome.run_dir.display()
-    );
+),
+        None,
+    )?;
     Ok(())
 }
 

@@ -277,7 +277,20 @@ impl ConfigFile for SearchConfig {
                 "arch.betas must be in [0, 1)",
             ),
         ];
-        Ok(nas_train::check(&checks)?)
+        nas_train::check(&checks)?;
+        // The network's sizes, checked as the network will check them (the data's
+        // channels and classes are known only once it is read).
+        let m = &self.model;
+        crate::SearchCnnConfig {
+            in_channels: 1,
+            channels: m.channels,
+            layers: m.layers,
+            classes: 2,
+            steps: m.steps,
+            multiplier: m.multiplier,
+            stem_multiplier: m.stem_multiplier,
+        }
+        .validate()
     }
 }
 

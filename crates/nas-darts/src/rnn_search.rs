@@ -71,9 +71,9 @@ pub fn resume_lm(
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
-    RunDir::open(run_dir, 1)?;
+    RunDir::inspect(run_dir)?;
     if !is_search_run(run_dir)? {
-        return Ok(resume_lm_training(run_dir, opts, progress)?);
+        return resume_lm_training(run_dir, opts, progress);
     }
     let cfg = LmSearchConfig::from_file(&run_dir.join("config.toml"))?;
     let base = cfg.base();
@@ -93,22 +93,12 @@ pub fn evaluate_lm_run(
     progress: &mut dyn Progress,
 ) -> Result<LmReport> {
     if !is_search_run(run_dir)? {
-        return Ok(nas_retrain::evaluate_lm_run(
-            run_dir, split, best, opts, progress,
-        )?);
+        return nas_retrain::evaluate_lm_run(run_dir, split, best, opts, progress);
     }
     let cfg = LmSearchConfig::from_file(&run_dir.join("config.toml"))?;
     let steps = cfg.arch.map_or(nas_models::RNN_STEPS, |a| a.steps);
     let cell = LmCell::Search { steps };
-    Ok(evaluate_lm_checkpoint(
-        run_dir,
-        &cfg.base(),
-        &cell,
-        split,
-        best,
-        opts,
-        progress,
-    )?)
+    evaluate_lm_checkpoint(run_dir, &cfg.base(), &cell, split, best, opts, progress)
 }
 
 /// True when `run_dir` holds a recurrent (language model) run, search or retraining.
@@ -242,7 +232,7 @@ impl LmArch for RnnSearch {
         let dir = run.path().join("alphas");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
             path: dir.clone(),
-            source: e,
+            cause: e,
         })?;
         self.alphas
             .store
@@ -411,6 +401,6 @@ impl Objective for RnnObjective<'_> {
             true,
         )?;
         *batch.next_hidden.borrow_mut() = Some(out.hidden.detach());
-        Ok(nll(&out, &batch.targets)?)
+        nll(&out, &batch.targets)
     }
 }

@@ -63,7 +63,7 @@ pub fn resume(
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     // First only check that this is a run; keep_checkpoints comes from its configuration.
-    RunDir::open(run_dir, 1)?;
+    RunDir::inspect(run_dir)?;
     let cfg = SearchConfig::from_file(&run_dir.join("config.toml"))?;
     let data = load_data(&cfg, &opts.data_dir)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
@@ -108,6 +108,7 @@ fn load_data(cfg: &SearchConfig, data_dir: &Path) -> Result<SearchData> {
         flip: cfg.data.flip,
         cutout: cfg.data.cutout,
     };
+    augment.check(set.shape())?;
     let bs = cfg.data.batch_size;
     Ok(SearchData {
         set: Arc::new(set),
@@ -305,7 +306,7 @@ impl Task for SearchTask<'_> {
         let dir = run.path().join("alphas");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io {
             path: dir.clone(),
-            source: e,
+            cause: e,
         })?;
         self.alphas
             .store()
@@ -337,8 +338,13 @@ impl Task for SearchTask<'_> {
         &mut self,
         run: &RunDir,
         end: RunEnd,
-        _progress: &mut dyn Progress,
+        progress: &mut dyn Progress,
     ) -> Result<SearchOutcome> {
+        if self.val_accuracy.is_nan() {
+            // A finished run resumed: no epoch ran, so measure the final weights here.
+            let (_, acc) = evaluate(&self.net, &self.alphas, &self.data, &self.device, progress)?;
+            self.val_accuracy = acc;
+        }
         let genotype = self.alphas.genotype()?;
         write_outputs(run, &genotype, &self.alphas)?;
         Ok(SearchOutcome {

@@ -65,28 +65,31 @@ impl SearchCnnConfig {
     /// Checks that the sizes make a network.
     pub fn validate(&self) -> Result<()> {
         let checks = [
-            (self.in_channels > 0, "in_channels must be positive"),
+            (self.in_channels > 0, "the data's images must have channels"),
             (
                 self.channels >= 2 && self.channels.is_multiple_of(2),
-                "channels must be even and at least 2 (FactorizedReduce halves them)",
+                "model.channels must be even and at least 2 (FactorizedReduce halves them)",
             ),
             (
                 self.layers >= 3,
-                "layers must be at least 3 (two reduction cells and a normal one)",
+                "model.layers must be at least 3 (two reduction cells and a normal one)",
             ),
-            (self.classes >= 2, "classes must be at least 2"),
-            (self.steps >= 1, "steps must be at least 1"),
+            (
+                self.classes >= 2,
+                "the data set must have at least 2 classes",
+            ),
+            (self.steps >= 1, "model.steps must be at least 1"),
             (
                 self.multiplier >= 1 && self.multiplier <= self.steps + 2,
-                "multiplier must be between 1 and steps + 2",
+                "model.multiplier must be between 1 and model.steps + 2",
             ),
             (
                 self.stem_multiplier >= 1,
-                "stem_multiplier must be positive",
+                "model.stem_multiplier must be positive",
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config(format!("model: {message}, got {self:?}"))),
+            Some((_, message)) => Err(Error::Config(message.to_string())),
             None => Ok(()),
         }
     }

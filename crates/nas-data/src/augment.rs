@@ -2,6 +2,7 @@
 //! (before normalisation), per-channel normalisation, and Cutout (DeVries and Taylor
 //! 2017; DARTS applies it after normalisation, so the cut square is 0).
 
+use crate::error::{Error, Result};
 use rand::Rng;
 
 /// Per-channel normalisation of pixels scaled to `[0, 1]`.
@@ -32,6 +33,25 @@ impl Augment {
             flip: true,
             cutout: if cutout { 16 } else { 0 },
         }
+    }
+
+    /// Checks the settings against the images they apply to (`[c, h, w]`): a crop padding
+    /// or a Cutout square larger than the image is a mistake, not an augmentation.
+    pub fn check(&self, shape: [usize; 3]) -> Result<()> {
+        let [_, h, w] = shape;
+        if self.crop_padding > h.min(w) {
+            return Err(Error::Invalid(format!(
+                "data.crop_padding {} is larger than the {h}x{w} images",
+                self.crop_padding
+            )));
+        }
+        if self.cutout > h.max(w) {
+            return Err(Error::Invalid(format!(
+                "data.cutout {} is larger than the {h}x{w} images",
+                self.cutout
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -8,12 +8,13 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read.
-    #[error("reading {path:?}: {source}")]
+    #[error("reading {path:?}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        // Not `source`: the message holds it, and a source would print it twice.
+        cause: std::io::Error,
     },
     /// A file whose contents do not follow its format.
     #[error("{path:?}: at {location}: {message}")]
@@ -62,7 +63,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

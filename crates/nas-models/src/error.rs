@@ -19,12 +19,13 @@ pub enum Error {
     #[error(transparent)]
     SearchSpace(#[from] nas_search_space::Error),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The cause.
-        source: std::io::Error,
+        // Not `source`: the message holds it, and a source would print it twice.
+        cause: std::io::Error,
     },
     /// A file cannot be read or does not hold what was expected.
     #[error("{}: {message}", path.display())]

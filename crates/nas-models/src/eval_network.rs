@@ -97,17 +97,24 @@ impl EvalNetConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let ok = self.in_channels > 0
-            && self.channels >= 2
-            && self.channels.is_multiple_of(2)
-            && self.layers >= 3
-            && self.classes >= 2;
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Config(format!(
-                "model: channels must be even and >= 2, layers >= 3, classes >= 2, got {self:?}"
-            )))
+        let checks = [
+            (self.in_channels > 0, "the data's images must have channels"),
+            (
+                self.channels >= 2 && self.channels.is_multiple_of(2),
+                "model.channels must be even and at least 2",
+            ),
+            (
+                self.layers >= 3,
+                "model.layers must be at least 3 (two reduction cells and a normal one)",
+            ),
+            (
+                self.classes >= 2,
+                "the data set must have at least 2 classes",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err(Error::Config(message.to_string())),
+            None => Ok(()),
         }
     }
 }

@@ -80,9 +80,9 @@ pub fn train_lm(
     // Load the data and build the model first: a run that cannot start leaves no folder.
     let data = LmData::load(cfg, &opts.data_dir)?;
     let (model, store) = derived_model(cfg, genotype, &data, &opts.device)?;
-    let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
-    let json = Genotype::DartsRnn(genotype.clone()).to_json();
-    run.write(GENOTYPE_FILE, format!("{json}\n").as_bytes())?;
+    let json = format!("{}\n", Genotype::DartsRnn(genotype.clone()).to_json());
+    let inputs = [(GENOTYPE_FILE, json.as_bytes())];
+    let run = RunDir::create_with(out, &cfg.to_toml()?, &inputs, cfg.run.keep_checkpoints)?;
     tracing::info!(dir = %out.display(), "recurrent retraining started");
     let genotype = Some(genotype.clone());
     run_lm(
@@ -97,7 +97,7 @@ pub fn resume_lm_training(
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<LmOutcome> {
-    RunDir::open(run_dir, 1)?;
+    RunDir::inspect(run_dir)?;
     let cfg = LmConfig::from_file(&run_dir.join("config.toml"))?;
     let genotype = read_genotype(run_dir)?;
     let data = LmData::load(&cfg, &opts.data_dir)?;
@@ -123,7 +123,7 @@ fn derived_model(
 /// The DARTS recurrent genotype a run directory holds (`genotype.json`).
 pub fn read_genotype(run_dir: &Path) -> Result<RnnGenotype> {
     let path = run_dir.join(GENOTYPE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+    let text = nas_train::read_text(&path)?;
     match Genotype::from_json(&text) {
         Ok(Genotype::DartsRnn(g)) => Ok(g),
         Ok(other) => Err(Error::file(
@@ -329,6 +329,29 @@ pub fn run_lm<A: LmArch>(
     nas_train::runner::run(&mut task, &run, cfg.run.settings(), &opts.device, progress)
 }
 
+impl<A: LmArch> LmTask<'_, A> {
+    /// The validation stream, with the averaged weights once NT-ASGD runs.
+    fn validate(&mut self, progress: &mut dyn Progress) -> Result<LmReport, A::Error> {
+        let probs = self.arch.probs()?;
+        let saved = match &self.average {
+            Some(avg) => Some(avg.swap_in()?),
+            None => None,
+        };
+        let val = evaluate(
+            &self.model,
+            probs.as_ref(),
+            &self.data.valid,
+            self.cfg.data.bptt,
+            &self.device,
+            progress,
+        );
+        if let (Some(avg), Some(saved)) = (&self.average, &saved) {
+            avg.restore(saved)?;
+        }
+        Ok(val?)
+    }
+}
+
 impl<A: LmArch> Task for LmTask<'_, A> {
     type Batch = (usize, usize);
     type Error = A::Error;
@@ -439,24 +462,7 @@ impl<A: LmArch> Task for LmTask<'_, A> {
     ) -> Result<EpochEnd, A::Error> {
         let cfg = self.cfg;
         self.sgd.set_lr(cfg.optim.lr);
-        // Validation, with the averaged weights once NT-ASGD runs.
-        let probs = self.arch.probs()?;
-        let saved = match &self.average {
-            Some(avg) => Some(avg.swap_in()?),
-            None => None,
-        };
-        let val = evaluate(
-            &self.model,
-            probs.as_ref(),
-            &self.data.valid,
-            cfg.data.bptt,
-            &self.device,
-            progress,
-        );
-        if let (Some(avg), Some(saved)) = (&self.average, &saved) {
-            avg.restore(saved)?;
-        }
-        let val = val?;
+        let val = self.validate(progress)?;
         ctx.ensure_finite("validation loss", val.loss)?;
         self.val_ppl = val.ppl;
         // NT-ASGD: switch when the loss is worse than the best before the last `nonmono`.
@@ -499,6 +505,10 @@ impl<A: LmArch> Task for LmTask<'_, A> {
         end: RunEnd,
         progress: &mut dyn Progress,
     ) -> Result<LmOutcome, A::Error> {
+        if self.val_ppl.is_nan() {
+            // A finished run resumed: no epoch ran, so measure the final weights here.
+            self.val_ppl = self.validate(progress)?.ppl;
+        }
         if let Some(genotype) = self.arch.finish(run)? {
             return Ok(LmOutcome {
                 run_dir: run.path().to_path_buf(),
@@ -663,7 +673,7 @@ pub fn evaluate_lm_checkpoint(
     progress: &mut dyn Progress,
 ) -> Result<LmReport> {
     let data = LmData::load(cfg, &opts.data_dir)?;
-    let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
+    let run = RunDir::inspect(run_dir)?;
     let path = match (best, run.best()?) {
         (true, Some((name, _))) => run_dir.join("checkpoints").join(name),
         _ => run

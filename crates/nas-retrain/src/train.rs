@@ -150,6 +150,16 @@ fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
         (pool, None, test)
     } else {
         let (_, test_set) = load_image_set(&cfg.data.dataset, data_dir, false)?;
+        if test_set.shape() != set.shape() || test_set.classes() != set.classes() {
+            return Err(Error::Config(format!(
+                "data.dataset {:?}: the test split holds {} classes of {:?} images, the training split {} classes of {:?}",
+                cfg.data.dataset,
+                test_set.classes(),
+                test_set.shape(),
+                set.classes(),
+                set.shape()
+            )));
+        }
         let test = (0..test_set.len()).collect();
         ((0..set.len()).collect::<Vec<_>>(), Some(test_set), test)
     };
@@ -160,6 +170,7 @@ fn load_data(cfg: &TrainConfig, data_dir: &Path) -> Result<TrainData> {
         flip: cfg.data.flip,
         cutout: cfg.data.cutout,
     };
+    augment.check(set.shape())?;
     let bs = cfg.data.batch_size;
     let (shape, classes) = (set.shape(), set.classes());
     let set = Arc::new(set);
@@ -301,9 +312,9 @@ pub fn train(
         net_config(cfg, &data),
         ParamStore::new(0).var_builder(DType::F32, &Device::Cpu),
     )?;
-    let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
-    let g = genotype.to_genotype();
-    run.write("genotype.json", format!("{}\n", g.to_json()).as_bytes())?;
+    let json = format!("{}\n", genotype.to_genotype().to_json());
+    let inputs = [("genotype.json", json.as_bytes())];
+    let run = RunDir::create_with(out, &cfg.to_toml()?, &inputs, cfg.run.keep_checkpoints)?;
     tracing::info!(dir = %out.display(), "training started");
     run_training(genotype, cfg, run, data, opts, progress)
 }
@@ -321,10 +332,24 @@ pub fn resume_training(
 }
 
 fn read_run(run_dir: &Path) -> Result<(TrainConfig, EvalGenotype)> {
-    RunDir::open(run_dir, 1)?;
-    let cfg = TrainConfig::from_file(&run_dir.join("config.toml"))?;
+    RunDir::inspect(run_dir)?;
+    let config = run_dir.join("config.toml");
+    if nas_train::read_text(&config)?
+        .lines()
+        .any(|l| l.trim() == "[arch]")
+    {
+        return Err(Error::file(
+            &config,
+            format!(
+                "this is a search run (its configuration has an [arch] section), not a training run; \
+                 train what it found with `nas train --genotype {}`",
+                run_dir.join("genotype.json").display()
+            ),
+        ));
+    }
+    let cfg = TrainConfig::from_file(&config)?;
     let path = run_dir.join("genotype.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::file(&path, e))?;
+    let text = nas_train::read_text(&path)?;
     let genotype = EvalGenotype::from_genotype(Genotype::from_json(&text)?)
         .map_err(|e| Error::file(&path, e))?;
     Ok((cfg, genotype))
@@ -633,7 +658,7 @@ pub fn evaluate_run(
 ) -> Result<EvalReport> {
     let (cfg, genotype) = read_run(run_dir)?;
     let data = load_data(&cfg, &opts.data_dir)?;
-    let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
+    let run = RunDir::inspect(run_dir)?;
     let path = if best {
         match run.best()? {
             Some((name, _)) => run_dir.join("checkpoints").join(name),

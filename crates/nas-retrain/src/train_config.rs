@@ -336,7 +336,15 @@ impl ConfigFile for TrainConfig {
     /// Checks ranges; the message names the key.
     fn validate(&self) -> Result<()> {
         let (d, m, o) = (&self.data, &self.model, &self.optim);
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 13] = [
+            (
+                m.channels >= 2 && m.channels.is_multiple_of(2),
+                "model.channels must be even and at least 2",
+            ),
+            (
+                m.layers >= 3,
+                "model.layers must be at least 3 (two reduction cells and a normal one)",
+            ),
             (
                 o.gamma > 0.0 && o.gamma <= 1.0,
                 "optim.gamma must be in (0, 1]",

@@ -173,8 +173,10 @@ impl Genotype {
         }
     }
 
-    /// Reads JSON, inferring `kind` from the fields when it is missing.
+    /// Reads JSON, inferring `kind` from the fields when it is missing (a leading UTF-8
+    /// byte-order mark, as some editors write, is skipped).
     pub fn from_json(text: &str) -> Result<Self> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut value: serde_json::Value = serde_json::from_str(text)?;
         let Some(object) = value.as_object_mut() else {
             return Err(Error::Invalid {
@@ -237,6 +239,7 @@ impl Genotype {
     /// Reads any text format: JSON (starts with `{`), an arc string (starts with a digit;
     /// needs `arc_kind`), or Python notation.
     pub fn parse(text: &str, arc_kind: Option<GenotypeKind>) -> Result<Self> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') {
             Genotype::from_json(text)

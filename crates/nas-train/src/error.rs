@@ -9,12 +9,13 @@ pub enum Error {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {cause}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        // Not `source`: the message holds it, and a source would print it twice.
+        cause: std::io::Error,
     },
     /// A file's content is not what was expected.
     #[error("{path}: {message}")]
@@ -52,6 +53,14 @@ pub enum Error {
     /// A configuration value is wrong; the message names the key.
     #[error("configuration: {0}")]
     Config(String),
+    /// Another live process holds the run directory.
+    #[error("{} is in use by another run (it holds {}); wait for that run to end or choose another folder", path.display(), lock.display())]
+    Locked {
+        /// The run directory.
+        path: PathBuf,
+        /// Its lock file.
+        lock: PathBuf,
+    },
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),
@@ -61,7 +70,7 @@ impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

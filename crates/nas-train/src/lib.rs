@@ -20,7 +20,7 @@ pub mod seed;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
-pub use atomic::{read_text, write_atomic, write_atomic_with};
+pub use atomic::{read_text, write_atomic, write_atomic_with, TEXT_LIMIT};
 pub use average::IterateAverage;
 pub use config::{check, one_line, unknown_preset, ConfigFile, RunConfig};
 pub use error::{Error, Result};

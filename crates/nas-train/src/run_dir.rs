@@ -9,9 +9,20 @@
 //! ```
 //!
 //! A checkpoint directory is filled under a temporary name and renamed when complete,
-//! so a directory named `epoch-*` is always whole. Its `state.json` records the length
-//! of `metrics.jsonl` at that point; resuming cuts the file back to it, so lines of an
-//! epoch that was interrupted are not duplicated.
+//! so a directory named `epoch-*` is always whole: that rename is the commit. Its
+//! `state.json` records the length of `metrics.jsonl` at that point (resuming cuts the
+//! file back to it, so lines of an epoch that was interrupted are not duplicated) and the
+//! best checkpoint so far, so the best record is committed with the checkpoint: pruning
+//! keeps the best the newest checkpoint names, and `best.json` is only its copy for
+//! readers, rewritten on every commit and resume.
+//!
+//! A run holds an exclusive lock on `<run>/.lock` (`flock`, released by the kernel when
+//! the process dies) from [`RunDir::create`] or [`RunDir::open`] until the `RunDir` is
+//! dropped: a second run in the same folder is refused, a killed run never blocks its
+//! resume. Opening also removes what a killed run left: half-written checkpoints and the
+//! temporary files of atomic writes. Resume reads the newest checkpoint that is whole;
+//! unreadable newer ones are moved aside (`checkpoints/.epoch-N.corrupt`) and named in a
+//! warning.
 
 use std::collections::HashMap;
 use std::fs;
@@ -41,6 +52,19 @@ pub struct CheckpointState {
     /// Free-form extra state of the training loop.
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// The best checkpoint up to and including this one (filled in on saving).
+    #[serde(default)]
+    pub best: Option<Best>,
+}
+
+/// The best checkpoint of a run: its folder name and score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Best {
+    /// The folder under `checkpoints/`, e.g. `epoch-0003`.
+    pub checkpoint: String,
+    /// Its score (higher is better).
+    pub score: f64,
 }
 
 /// A checkpoint read back: its state and its tensor groups.
@@ -87,45 +111,141 @@ impl LoadedCheckpoint {
 pub struct RunDir {
     root: PathBuf,
     keep_last: usize,
+    /// The lock held for the run's life (`None` for [`RunDir::inspect`]).
+    _lock: Option<std::sync::Arc<fs::File>>,
 }
 
 const CONFIG: &str = "config.toml";
 const METRICS: &str = "metrics.jsonl";
 const CHECKPOINTS: &str = "checkpoints";
 const BEST: &str = "best.json";
+const LOCK: &str = ".lock";
+
+/// Takes the exclusive lock of the run in `root`, or says who holds it.
+fn lock(root: &Path) -> Result<std::sync::Arc<fs::File>> {
+    let path = root.join(LOCK);
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(std::sync::Arc::new(file)),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: root.to_path_buf(),
+            lock: path,
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// True for the temporary files [`crate::write_atomic`] and other writers leave when
+/// killed: `<name>.tmp<pid>`, `.tmp<random>`.
+fn is_leftover(name: &str) -> bool {
+    let digits_after = |tag: &str| {
+        name.rsplit_once(tag)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    };
+    digits_after(".tmp") || (name.starts_with(".tmp") && name.len() > 4)
+}
 
 impl RunDir {
     /// Starts a new run in `root` (created if needed), writing `config` (TOML). A folder
     /// that already holds a run is refused: resume it or choose another one.
     pub fn create(root: &Path, config: &str, keep_last: usize) -> Result<Self> {
+        RunDir::create_with(root, config, &[], keep_last)
+    }
+
+    /// [`RunDir::create`], writing `inputs` (`(file name, bytes)`: what a resume reads
+    /// besides the configuration, such as the genotype being trained) before the
+    /// configuration, so that a folder with a configuration always has them.
+    pub fn create_with(
+        root: &Path,
+        config: &str,
+        inputs: &[(&str, &[u8])],
+        keep_last: usize,
+    ) -> Result<Self> {
+        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let lock = lock(root)?;
         if root.join(CONFIG).exists() {
             return Err(Error::Invalid(format!(
                 "{} already holds a run (config.toml exists); resume it with --resume or choose another --out",
                 root.display()
             )));
         }
-        fs::create_dir_all(root.join(CHECKPOINTS)).map_err(|e| Error::io(root, e))?;
-        write_atomic(&root.join(CONFIG), config.as_bytes())?;
-        write_atomic(&root.join(METRICS), b"")?;
-        Ok(RunDir {
+        let checkpoints = root.join(CHECKPOINTS);
+        fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+        let run = RunDir {
             root: root.to_path_buf(),
             keep_last: keep_last.max(1),
-        })
+            _lock: Some(lock),
+        };
+        // What a start killed before it wrote its configuration left.
+        run.remove_leftovers()?;
+        write_atomic(&root.join(METRICS), b"")?;
+        for (name, bytes) in inputs {
+            write_atomic(&root.join(name), bytes)?;
+        }
+        // The configuration last: a folder holds a run once it has one.
+        write_atomic(&root.join(CONFIG), config.as_bytes())?;
+        Ok(run)
     }
 
-    /// Opens an existing run to resume it.
+    /// Opens an existing run to resume it: takes its lock and removes what a killed run
+    /// left behind.
     pub fn open(root: &Path, keep_last: usize) -> Result<Self> {
+        let mut run = RunDir::inspect(root)?;
+        run.keep_last = keep_last.max(1);
+        run._lock = Some(lock(root)?);
+        let checkpoints = root.join(CHECKPOINTS);
+        fs::create_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+        run.remove_leftovers()?;
+        Ok(run)
+    }
+
+    /// Opens an existing run to read it (an evaluation), without its lock: a run in
+    /// progress can be read.
+    pub fn inspect(root: &Path) -> Result<Self> {
         if !root.join(CONFIG).is_file() {
             return Err(Error::Invalid(format!(
                 "{} is not a run directory: it has no config.toml",
                 root.display()
             )));
         }
-        fs::create_dir_all(root.join(CHECKPOINTS)).map_err(|e| Error::io(root, e))?;
         Ok(RunDir {
             root: root.to_path_buf(),
-            keep_last: keep_last.max(1),
+            keep_last: 1,
+            _lock: None,
         })
+    }
+
+    /// Removes half-written checkpoints and temporary files in the run's folder and its
+    /// subfolders (one level down); under the lock, none of them belongs to a live writer.
+    fn remove_leftovers(&self) -> Result<()> {
+        let mut dirs = vec![self.root.clone()];
+        for entry in fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
+            let p = entry.map_err(|e| Error::io(&self.root, e))?.path();
+            if p.is_dir() && !p.is_symlink() {
+                dirs.push(p);
+            }
+        }
+        for dir in dirs {
+            for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+                let p = entry.map_err(|e| Error::io(&dir, e))?.path();
+                let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                let half_checkpoint = name.starts_with(".epoch-") && name.ends_with(".tmp");
+                if half_checkpoint && p.is_dir() {
+                    fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+                } else if is_leftover(name) && p.is_file() {
+                    tracing::info!(file = %p.display(), "removing a temporary file a killed run left");
+                    fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The folder.
@@ -136,7 +256,7 @@ impl RunDir {
     /// The configuration written when the run was created.
     pub fn config(&self) -> Result<String> {
         let path = self.root.join(CONFIG);
-        fs::read_to_string(&path).map_err(|e| Error::io(path, e))
+        crate::atomic::read_text(&path)
     }
 
     /// Appends one line to `metrics.jsonl`.
@@ -187,6 +307,18 @@ impl RunDir {
                 .map_err(|e| Error::format(&path, e.to_string()))?;
             sync(&path)?;
         }
+        let previous = self.best()?;
+        state.best = match (state.score, previous) {
+            (Some(score), Some(b)) if score <= b.1 => Some(Best {
+                checkpoint: b.0,
+                score: b.1,
+            }),
+            (Some(score), _) => Some(Best {
+                checkpoint: name.clone(),
+                score,
+            }),
+            (None, b) => b.map(|(checkpoint, score)| Best { checkpoint, score }),
+        };
         let json =
             serde_json::to_vec_pretty(&state).map_err(|e| Error::format(&tmp, e.to_string()))?;
         let state_path = tmp.join("state.json");
@@ -195,26 +327,39 @@ impl RunDir {
         if done.exists() {
             fs::remove_dir_all(&done).map_err(|e| Error::io(&done, e))?;
         }
+        // The commit: the checkpoint and its best record appear together.
         fs::rename(&tmp, &done).map_err(|e| Error::io(&done, e))?;
-        if let Some(score) = state.score {
-            let best = self.best()?;
-            if best.is_none_or(|(_, s)| score > s) {
-                let v = serde_json::json!({ "checkpoint": name, "score": score });
-                write_atomic(&self.root.join(BEST), v.to_string().as_bytes())?;
-            }
-        }
-        self.prune()?;
+        sync(&dir)?;
+        self.write_best(state.best.as_ref())?;
+        self.prune(state.best.as_ref())?;
         Ok(done)
     }
 
-    /// The best checkpoint's folder name and score.
-    pub fn best(&self) -> Result<Option<(String, f64)>> {
-        let path = self.root.join(BEST);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, e)),
+    /// `best.json`, the readers' copy of the best record.
+    fn write_best(&self, best: Option<&Best>) -> Result<()> {
+        let Some(best) = best else {
+            return Ok(());
         };
+        let v = serde_json::json!({ "checkpoint": best.checkpoint, "score": best.score });
+        write_atomic(&self.root.join(BEST), v.to_string().as_bytes())
+    }
+
+    /// The best checkpoint's folder name and score, as the newest whole checkpoint
+    /// records it (`best.json` for runs whose checkpoints predate the record).
+    pub fn best(&self) -> Result<Option<(String, f64)>> {
+        for path in self.checkpoints()?.iter().rev() {
+            if let Ok(state) = read_state(path) {
+                if let Some(b) = state.best {
+                    return Ok(Some((b.checkpoint, b.score)));
+                }
+                break;
+            }
+        }
+        let path = self.root.join(BEST);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = crate::atomic::read_text(&path)?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| Error::format(&path, e.to_string()))?;
         match (v["checkpoint"].as_str(), v["score"].as_f64()) {
@@ -243,8 +388,8 @@ impl RunDir {
         Ok(out)
     }
 
-    fn prune(&self) -> Result<()> {
-        let best = self.best()?.map(|(name, _)| name);
+    fn prune(&self, best: Option<&Best>) -> Result<()> {
+        let best = best.map(|b| b.checkpoint.clone());
         let all = self.checkpoints()?;
         let cut = all.len().saturating_sub(self.keep_last);
         for path in &all[..cut] {
@@ -257,27 +402,47 @@ impl RunDir {
         Ok(())
     }
 
-    /// Reads the newest complete checkpoint and cuts `metrics.jsonl` back to its length;
-    /// removes any half-written one. `None` when the run has none yet.
+    /// Reads the newest whole checkpoint and cuts `metrics.jsonl` back to its length.
+    /// Newer checkpoints that cannot be read are moved aside (`.epoch-N.corrupt`) with a
+    /// warning; when none can be read, the error names the newest. `None` when the run
+    /// has none yet.
     pub fn resume(&self, device: &Device) -> Result<Option<LoadedCheckpoint>> {
-        let dir = self.root.join(CHECKPOINTS);
-        for entry in fs::read_dir(&dir)
-            .map_err(|e| Error::io(&dir, e))?
-            .flatten()
-        {
-            let p = entry.path();
-            if p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".tmp"))
-            {
-                fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-            }
-        }
-        let Some(path) = self.checkpoints()?.pop() else {
+        let all = self.checkpoints()?;
+        if all.is_empty() {
             write_atomic(&self.root.join(METRICS), b"")?;
             return Ok(None);
+        }
+        let mut failed: Vec<(PathBuf, Error)> = Vec::new();
+        let mut found = None;
+        for path in all.iter().rev() {
+            match read_checkpoint(path, device) {
+                Ok(ckpt) => {
+                    found = Some(ckpt);
+                    break;
+                }
+                Err(e) => failed.push((path.clone(), e)),
+            }
+        }
+        let Some(ckpt) = found else {
+            let (_, first) = failed.swap_remove(0);
+            return Err(first);
         };
-        let ckpt = read_checkpoint(&path, device)?;
+        for (path, e) in failed {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let mut aside = path.with_file_name(format!(".{name}.corrupt"));
+            for k in 2.. {
+                if !aside.exists() {
+                    break;
+                }
+                aside = path.with_file_name(format!(".{name}.corrupt-{k}"));
+            }
+            fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+            tracing::warn!(
+                skipped = %path.display(), moved_to = %aside.display(), error = %e,
+                "resuming from {}: a newer checkpoint cannot be read", ckpt.path.display()
+            );
+        }
+        self.write_best(ckpt.state.best.as_ref())?;
         let metrics = self.root.join(METRICS);
         let f = fs::OpenOptions::new()
             .write(true)
@@ -290,7 +455,7 @@ impl RunDir {
                 format!(
                     "is {len} bytes, shorter than the {} bytes recorded by checkpoint {}",
                     ckpt.state.metrics_len,
-                    path.display()
+                    ckpt.path.display()
                 ),
             ));
         }
@@ -300,12 +465,25 @@ impl RunDir {
     }
 }
 
-/// Reads one checkpoint folder.
-pub fn read_checkpoint(path: &Path, device: &Device) -> Result<LoadedCheckpoint> {
+/// A checkpoint's `state.json`, checked against the folder's name.
+fn read_state(path: &Path) -> Result<CheckpointState> {
     let state_path = path.join("state.json");
-    let text = fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let text = crate::atomic::read_text(&state_path)?;
     let state: CheckpointState =
         serde_json::from_str(&text).map_err(|e| Error::format(&state_path, e.to_string()))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    if name != format!("epoch-{:04}", state.epoch) {
+        return Err(Error::format(
+            &state_path,
+            format!("records epoch {}, but its folder is {name}", state.epoch),
+        ));
+    }
+    Ok(state)
+}
+
+/// Reads one checkpoint folder.
+pub fn read_checkpoint(path: &Path, device: &Device) -> Result<LoadedCheckpoint> {
+    let state = read_state(path)?;
     let mut groups = HashMap::new();
     for entry in fs::read_dir(path)
         .map_err(|e| Error::io(path, e))?
@@ -348,6 +526,7 @@ mod tests {
             metrics_len: 0,
             score: Some(score),
             extra: serde_json::Value::Null,
+            best: None,
         }
     }
 
@@ -375,6 +554,7 @@ mod tests {
         // An interrupted epoch: a log line and a half-written checkpoint.
         run.log(&serde_json::json!({ "epoch": 5 })).unwrap();
         fs::create_dir_all(dir.path().join("checkpoints/.epoch-0005.tmp")).unwrap();
+        drop(run);
         let again = RunDir::open(dir.path(), 2).unwrap();
         assert_eq!(again.config().unwrap(), "a = 1\n");
         let ckpt = again.resume(&Device::Cpu).unwrap().unwrap();
@@ -408,5 +588,58 @@ mod tests {
         fs::write(path.join("state.json"), b"{\"epoch\": 1}").unwrap();
         let err = run.resume(&Device::Cpu).unwrap_err().to_string();
         assert!(err.contains("state.json"), "{err}");
+    }
+
+    /// A kill between a checkpoint's commit and `best.json`'s rename leaves a stale
+    /// `best.json`: the record in the checkpoint still decides pruning, and resume
+    /// rewrites the copy.
+    #[test]
+    fn the_best_record_is_committed_with_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path(), "", 1).unwrap();
+        for (epoch, score) in [(1, 0.5), (2, 0.9)] {
+            run.save_checkpoint(state(epoch, score), &[("weights", tensors(1.0))])
+                .unwrap();
+        }
+        let best_json = dir.path().join("best.json");
+        fs::write(&best_json, r#"{"checkpoint": "epoch-0001", "score": 0.5}"#).unwrap();
+        assert_eq!(run.best().unwrap().unwrap().0, "epoch-0002");
+        run.save_checkpoint(state(3, 0.1), &[("weights", tensors(1.0))])
+            .unwrap();
+        let names: Vec<String> = run
+            .checkpoints()
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["epoch-0002", "epoch-0003"]);
+        fs::write(&best_json, r#"{"checkpoint": "epoch-0001", "score": 0.5}"#).unwrap();
+        drop(run);
+        let again = RunDir::open(dir.path(), 1).unwrap();
+        again.resume(&Device::Cpu).unwrap().unwrap();
+        let text = fs::read_to_string(&best_json).unwrap();
+        assert!(text.contains("epoch-0002"), "{text}");
+    }
+
+    /// One live `RunDir` per folder; dropping it (or the process dying) frees it.
+    #[test]
+    fn a_folder_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunDir::create(dir.path(), "", 1).unwrap();
+        let err = RunDir::open(dir.path(), 1).unwrap_err().to_string();
+        assert!(err.contains("in use by another run"), "{err}");
+        assert!(RunDir::inspect(dir.path()).is_ok());
+        drop(first);
+        RunDir::open(dir.path(), 1).unwrap();
+    }
+
+    #[test]
+    fn leftovers_are_recognised() {
+        for name in ["best.json.tmp123", ".tmpA1b2", "genotype.svg.tmp9"] {
+            assert!(is_leftover(name), "{name}");
+        }
+        for name in ["best.json", "epoch-0001", "a.tmp", ".lock", "tmp3"] {
+            assert!(!is_leftover(name), "{name}");
+        }
     }
 }

@@ -290,6 +290,7 @@ pub fn run<T: Task>(
             metrics_len: 0,
             score: end.score,
             extra: end.extra,
+            best: None,
         };
         run.save_checkpoint(state, &task.state()?)?;
         progress.epoch_end(epoch, &summary);
@@ -495,6 +496,7 @@ mod tests {
             &mut NoProgress,
         )
         .unwrap();
+        drop(rd); // the process ends, its lock with it
         let rd = RunDir::open(&cut, 2).unwrap();
         let mut task = Toy::new(3);
         let got = run(&mut task, &rd, settings(4), &Device::Cpu, &mut NoProgress).unwrap();
@@ -542,6 +544,7 @@ mod tests {
         }
         // The last checkpoint is kept as it was; resuming cuts the lines of epoch 2.
         assert_eq!(rd.checkpoints().unwrap().len(), 2);
+        drop(rd);
         let resumed = RunDir::open(&dir, 5)
             .unwrap()
             .resume(&Device::Cpu)

@@ -1,0 +1,378 @@
+//! The run directory under faults, as an adversarial user meets them: a kill in every
+//! rename window of a training run (through `strace -e inject`, skipped when strace is
+//! missing), two runs in one folder, output paths that are not regular files, a full
+//! stdout, a bad configuration, corrupt or stray checkpoints and leftovers, a finished
+//! run resumed.
+
+// Test helpers may panic on a broken fixture: that is a failed test, not a bug to handle.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small training run on the embedded digits: 4 epochs, one checkpoint kept.
+const TINY_TRAIN: &[&str] = &[
+    "--genotype",
+    "darts-v2",
+    "--set",
+    "model.channels=4",
+    "--set",
+    "model.layers=3",
+    "--set",
+    "run.epochs=4",
+    "--set",
+    "data.batch_size=64",
+    "--set",
+    "run.keep_checkpoints=1",
+];
+
+fn nas(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nas"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env("CANDLE_NUM_THREADS", "1")
+        .env(
+            "NAS_DATA_DIR",
+            "/nonexistent-so-the-embedded-digits-are-used",
+        );
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    nas(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Exit status 2 and `needle` in the one-line error.
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn train_args(out: &Path) -> Vec<String> {
+    let mut args = vec![
+        "train".to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    args.extend(TINY_TRAIN.iter().map(|s| s.to_string()));
+    args
+}
+
+/// What a finished training run reports: the best checkpoint's validation loss and the
+/// test accuracy.
+fn outcome(dir: &Path) -> (String, String) {
+    let best = ok(&run(&[
+        "eval",
+        "--checkpoint",
+        dir.to_str().unwrap(),
+        "--best",
+        "--split",
+        "val",
+        "--json",
+    ]));
+    let best: serde_json::Value = serde_json::from_str(&best).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap();
+    (
+        best["loss"].to_string(),
+        results["test"]["top1"].to_string(),
+    )
+}
+
+fn has_strace() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A kill at each of the first renames of a run (the configuration, every checkpoint's
+/// commit, every `best.json`), then a resume: the best checkpoint and the results are
+/// those of an uninterrupted run.
+#[test]
+fn a_kill_at_any_rename_resumes_to_the_same_best_checkpoint_and_result() {
+    if !has_strace() {
+        eprintln!("strace is missing: skipping the kill-at-rename test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let args = train_args(&whole);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&run(&args));
+    let expected = outcome(&whole);
+    for n in 1..=9 {
+        let cut = dir.path().join(format!("cut-{n}"));
+        let mut cmd = Command::new("strace");
+        cmd.args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=rename,renameat,renameat2",
+            "-e",
+            &format!("inject=rename,renameat,renameat2:signal=KILL:when={n}"),
+            env!("CARGO_BIN_EXE_nas"),
+        ]);
+        cmd.args(train_args(&cut))
+            .env("CANDLE_NUM_THREADS", "1")
+            .env("NAS_DATA_DIR", "/nonexistent");
+        let killed = cmd.output().unwrap();
+        assert!(!killed.status.success(), "rename {n} was not reached");
+        if !cut.join("config.toml").exists() {
+            // Killed before the run existed: nothing to resume, and nothing is left that
+            // would block starting it again.
+            let again = train_args(&cut);
+            let again: Vec<&str> = again.iter().map(String::as_str).collect();
+            ok(&run(&again));
+        } else {
+            ok(&run(&["train", "--resume", cut.to_str().unwrap()]));
+        }
+        assert_eq!(outcome(&cut), expected, "killed at rename {n}");
+        let leftovers: Vec<PathBuf> = std::fs::read_dir(&cut)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "rename {n}: {leftovers:?}");
+    }
+}
+
+/// A second run into a folder in use, and a second resume of it, are refused while the
+/// first runs; once it is killed, its resume is not blocked.
+#[test]
+fn a_run_directory_is_held_by_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&out);
+    args.extend(["--set".into(), "run.epochs=40".into()]);
+    let first_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = nas(&first_args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("config.toml").exists() {
+        assert!(start.elapsed() < Duration::from_secs(300), "no run started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fails_with(&run(&first_args), "in use by another run");
+    fails_with(
+        &run(&["train", "--resume", out.to_str().unwrap()]),
+        "in use by another run",
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Killed: the kernel released the lock. Resume to two epochs to keep the test short.
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("epochs = 40"), "{config}");
+    let resumed = nas(&["train", "--resume", out.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It runs (no lock error) until we stop it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut resumed = resumed;
+    assert!(
+        resumed.try_wait().unwrap().is_none(),
+        "the resume ended early"
+    );
+    resumed.kill().unwrap();
+    resumed.wait().unwrap();
+}
+
+/// `-o` writes through a symbolic link and refuses a FIFO, a device and a directory,
+/// leaving them as they were.
+#[test]
+fn output_paths_that_are_not_regular_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.py");
+    std::fs::write(&real, "old").unwrap();
+    let link = dir.path().join("link.py");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    ok(&run(&[
+        "genotype",
+        "show",
+        "darts-v2",
+        "-o",
+        link.to_str().unwrap(),
+    ]));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(std::fs::read_to_string(&real)
+        .unwrap()
+        .starts_with("Genotype("));
+    let fifo = dir.path().join("fifo");
+    if Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        fails_with(
+            &run(&["genotype", "show", "darts-v2", "-o", fifo.to_str().unwrap()]),
+            "not a regular file",
+        );
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+    }
+    fails_with(
+        &run(&["genotype", "show", "darts-v2", "-o", "/dev/full"]),
+        "is a device, FIFO or socket, not a regular file",
+    );
+    fails_with(
+        &run(&[
+            "genotype",
+            "show",
+            "darts-v2",
+            "-o",
+            dir.path().to_str().unwrap(),
+        ]),
+        "is a directory",
+    );
+}
+
+/// A full stdout is exit 2 with one line, not a panic.
+#[test]
+fn a_full_stdout_is_an_error_not_a_panic() {
+    for args in [
+        &["search", "darts", "--dry-run"][..],
+        &["train", "--genotype", "darts-v2", "--dry-run"],
+        &["train-lm", "--genotype", "darts-rnn-v2", "--dry-run"],
+        &["search", "darts-rnn", "--dry-run"],
+        &["genotype", "show", "darts-v2"],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = nas(args).stdout(full).output().unwrap();
+        fails_with(&out, "writing to stdout");
+    }
+}
+
+/// A configuration that cannot make a network is refused before anything is created,
+/// with the field named, by `--dry-run` too.
+#[test]
+fn a_bad_configuration_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for (set, field) in [
+        ("model.channels=0", "model.channels"),
+        ("model.layers=1", "model.layers"),
+        ("model.steps=0", "model.steps"),
+        ("model.multiplier=0", "model.multiplier"),
+        ("data.crop_padding=1000", "data.crop_padding"),
+        ("data.cutout=1000", "data.cutout"),
+    ] {
+        let out = dir.path().join(set.replace('=', "-"));
+        let args = [
+            "search",
+            "darts",
+            "--set",
+            set,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        fails_with(&run(&args), field);
+        assert!(
+            !out.join("config.toml").exists(),
+            "{set}: a run was created"
+        );
+        if !set.starts_with("data.") {
+            fails_with(&run(&["search", "darts", "--set", set, "--dry-run"]), field);
+        }
+    }
+    let out = dir.path().join("train");
+    let mut args = train_args(&out);
+    args.extend(["--set".into(), "model.channels=3".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(&run(&args), "model.channels");
+    assert!(!out.join("config.toml").exists());
+}
+
+/// Resume skips (and moves aside) a corrupt newest checkpoint, a stray empty one and one
+/// whose state.json names another epoch, removes a killed run's temporary files, and
+/// ends with the uninterrupted run's result; a finished run resumed reports real numbers.
+#[test]
+fn resume_uses_the_newest_whole_checkpoint_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let mut args = train_args(&whole);
+    args.extend(["--set".into(), "run.keep_checkpoints=2".into()]);
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&run(&args_ref));
+    let expected = outcome(&whole);
+    // A finished run resumed: the numbers of the run, not NaN.
+    let again = ok(&run(&["train", "--resume", whole.to_str().unwrap()]));
+    assert!(!again.contains("NaN"), "{again}");
+    assert_eq!(outcome(&whole), expected);
+
+    let cut = dir.path().join("cut");
+    let mut args = train_args(&cut);
+    args.extend(["--set".into(), "run.keep_checkpoints=2".into()]);
+    let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&run(&args_ref));
+    let ckpts = cut.join("checkpoints");
+    // The newest checkpoint's weights are corrupt; a stray empty folder and one whose
+    // state.json names another epoch sort after it.
+    std::fs::write(ckpts.join("epoch-0004/weights.safetensors"), b"garbage").unwrap();
+    std::fs::create_dir_all(ckpts.join("epoch-9999")).unwrap();
+    std::fs::create_dir_all(ckpts.join("epoch-0005")).unwrap();
+    std::fs::write(
+        ckpts.join("epoch-0005/state.json"),
+        std::fs::read(ckpts.join("epoch-0003/state.json")).unwrap(),
+    )
+    .unwrap();
+    for leftover in [
+        "best.json.tmp4242",
+        "genotype.svg.tmp17",
+        "checkpoints/.epoch-0006.tmp",
+    ] {
+        let p = cut.join(leftover);
+        if leftover.ends_with(".tmp") {
+            std::fs::create_dir_all(&p).unwrap();
+        } else {
+            std::fs::write(&p, b"half").unwrap();
+        }
+    }
+    let out = run(&["train", "--resume", cut.to_str().unwrap()]);
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("epoch-9999") && log.contains("epoch-0004"),
+        "{log}"
+    );
+    assert_eq!(outcome(&cut), expected);
+    for gone in [
+        "best.json.tmp4242",
+        "genotype.svg.tmp17",
+        "checkpoints/.epoch-0006.tmp",
+    ] {
+        assert!(!cut.join(gone).exists(), "{gone} left behind");
+    }
+    for aside in [".epoch-9999.corrupt", ".epoch-0005.corrupt"] {
+        assert!(ckpts.join(aside).exists(), "{aside} not kept");
+    }
+}
