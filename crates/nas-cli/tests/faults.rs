@@ -8,7 +8,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
+
+mod common;
+use common::{fails_with, nas, ok, run};
 use std::time::{Duration, Instant};
 
 /// A small training run on the embedded digits: 4 epochs, one checkpoint kept.
@@ -26,41 +29,6 @@ const TINY_TRAIN: &[&str] = &[
     "--set",
     "run.keep_checkpoints=1",
 ];
-
-fn nas(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nas"));
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env("CANDLE_NUM_THREADS", "1")
-        .env(
-            "NAS_DATA_DIR",
-            "/nonexistent-so-the-embedded-digits-are-used",
-        );
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    nas(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Exit status 2 and `needle` in the one-line error.
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(err.contains(needle), "expected {needle:?} in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
 
 fn train_args(out: &Path) -> Vec<String> {
     let mut args = vec![
@@ -375,4 +343,43 @@ fn resume_uses_the_newest_whole_checkpoint_and_cleans_up() {
     for aside in [".epoch-9999.corrupt", ".epoch-0005.corrupt"] {
         assert!(ckpts.join(aside).exists(), "{aside} not kept");
     }
+}
+
+/// Messages name the file and say the cause once; a search run given to `nas eval` is
+/// named as one; a genotype file with a byte-order mark reads.
+#[test]
+fn messages_name_the_problem_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A training run's folder without its genotype: the cause once, with the path.
+    let train = dir.path().join("train");
+    std::fs::create_dir_all(&train).unwrap();
+    let config = ok(&run(&["train", "--genotype", "darts-v2", "--dry-run"]));
+    std::fs::write(train.join("config.toml"), config).unwrap();
+    let out = run(&["eval", "--checkpoint", train.to_str().unwrap()]);
+    fails_with(
+        &out,
+        "genotype.json: No such file or directory (os error 2)",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    // A search run.
+    let search = dir.path().join("search");
+    std::fs::create_dir_all(&search).unwrap();
+    let config = ok(&run(&["search", "darts", "--dry-run"]));
+    std::fs::write(search.join("config.toml"), config).unwrap();
+    fails_with(
+        &run(&["eval", "--checkpoint", search.to_str().unwrap()]),
+        "this is a search run",
+    );
+    // A byte-order mark before a JSON genotype.
+    let json = ok(&run(&["genotype", "show", "darts-v2", "--format", "json"]));
+    let bom = dir.path().join("bom.json");
+    std::fs::write(&bom, format!("\u{feff}{json}")).unwrap();
+    let shown = ok(&run(&["genotype", "show", bom.to_str().unwrap()]));
+    assert!(shown.starts_with("Genotype("), "{shown}");
+    // A device is read only so far as a text file can be long.
+    fails_with(
+        &run(&["genotype", "show", "/dev/zero"]),
+        "is larger than 64 MiB",
+    );
 }

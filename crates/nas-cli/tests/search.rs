@@ -5,7 +5,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
+
+mod common;
+use common::{epoch_lines, fails_with, nas, ok, read, run};
 use std::time::{Duration, Instant};
 
 /// A small search on the embedded digits: 48 + 48 images, 3 steps per epoch.
@@ -24,59 +27,11 @@ const TINY: &[&str] = &[
     "run.keep_checkpoints=1",
 ];
 
-fn nas(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nas"));
-    cmd.args(args)
-        .env_remove("RUST_LOG")
-        .env("CANDLE_NUM_THREADS", "1")
-        .env(
-            "NAS_DATA_DIR",
-            "/nonexistent-so-the-embedded-digits-are-used",
-        );
-    cmd
-}
-
-fn run(args: &[&str]) -> Output {
-    nas(args).output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "nas failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// Status 2, and the last stderr line is the one-line error containing `needle`.
-fn fails_with(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    let last = stderr.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("error: "), "{stderr}");
-    assert!(last.contains(needle), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
 fn search(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["search", "darts", "--out", out.to_str().unwrap()];
     args.extend_from_slice(TINY);
     args.extend_from_slice(extra);
     run(&args)
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
-    String::from_utf8(read(&run.join("metrics.jsonl")))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "epoch")
-        .collect()
 }
 
 #[test]
