@@ -96,6 +96,25 @@ pub fn run(args: &[&str]) -> Result<()> {
     if !args.is_empty() {
         bail!("usage: cargo xtask deps");
     }
+    let mut problems = check(&metadata()?);
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/nas-ops/src");
+    problems.extend(check_ops_layers(&ops)?);
+    if problems.is_empty() {
+        println!("deps: every crate and every nas-ops layer uses only what its layer allows");
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("deps: {p}");
+        }
+        bail!(
+            "{} dependency rule(s) broken (see ARCHITECTURE.md, invariants)",
+            problems.len()
+        )
+    }
+}
+
+/// The workspace's `cargo metadata`.
+fn metadata() -> Result<Value> {
     let out = Command::new(env!("CARGO"))
         .args([
             "metadata",
@@ -112,22 +131,7 @@ pub fn run(args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let meta: Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    let mut problems = check(&meta);
-    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/nas-ops/src");
-    problems.extend(check_ops_layers(&ops)?);
-    if problems.is_empty() {
-        println!("deps: every crate and every nas-ops layer uses only what its layer allows");
-        Ok(())
-    } else {
-        for p in &problems {
-            eprintln!("deps: {p}");
-        }
-        bail!(
-            "{} dependency rule(s) broken (see ARCHITECTURE.md, invariants)",
-            problems.len()
-        )
-    }
+    serde_json::from_slice(&out.stdout).context("parsing cargo metadata")
 }
 
 /// The broken rules in `cargo metadata`'s output, one line each.
@@ -299,18 +303,9 @@ mod tests {
 
     #[test]
     fn the_workspace_as_it_is_passes() {
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--offline",
-            ])
-            .output()
-            .expect("cargo metadata");
-        assert!(out.status.success());
-        let meta: Value = serde_json::from_slice(&out.stdout).expect("json");
-        assert_eq!(check(&meta), Vec::<String>::new());
+        assert_eq!(
+            check(&metadata().expect("cargo metadata")),
+            Vec::<String>::new()
+        );
     }
 }

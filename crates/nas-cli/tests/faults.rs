@@ -11,24 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{fails_with, nas, ok, run};
+use common::{fails_with, nas, ok, run, TINY_TRAIN};
 use std::time::{Duration, Instant};
-
-/// A small training run on the embedded digits: 4 epochs, one checkpoint kept.
-const TINY_TRAIN: &[&str] = &[
-    "--genotype",
-    "darts-v2",
-    "--set",
-    "model.channels=4",
-    "--set",
-    "model.layers=3",
-    "--set",
-    "run.epochs=4",
-    "--set",
-    "data.batch_size=64",
-    "--set",
-    "run.keep_checkpoints=1",
-];
 
 fn train_args(out: &Path) -> Vec<String> {
     let mut args = vec![

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{epoch_lines, read};
+
 fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets")
 }
@@ -47,19 +50,6 @@ fn fails_with(out: &Output, needle: &str) {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn epoch_lines(run: &Path) -> Vec<serde_json::Value> {
-    String::from_utf8(read(&run.join("metrics.jsonl")))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "epoch")
-        .collect()
 }
 
 /// Starts `args`, waits for `marker` to exist, then kills the process with SIGKILL.

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 mod common;
-use common::{epoch_lines, fails_with, nas, ok, read, run};
+use common::{epoch_lines, fails_with, nas, ok, read, run, TINY_TRAIN};
 use std::time::{Duration, Instant};
 
 /// A small search on the embedded digits: 48 + 48 images, 3 steps per epoch.
@@ -330,20 +330,6 @@ fn count_of_evaluation_networks_matches_the_reference() {
         "CIFAR network only",
     );
 }
-
-/// A small training run on the embedded digits.
-const TINY_TRAIN: &[&str] = &[
-    "--genotype",
-    "darts-v2",
-    "--set",
-    "model.channels=4",
-    "--set",
-    "model.layers=3",
-    "--set",
-    "run.epochs=4",
-    "--set",
-    "data.batch_size=64",
-];
 
 /// `nas eval --checkpoint DIR --json` plus `extra`, parsed.
 fn eval_json(run_dir: &Path, extra: &[&str]) -> serde_json::Value {

@@ -88,10 +88,7 @@ impl SearchCnnConfig {
                 "model.stem_multiplier must be positive",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config(message.to_string())),
-            None => Ok(()),
-        }
+        Ok(nas_train::check(&checks)?)
     }
 
     /// The indices of the reduction cells.

@@ -112,10 +112,7 @@ impl EvalNetConfig {
                 "the data set must have at least 2 classes",
             ),
         ];
-        match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err(Error::Config(message.to_string())),
-            None => Ok(()),
-        }
+        Ok(nas_train::check(&checks)?)
     }
 }
 

@@ -530,6 +530,14 @@ mod tests {
         }
     }
 
+    fn names(run: &RunDir) -> Vec<String> {
+        run.checkpoints()
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
     fn tensors(x: f32) -> HashMap<String, Tensor> {
         HashMap::from([("w".to_string(), Tensor::new(&[x], &Device::Cpu).unwrap())])
     }
@@ -543,12 +551,7 @@ mod tests {
             run.save_checkpoint(state(epoch, score), &[("weights", tensors(epoch as f32))])
                 .unwrap();
         }
-        let names: Vec<String> = run
-            .checkpoints()
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names = names(&run);
         assert_eq!(names, ["epoch-0002", "epoch-0003", "epoch-0004"]);
         assert_eq!(run.best().unwrap().unwrap().0, "epoch-0002");
         // An interrupted epoch: a log line and a half-written checkpoint.
@@ -606,12 +609,7 @@ mod tests {
         assert_eq!(run.best().unwrap().unwrap().0, "epoch-0002");
         run.save_checkpoint(state(3, 0.1), &[("weights", tensors(1.0))])
             .unwrap();
-        let names: Vec<String> = run
-            .checkpoints()
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names = names(&run);
         assert_eq!(names, ["epoch-0002", "epoch-0003"]);
         fs::write(&best_json, r#"{"checkpoint": "epoch-0001", "score": 0.5}"#).unwrap();
         drop(run);

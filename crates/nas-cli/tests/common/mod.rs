@@ -7,6 +7,20 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A small training run on the embedded digits.
+pub const TINY_TRAIN: &[&str] = &[
+    "--genotype",
+    "darts-v2",
+    "--set",
+    "model.channels=4",
+    "--set",
+    "model.layers=3",
+    "--set",
+    "run.epochs=4",
+    "--set",
+    "data.batch_size=64",
+];
+
 /// `nas` with `args`, on one candle thread, reading the embedded digits.
 pub fn nas(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nas"));
