@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use nas_darts::{count_parameters, SearchCnnConfig};
+use nas_darts::SearchCnnConfig;
 use nas_models::{count, EvalGenotype, EvalNetConfig};
 use nas_search_space::Genotype;
 
@@ -125,7 +125,9 @@ pub fn run(args: CountArgs) -> Result<()> {
                 classes: args.classes.unwrap_or(10),
                 ..SearchCnnConfig::paper()
             };
-            let n = count_parameters(cfg)?;
+            // Counted from the sizes: nothing is allocated, whatever the sizes.
+            cfg.validate()?;
+            let n = cfg.parameters();
             let text = if args.json {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "model": "search-cnn",

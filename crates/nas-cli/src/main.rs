@@ -31,6 +31,9 @@ struct Cli {
     /// More log output on stderr (-v: info, -vv: debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Start a run even when its memory estimate exceeds what the machine has available.
+    #[arg(long, global = true)]
+    no_memory_check: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -77,6 +80,9 @@ fn main() -> ExitCode {
     // Thread pools and allocator (see `nas_ops::runtime`); before any thread exists.
     nas_ops::runtime::configure_process();
     let cli = Cli::parse();
+    if cli.no_memory_check {
+        nas_train::disable_memory_check();
+    }
     // Training commands log their epochs by default; the others only warnings.
     let trains = matches!(
         cli.command,

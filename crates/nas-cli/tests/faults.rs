@@ -367,3 +367,34 @@ fn messages_name_the_problem_once() {
         "is larger than 64 MiB",
     );
 }
+
+/// Sizes that cannot fit: `count` counts without allocating, a search is refused with
+/// its estimate before anything is created (unless `--no-memory-check`).
+#[test]
+fn a_run_that_cannot_fit_is_refused_before_it_allocates() {
+    let started = Instant::now();
+    let text = ok(&run(&[
+        "count",
+        "--model",
+        "search-cnn",
+        "--channels",
+        "100000",
+    ]));
+    assert!(text.contains("parameters"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "count allocated"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("huge");
+    let args = [
+        "search",
+        "darts",
+        "--set",
+        "model.channels=100000",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    fails_with(&run(&args), "this search needs about");
+    assert!(!out.join("config.toml").exists());
+}

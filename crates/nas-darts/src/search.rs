@@ -50,6 +50,7 @@ pub fn search(
     cfg.validate()?;
     // Load the data first: a search that cannot start leaves no run folder behind.
     let data = load_data(cfg, &opts.data_dir)?;
+    net_config(cfg, &data)?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
     tracing::info!(dir = %out.display(), "search started");
     run_search(cfg, run, data, opts, progress)
@@ -152,15 +153,10 @@ impl Objective for Model<'_> {
     }
 }
 
-fn run_search(
-    cfg: &SearchConfig,
-    run: RunDir,
-    data: SearchData,
-    opts: &RunOptions,
-    progress: &mut dyn Progress,
-) -> Result<SearchOutcome> {
-    let dev = &opts.device;
-    let [c, _, _] = data.set.shape();
+/// The search network for `cfg` on `data`, refused with its estimate when a step would
+/// not fit in the machine's memory.
+fn net_config(cfg: &SearchConfig, data: &SearchData) -> Result<SearchCnnConfig> {
+    let [c, h, w] = data.set.shape();
     let net_cfg = SearchCnnConfig {
         in_channels: c,
         channels: cfg.model.channels,
@@ -170,6 +166,20 @@ fn run_search(
         multiplier: cfg.model.multiplier,
         stem_multiplier: cfg.model.stem_multiplier,
     };
+    let estimate = net_cfg.memory_estimate(cfg.data.batch_size, h, w);
+    nas_train::check_memory(estimate, "this search")?;
+    Ok(net_cfg)
+}
+
+fn run_search(
+    cfg: &SearchConfig,
+    run: RunDir,
+    data: SearchData,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<SearchOutcome> {
+    let dev = &opts.device;
+    let net_cfg = net_config(cfg, &data)?;
     let store = ParamStore::new(cfg.run.seed);
     let net = SearchCnn::new(net_cfg, store.var_builder(DType::F32, dev))?;
     let alphas = Alphas::new(cfg.model.steps, stream_seed(cfg.run.seed, "alphas", 0), dev)?;

@@ -91,6 +91,59 @@ impl SearchCnnConfig {
         Ok(nas_train::check(&checks)?)
     }
 
+    /// The number of parameters, from the sizes alone (what [`count_parameters`] counts
+    /// by building the network): the stem, every cell's preprocessing and MixedOps (the
+    /// cells' batch norms have no affine parameters), the classifier.
+    pub fn parameters(&self) -> u64 {
+        let u = |v: usize| v as u64;
+        let c_stem = u(self.stem_multiplier * self.channels);
+        let mut total = u(self.in_channels) * c_stem * 9 + 2 * c_stem;
+        let (mut cpp, mut cp, mut c) = (c_stem, c_stem, u(self.channels));
+        for i in 0..self.layers {
+            let reduction = self.reductions().contains(&i);
+            if reduction {
+                c *= 2;
+            }
+            // preprocess0 (a 1x1 convolution, or FactorizedReduce's two halves) and
+            // preprocess1: both cpp (or cp) x c weights.
+            total += cpp * c + cp * c;
+            // Per MixedOp: two separable 3x3 and 5x5 blocks, dilated 3x3 and 5x5; plus
+            // FactorizedReduce for the skip at stride 2.
+            let edge = 6 * c * c + 102 * c;
+            for node in 0..self.steps {
+                let strided = if reduction { 2 } else { 0 };
+                total += u(2 + node) * edge + strided * c * c;
+            }
+            (cpp, cp) = (cp, u(self.multiplier) * c);
+        }
+        total + cp * u(self.classes) + u(self.classes)
+    }
+
+    /// Bytes a search step needs at `batch` images of `h` x `w`, roughly: the weights
+    /// with their gradients, momentum and the unrolled copy, and the activations kept
+    /// for the backward passes. The latter is `ACTIVATION_FACTOR` floats per element of
+    /// every MixedOp's input, measured on `cargo xtask bench darts-step` (C=8, 5 layers,
+    /// batch 16, 32x32: 523 MB peak resident, estimated 595 MB).
+    pub fn memory_estimate(&self, batch: usize, h: usize, w: usize) -> u64 {
+        const ACTIVATION_FACTOR: u64 = 32;
+        let (mut c, mut h, mut w) = (self.channels as u64, h as u64, w as u64);
+        let mut elements = 0u64;
+        for i in 0..self.layers {
+            if self.reductions().contains(&i) {
+                c *= 2;
+                (h, w) = (h.div_ceil(2), w.div_ceil(2));
+            }
+            let edges = (0..self.steps).map(|n| 2 + n as u64).sum::<u64>();
+            elements = elements.saturating_add(edges.saturating_mul(c * h * w));
+        }
+        let activations = elements
+            .saturating_mul(batch as u64)
+            .saturating_mul(4 * ACTIVATION_FACTOR);
+        self.parameters()
+            .saturating_mul(4 * 5)
+            .saturating_add(activations)
+    }
+
     /// The indices of the reduction cells.
     pub fn reductions(&self) -> [usize; 2] {
         [self.layers / 3, 2 * self.layers / 3]
@@ -271,6 +324,34 @@ pub fn count_parameters(cfg: SearchCnnConfig) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parameter count from the sizes equals the built network's.
+    #[test]
+    fn parameters_from_the_sizes_match_the_built_network() {
+        for (in_channels, channels, layers, steps, multiplier, classes) in [
+            (3, 16, 8, 4, 4, 10),
+            (1, 4, 3, 2, 3, 5),
+            (3, 6, 5, 3, 2, 100),
+            (1, 2, 7, 1, 1, 2),
+        ] {
+            let cfg = SearchCnnConfig {
+                in_channels,
+                channels,
+                layers,
+                classes,
+                steps,
+                multiplier,
+                stem_multiplier: 3,
+            };
+            assert_eq!(
+                cfg.parameters(),
+                count_parameters(cfg).unwrap() as u64,
+                "{cfg:?}"
+            );
+        }
+        let paper = SearchCnnConfig::paper();
+        assert_eq!(paper.parameters(), count_parameters(paper).unwrap() as u64);
+    }
 
     #[test]
     fn shapes_through_the_network() {

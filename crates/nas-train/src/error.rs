@@ -61,6 +61,16 @@ pub enum Error {
         /// Its lock file.
         lock: PathBuf,
     },
+    /// A run or network would need more memory than the machine has.
+    #[error("{what} needs about {}, more than the {} this machine has available; make it smaller, or pass --no-memory-check to try anyway", crate::memory::human_bytes(*estimate), crate::memory::human_bytes(*available))]
+    TooLarge {
+        /// What was estimated.
+        what: String,
+        /// The estimate in bytes.
+        estimate: u64,
+        /// The available memory in bytes.
+        available: u64,
+    },
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     Invalid(String),

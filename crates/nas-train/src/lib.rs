@@ -10,6 +10,7 @@ mod config;
 mod error;
 pub mod grads;
 mod loss;
+mod memory;
 mod metrics;
 mod params;
 mod progress;
@@ -25,10 +26,11 @@ pub use average::IterateAverage;
 pub use config::{check, one_line, unknown_preset, ConfigFile, RunConfig};
 pub use error::{Error, Result};
 pub use loss::{cross_entropy, ensure_finite, scalar};
+pub use memory::{available_memory, check_memory, disable_memory_check, human_bytes};
 pub use metrics::{argmax, correct_top_k, Average};
 pub use params::{is_buffer, ParamStore, BUFFER_SUFFIXES};
 pub use progress::{NoProgress, Progress, StepStats};
-pub use run_dir::{read_checkpoint, CheckpointState, LoadedCheckpoint, RunDir};
+pub use run_dir::{read_checkpoint, Best, CheckpointState, LoadedCheckpoint, RunDir};
 pub use runner::{
     fields, in_pool, EpochEnd, EpochMeans, EpochPlan, RunEnd, RunOptions, RunSettings, StepCtx,
     StepReport, Task,
