@@ -361,6 +361,28 @@ fn messages_name_the_problem_once() {
     std::fs::write(&bom, format!("\u{feff}{json}")).unwrap();
     let shown = ok(&run(&["genotype", "show", bom.to_str().unwrap()]));
     assert!(shown.starts_with("Genotype("), "{shown}");
+    // A megabyte value is not repeated whole.
+    let big = dir.path().join("big.toml");
+    let config = ok(&run(&["search", "darts", "--dry-run"]));
+    let config = config.replacen(
+        "channels = 8",
+        &format!("channels = \"{}\"", "x".repeat(1 << 20)),
+        1,
+    );
+    std::fs::write(&big, config).unwrap();
+    let out = run(&[
+        "search",
+        "darts",
+        "--config",
+        big.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    fails_with(&out, "bytes in all");
+    assert!(
+        out.stderr.len() < 2000,
+        "{} bytes of error",
+        out.stderr.len()
+    );
     // A device is read only so far as a text file can be long.
     fails_with(
         &run(&["genotype", "show", "/dev/zero"]),

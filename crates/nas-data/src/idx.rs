@@ -7,9 +7,20 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::image::ImageSet;
 
-/// Reads a file, gunzipping it when it starts with the gzip magic bytes.
+/// Reads a file, gunzipping it when it starts with the gzip magic bytes. A file named
+/// `.gz` must be gzip'd (as `nas data info`'s checksums of the decompressed contents
+/// expect): a raw file under that name is an error, not silently read.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let named_gz = path.extension().is_some_and(|e| e == "gz");
+    if named_gz && !raw.starts_with(&[0x1f, 0x8b]) {
+        return Err(Error::format(
+            path,
+            "byte 0",
+            "the gzip magic bytes 1f 8b (the file is named .gz but is not gzip-compressed; \
+             compress it or drop the .gz)",
+        ));
+    }
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -180,6 +191,13 @@ mod tests {
         std::fs::write(&img, [0x1f, 0x8b, 1, 2]).unwrap();
         let err = read_pair(&img, &lab).unwrap_err().to_string();
         assert!(err.contains("a valid gzip stream"), "{err}");
+        let raw_gz = dir.path().join("raw-images.gz");
+        std::fs::write(&raw_gz, idx(3, &[2, 2, 2], &[0; 8])).unwrap();
+        let err = read_pair(&raw_gz, &lab).unwrap_err().to_string();
+        assert!(
+            err.contains("named .gz but is not gzip-compressed"),
+            "{err}"
+        );
         let err = load("mnist", &dir.path().join("nowhere"), false)
             .unwrap_err()
             .to_string();

@@ -67,6 +67,15 @@ impl Corpus {
                 train.push(id);
             }
         }
+        if words.len() <= 1 {
+            // Nothing but end-of-sentence marks: every word of the other splits would be
+            // reported as out of vocabulary there, far from the cause.
+            return Err(Error::format(
+                &train_path,
+                "the whole file",
+                "a training text with words (it is empty)",
+            ));
+        }
         let encode = |p: &Path| -> Result<Vec<u32>> {
             let mut out = Vec::new();
             for (i, line) in read(p)?.lines().enumerate() {
@@ -311,5 +320,14 @@ mod tests {
         let c = Corpus::load("ptb", dir.path(), "ptb").unwrap();
         assert_eq!(c.vocab_size(), 4);
         assert_eq!(c.valid(), &[0, 2, 3, 2]);
+        // An empty training file is reported there, not as unknown words elsewhere.
+        std::fs::write(dir.path().join("ptb.train.txt"), "").unwrap();
+        let err = Corpus::load("ptb", dir.path(), "ptb")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("ptb.train.txt") && err.contains("it is empty"),
+            "{err}"
+        );
     }
 }

@@ -22,8 +22,28 @@ pub fn import_reference(
     cfg: EvalNetConfig,
 ) -> Result<HashMap<String, Tensor>> {
     let bad = |m: String| Error::file(path, m);
-    let tensors = candle_core::pickle::read_all(path)
-        .map_err(|e| bad(format!("not a readable PyTorch checkpoint: {e}")))?;
+    let tensors = candle_core::pickle::read_all(path).map_err(|e| {
+        // `torch.save` writes a zip archive since PyTorch 1.6; before, a bare pickle
+        // stream (protocol 2: it starts 0x80 0x02), which candle does not read.
+        let mut head = [0u8; 2];
+        let legacy = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && head == [0x80, 0x02];
+        if legacy {
+            bad(
+                "a PyTorch checkpoint in the legacy (pre-1.6, non-zip) format; re-save it \
+                 with `torch.save(torch.load(path), path)` under PyTorch 1.6 or newer, which \
+                 writes the zip format read here"
+                    .to_string(),
+            )
+        } else {
+            bad(format!(
+                "not a readable PyTorch checkpoint (expected the zip archive `torch.save` \
+                 writes): {e}"
+            ))
+        }
+    })?;
     let mut by_name: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in tensors {
         // A model saved whole under DataParallel has a `module.` prefix.

@@ -113,4 +113,12 @@ fn a_checkpoint_for_another_network_is_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a readable PyTorch checkpoint"), "{err}");
+    // A pre-1.6 `torch.save` file: a bare pickle stream, named as such.
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = dir.path().join("legacy.pt");
+    std::fs::write(&legacy, b"\x80\x02\x8a\x0alo\xfc\x9cF\xf9 j\xa8P\x19.").unwrap();
+    let err = import_reference(&legacy, &darts_v2(), cfg(false))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("legacy (pre-1.6, non-zip) format"), "{err}");
 }

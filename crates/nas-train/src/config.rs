@@ -106,24 +106,40 @@ fn apply_overrides<T: Serialize + serde::de::DeserializeOwned>(
     let mut tree = toml::Value::try_from(cfg).map_err(|e| Error::Config(e.to_string()))?;
     for item in overrides {
         let (key, raw) = item.split_once('=').ok_or_else(|| {
-            Error::Config(format!("override {item:?} is not of the form key=value"))
+            Error::Config(format!(
+                "override {:?} is not of the form key=value",
+                clip(item)
+            ))
         })?;
         set_path(&mut tree, key.trim(), parse_value(raw.trim()), optional)?;
         // Check after each override, so that a wrong value is reported with its key.
         tree.clone().try_into::<T>().map_err(|e: toml::de::Error| {
-            Error::Config(format!("{}: {}", item.trim(), one_line(&e)))
+            Error::Config(format!("{}: {}", clip(item.trim()), one_line(&e)))
         })?;
     }
     tree.try_into()
         .map_err(|e: toml::de::Error| Error::Config(one_line(&e)))
 }
 
-/// A TOML error on one line: its message, without the source excerpt it draws.
+/// The longest piece of user input an error message repeats.
+const CLIP: usize = 200;
+
+/// `text`, cut to its first [`CLIP`] characters (and its length) when longer: an error
+/// line repeats what was given, not megabytes of it.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(CLIP) {
+        Some((end, _)) => format!("{}... ({} bytes in all)", &text[..end], text.len()),
+        None => text.to_string(),
+    }
+}
+
+/// A TOML error on one line: its message, without the source excerpt it draws (and
+/// clipped, since it may quote the value).
 pub fn one_line(e: &toml::de::Error) -> String {
-    let message = e.message().trim();
+    let message = clip(e.message().trim());
     match e.span() {
         Some(span) => format!("{message} (at byte {})", span.start),
-        None => message.to_string(),
+        None => message,
     }
 }
 
