@@ -420,3 +420,45 @@ fn a_run_that_cannot_fit_is_refused_before_it_allocates() {
     fails_with(&run(&args), "this search needs about");
     assert!(!out.join("config.toml").exists());
 }
+
+/// A finished search resumed reports the validation accuracy of its final weights, not
+/// NaN; a corrupt `best.json` (only a copy of the checkpoints' record) is rewritten.
+#[test]
+fn a_finished_search_resumed_reports_real_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s");
+    let args = [
+        "search",
+        "darts",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "model.channels=2",
+        "--set",
+        "model.layers=3",
+        "--set",
+        "data.max_train_images=96",
+        "--set",
+        "data.batch_size=16",
+        "--set",
+        "run.epochs=2",
+    ];
+    let first = ok(&run(&args));
+    std::fs::write(out.join("best.json"), b"{not json").unwrap();
+    let again = ok(&run(&[
+        "search",
+        "darts",
+        "--resume",
+        out.to_str().unwrap(),
+    ]));
+    assert!(!again.contains("NaN"), "{again}");
+    let accuracy = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("validation accuracy"))
+            .map(str::to_string)
+    };
+    assert_eq!(accuracy(&again), accuracy(&first), "{first}\n{again}");
+    let best: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("best.json")).unwrap()).unwrap();
+    assert!(best["checkpoint"].is_string(), "{best}");
+}
