@@ -237,6 +237,8 @@ fn a_bad_configuration_creates_nothing() {
         ("model.multiplier=0", "model.multiplier"),
         ("data.crop_padding=1000", "data.crop_padding"),
         ("data.cutout=1000", "data.cutout"),
+        ("weights.lr=1e308", "weights.lr = 1e308 is out of range"),
+        ("arch.lr=inf", "arch.lr = inf is out of range"),
     ] {
         let out = dir.path().join(set.replace('=', "-"));
         let args = [
@@ -252,7 +254,7 @@ fn a_bad_configuration_creates_nothing() {
             !out.join("config.toml").exists(),
             "{set}: a run was created"
         );
-        if !set.starts_with("data.") {
+        if set.starts_with("model.") || set.contains("lr") {
             fails_with(&run(&["search", "darts", "--set", set, "--dry-run"]), field);
         }
     }
@@ -419,6 +421,27 @@ fn a_run_that_cannot_fit_is_refused_before_it_allocates() {
     ];
     fails_with(&run(&args), "this search needs about");
     assert!(!out.join("config.toml").exists());
+    let started = Instant::now();
+    let text = ok(&run(&[
+        "count",
+        "--model",
+        "cifar",
+        "--genotype",
+        "darts-v2",
+        "--channels",
+        "100000",
+    ]));
+    assert!(text.contains("parameters"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "count allocated"
+    );
+    let train = dir.path().join("train");
+    let mut args = train_args(&train);
+    args.extend(["--set".into(), "model.channels=100000".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(&run(&args), "this training run needs about");
+    assert!(!train.join("config.toml").exists());
 }
 
 /// A finished search resumed reports the validation accuracy of its final weights, not

@@ -478,29 +478,81 @@ impl EvalNetwork {
     }
 }
 
-/// Parameter counts (by building the network) and multiply-accumulates (by walking it)
-/// of `genotype` in the network `cfg`.
+/// Parameter counts and multiply-accumulates (by walking it) of `genotype` in the
+/// network `cfg`. Every weight is a product of two channel counts (each a multiple of C),
+/// of one and a constant, or a constant, so the counts are quadratic in C: small networks
+/// are built and counted, and above C = 8 three of them (C = 2, 4, 6) give the counts
+/// exactly by interpolation, so that nothing of the size asked for is allocated.
 pub fn count(genotype: &EvalGenotype, cfg: EvalNetConfig) -> Result<Counts> {
-    let store = ParamStore::new(0);
-    EvalNetwork::new(genotype, cfg, store.var_builder(DType::F32, &Device::Cpu))?;
-    let params = store.count(|n| !n.starts_with("auxiliary_head."));
-    let params_with_aux = store.count(|_| true);
+    cfg.validate()?;
+    let (params, params_with_aux) = if cfg.channels <= 8 {
+        built_counts(genotype, cfg)?
+    } else {
+        let at = |c: usize| built_counts(genotype, EvalNetConfig { channels: c, ..cfg });
+        let [a, b, c] = [at(2)?, at(4)?, at(6)?];
+        let quad = |f2: usize, f4: usize, f6: usize| -> usize {
+            // Newton's form through C = 2, 4, 6; both divisions are exact for even C.
+            let (x, f2, f4, f6) = (cfg.channels as i128, f2 as i128, f4 as i128, f6 as i128);
+            let v = f2 + (x - 2) * (f4 - f2) / 2 + (x - 2) * (x - 4) * (f6 - 2 * f4 + f2) / 8;
+            usize::try_from(v).unwrap_or(usize::MAX)
+        };
+        (quad(a.0, b.0, c.0), quad(a.1, b.1, c.1))
+    };
     Ok(Counts {
         params,
-        params_with_aux: if cfg.auxiliary {
-            params_with_aux
-        } else {
-            // The papers' second figure includes the head even when training without it.
-            let with = EvalNetConfig {
-                auxiliary: true,
-                ..cfg
-            };
-            let store = ParamStore::new(0);
-            EvalNetwork::new(genotype, with, store.var_builder(DType::F32, &Device::Cpu))?;
-            store.count(|_| true)
-        },
+        params_with_aux,
         mult_adds: mult_adds(genotype, cfg),
     })
+}
+
+/// `(params, params_with_aux)` of the network built at `cfg`'s size.
+fn built_counts(genotype: &EvalGenotype, cfg: EvalNetConfig) -> Result<(usize, usize)> {
+    // The papers' second figure includes the head even when training without it.
+    let with = EvalNetConfig {
+        auxiliary: true,
+        ..cfg
+    };
+    let store = ParamStore::new(0);
+    EvalNetwork::new(genotype, with, store.var_builder(DType::F32, &Device::Cpu))?;
+    Ok((
+        store.count(|n| !n.starts_with("auxiliary_head.")),
+        store.count(|_| true),
+    ))
+}
+
+/// Bytes a training step of `cfg` needs at `batch` images, roughly: the weights with
+/// their gradients and momentum, and the activations kept for the backward pass,
+/// `ACTIVATION_FACTOR` floats per element of every op's output (10 ops per cell at the
+/// most), a factor set on `cargo xtask bench darts-step`'s training step (DARTS-V2, C=16,
+/// 8 cells, batch 32: 611 MB peak resident, estimated about 0.9 GB; see the test).
+pub fn memory_estimate(
+    genotype: &EvalGenotype,
+    cfg: EvalNetConfig,
+    params: usize,
+    batch: usize,
+) -> u64 {
+    const ACTIVATION_FACTOR: u64 = 10;
+    const OPS: u64 = 10;
+    let (reductions, _) = layout(genotype, cfg.layers);
+    let mut side = cfg.input_size() as u64;
+    if cfg.kind == EvalKind::Imagenet {
+        side = side.div_ceil(8); // the three stride-2 stem convolutions
+    }
+    let mut c = cfg.channels as u64;
+    let mut elements = 0u64;
+    for i in 0..cfg.layers {
+        if reductions.contains(&i) {
+            c *= 2;
+            side = side.div_ceil(2);
+        }
+        elements = elements.saturating_add(OPS.saturating_mul(c * side * side));
+    }
+    let activations = elements
+        .saturating_mul(batch as u64)
+        .saturating_mul(4 * ACTIVATION_FACTOR);
+    (params as u64)
+        .saturating_mul(4 * 3)
+        .saturating_add(activations)
 }
 
 fn mult_adds(genotype: &EvalGenotype, cfg: EvalNetConfig) -> usize {
@@ -649,6 +701,52 @@ mod tests {
     /// `auxiliary*`, and conv + linear multiply-accumulates for one 32x32 or 224x224 image
     /// from forward hooks (auxiliary head excluded). 3,349,342 is the paper's "3.3M" and
     /// the reference log's "param size = 3.349342MB"; 4,718,752 the paper's "4.7M".
+    /// Counts above C = 8 come from three small networks: they equal a network built at
+    /// the size (here C = 12 and 14, DARTS and ENAS cells, with and without the head).
+    #[test]
+    fn interpolated_counts_equal_built_ones() {
+        for g in [
+            EvalGenotype::from_genotype(bundled("darts-v2").unwrap()).unwrap(),
+            EvalGenotype::from_genotype(bundled("enas-micro").unwrap()).unwrap(),
+        ] {
+            for (channels, auxiliary) in [(12, true), (14, false)] {
+                let cfg = EvalNetConfig {
+                    channels,
+                    layers: 8,
+                    auxiliary,
+                    ..EvalNetConfig::cifar_paper()
+                };
+                assert_eq!(
+                    count(&g, cfg).unwrap().params_with_aux,
+                    built_counts(&g, cfg).unwrap().1
+                );
+                assert_eq!(
+                    count(&g, cfg).unwrap().params,
+                    built_counts(&g, cfg).unwrap().0
+                );
+            }
+        }
+    }
+
+    /// The training-step estimate of `cargo xtask bench darts-step`'s training network is
+    /// above what it was measured to use (611 MB peak resident) and within 1.6 times it.
+    #[test]
+    fn the_memory_estimate_covers_the_measured_step() {
+        let g = EvalGenotype::from_genotype(bundled("darts-v2").unwrap()).unwrap();
+        let cfg = EvalNetConfig {
+            channels: 16,
+            layers: 8,
+            auxiliary: false,
+            ..EvalNetConfig::cifar_paper()
+        };
+        let params = count(&g, cfg).unwrap().params_with_aux;
+        let estimate = memory_estimate(&g, cfg, params, 32);
+        assert!(
+            (611e6..1.6 * 611e6).contains(&(estimate as f64)),
+            "{estimate}"
+        );
+    }
+
     #[test]
     fn counts_match_the_reference_implementation() {
         let table = [

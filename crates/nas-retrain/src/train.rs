@@ -306,7 +306,16 @@ pub fn train(
             cfg.data.dataset
         )));
     }
-    // Check that the network builds before creating the folder.
+    // Check that it fits, then that the network builds, before creating the folder.
+    let net_cfg = net_config(cfg, &data);
+    let counts = nas_models::count(genotype, net_cfg)?;
+    let estimate = nas_models::memory_estimate(
+        genotype,
+        net_cfg,
+        counts.params_with_aux,
+        cfg.data.batch_size,
+    );
+    nas_train::check_memory(estimate, "this training run")?;
     EvalNetwork::new(
         genotype,
         net_config(cfg, &data),

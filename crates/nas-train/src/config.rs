@@ -50,6 +50,7 @@ pub trait ConfigFile: Serialize + DeserializeOwned {
     /// Parses TOML and checks the values.
     fn from_toml(text: &str) -> std::result::Result<Self, Self::Error> {
         let cfg: Self = toml::from_str(text).map_err(|e| Error::Config(one_line(&e)))?;
+        check_floats(&cfg)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -58,6 +59,7 @@ pub trait ConfigFile: Serialize + DeserializeOwned {
     fn from_file(path: &Path) -> std::result::Result<Self, Self::Error> {
         let text = crate::atomic::read_text(path)?;
         let cfg: Self = toml::from_str(&text).map_err(|e| Error::format(path, one_line(&e)))?;
+        check_floats(&cfg).map_err(|e| Error::format(path, e.to_string()))?;
         cfg.validate()
             .map_err(|e| Error::format(path, e.to_string()))?;
         Ok(cfg)
@@ -72,9 +74,32 @@ pub trait ConfigFile: Serialize + DeserializeOwned {
     /// TOML value (a bare word is taken as a string).
     fn with_overrides(&self, overrides: &[String]) -> std::result::Result<Self, Self::Error> {
         let cfg: Self = apply_overrides(self, overrides, Self::OPTIONAL)?;
+        check_floats(&cfg)?;
         cfg.validate()?;
         Ok(cfg)
     }
+}
+
+/// Every number of a configuration must be finite and fit in f32, the precision the
+/// tensors train in (1e308 would silently become infinity); the error names the key.
+fn check_floats<T: Serialize>(cfg: &T) -> Result<()> {
+    fn walk(v: &toml::Value, key: &str) -> Result<()> {
+        match v {
+            toml::Value::Float(f) if !f.is_finite() || f.abs() > f32::MAX as f64 => {
+                Err(Error::Config(format!(
+                    "{key} = {f:e} is out of range: values train in f32, whose largest is about 3.4e38"
+                )))
+            }
+            toml::Value::Table(t) => t.iter().try_for_each(|(k, v)| {
+                let key = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                walk(v, &key)
+            }),
+            toml::Value::Array(a) => a.iter().try_for_each(|v| walk(v, key)),
+            _ => Ok(()),
+        }
+    }
+    let tree = toml::Value::try_from(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    walk(&tree, "")
 }
 
 /// The error for an unknown preset `name`, naming the known `presets` (name,
