@@ -485,3 +485,50 @@ fn a_finished_search_resumed_reports_real_numbers() {
         serde_json::from_slice(&std::fs::read(out.join("best.json")).unwrap()).unwrap();
     assert!(best["checkpoint"].is_string(), "{best}");
 }
+
+/// Writes an IDX file: `magic` 8 (unsigned bytes) with `dims`, then `data`.
+fn idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Test images of another size than the training images are refused before training,
+/// not trained on to a meaningless accuracy.
+#[test]
+fn test_images_of_another_size_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fm = dir.path().join("fashion-mnist");
+    std::fs::create_dir_all(&fm).unwrap();
+    let n = 40u32;
+    idx(
+        &fm.join("train-images-idx3-ubyte"),
+        &[n, 28, 28],
+        &vec![7; (n * 28 * 28) as usize],
+    );
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    idx(&fm.join("train-labels-idx1-ubyte"), &[n], &labels);
+    idx(
+        &fm.join("t10k-images-idx3-ubyte"),
+        &[n, 14, 14],
+        &vec![7; (n * 14 * 14) as usize],
+    );
+    idx(&fm.join("t10k-labels-idx1-ubyte"), &[n], &labels);
+    let out = dir.path().join("run");
+    let mut args = train_args(&out);
+    args.extend([
+        "--dataset".into(),
+        "fashion-mnist".into(),
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(
+        &run(&args),
+        "the test split holds 10 classes of [1, 14, 14] images",
+    );
+    assert!(!out.join("config.toml").exists());
+}
