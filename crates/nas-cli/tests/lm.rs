@@ -342,3 +342,83 @@ fn train_lm_reads_a_wikitext2_layout() {
     // 11 words (10 and <eos>): a model that learned anything beats the uniform 11.
     assert!(ppl.is_finite() && ppl < 11.0, "{results}");
 }
+
+/// `train-lm` killed at each of its first renames (the run's files, every checkpoint's
+/// commit and `best.json`; `strace -e inject`, skipped when strace is missing), then
+/// resumed, ends with the uninterrupted run's best checkpoint and test perplexity.
+#[test]
+fn train_lm_killed_at_any_rename_resumes_to_the_same_result() {
+    if !Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        eprintln!("strace is missing: skipping the kill-at-rename test");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = [
+        "train-lm",
+        "--genotype",
+        "darts-rnn-v2",
+        "--preset",
+        "tiny",
+        "--seed",
+        "4",
+        "--set",
+        "run.epochs=3",
+        "--set",
+        "run.keep_checkpoints=1",
+    ];
+    let outcome = |run: &Path| {
+        let eval = ok(&nas(&[
+            "eval",
+            "--checkpoint",
+            run.to_str().unwrap(),
+            "--best",
+            "--json",
+        ])
+        .output()
+        .unwrap());
+        let eval: serde_json::Value = serde_json::from_str(&eval).unwrap();
+        let results: serde_json::Value =
+            serde_json::from_slice(&read(&run.join("results.json"))).unwrap();
+        (eval["loss"].to_string(), results["test"]["ppl"].to_string())
+    };
+    let whole = dir.path().join("whole");
+    let mut args = base.to_vec();
+    args.extend(["--out", whole.to_str().unwrap()]);
+    ok(&nas(&args).output().unwrap());
+    let expected = outcome(&whole);
+    for n in 1..=9 {
+        let cut = dir.path().join(format!("cut-{n}"));
+        let inject = format!("inject=rename,renameat,renameat2:signal=KILL:when={n}");
+        let killed = Command::new("strace")
+            .args([
+                "-f",
+                "-qq",
+                "-o",
+                "/dev/null",
+                "-e",
+                "trace=rename,renameat,renameat2",
+            ])
+            .args(["-e", &inject, env!("CARGO_BIN_EXE_nas")])
+            .args(base)
+            .args(["--out", cut.to_str().unwrap(), "--data-dir"])
+            .arg(data_dir())
+            .env("CANDLE_NUM_THREADS", "1")
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "rename {n} was not reached");
+        if cut.join("config.toml").exists() {
+            ok(&nas(&["train-lm", "--resume", cut.to_str().unwrap()])
+                .output()
+                .unwrap());
+        } else {
+            let mut args = base.to_vec();
+            args.extend(["--out", cut.to_str().unwrap()]);
+            ok(&nas(&args).output().unwrap());
+        }
+        assert_eq!(outcome(&cut), expected, "killed at rename {n}");
+    }
+}
