@@ -442,6 +442,21 @@ impl RunDir {
                 "resuming from {}: a newer checkpoint cannot be read", ckpt.path.display()
             );
         }
+        let mut ckpt = ckpt;
+        let dir = self.root.join(CHECKPOINTS);
+        if ckpt
+            .state
+            .best
+            .as_ref()
+            .is_some_and(|b| !dir.join(&b.checkpoint).is_dir())
+        {
+            // Resuming behind newer checkpoints that were pruned against a best record
+            // now gone: the best of the checkpoints that are left, recorded again.
+            ckpt.state.best = self.best_of_existing()?;
+            let json = serde_json::to_vec_pretty(&ckpt.state)
+                .map_err(|e| Error::format(&ckpt.path, e.to_string()))?;
+            write_atomic(&ckpt.path.join("state.json"), &json)?;
+        }
         self.write_best(ckpt.state.best.as_ref())?;
         let metrics = self.root.join(METRICS);
         let f = fs::OpenOptions::new()
@@ -462,6 +477,28 @@ impl RunDir {
         f.set_len(ckpt.state.metrics_len)
             .map_err(|e| Error::io(&metrics, e))?;
         Ok(Some(ckpt))
+    }
+}
+
+impl RunDir {
+    /// The best-scoring whole checkpoint there is.
+    fn best_of_existing(&self) -> Result<Option<Best>> {
+        let mut best: Option<Best> = None;
+        for path in self.checkpoints()? {
+            let Ok(state) = read_state(&path) else {
+                continue;
+            };
+            if let Some(score) = state.score {
+                if best.as_ref().is_none_or(|b| score > b.score) {
+                    let checkpoint = path.file_name().unwrap_or_default().to_string_lossy();
+                    best = Some(Best {
+                        checkpoint: checkpoint.into_owned(),
+                        score,
+                    });
+                }
+            }
+        }
+        Ok(best)
     }
 }
 
@@ -639,5 +676,30 @@ mod tests {
         for name in ["best.json", "epoch-0001", "a.tmp", ".lock", "tmp3"] {
             assert!(!is_leftover(name), "{name}");
         }
+    }
+
+    /// Resuming behind newer checkpoints whose best record pruned the one the resumed
+    /// checkpoint names: the best of those left is recorded instead.
+    #[test]
+    fn a_stale_best_record_is_rebuilt_on_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::create(dir.path(), "", 2).unwrap();
+        for (epoch, score) in [(1, 0.9), (2, 0.1), (3, 0.95)] {
+            run.save_checkpoint(state(epoch, score), &[("weights", tensors(1.0))])
+                .unwrap();
+        }
+        // epoch-0001 was pruned after epoch 3 became best; epoch 3 is now corrupt.
+        assert_eq!(names(&run), ["epoch-0002", "epoch-0003"]);
+        fs::write(
+            dir.path()
+                .join("checkpoints/epoch-0003/weights.safetensors"),
+            b"x",
+        )
+        .unwrap();
+        drop(run);
+        let again = RunDir::open(dir.path(), 2).unwrap();
+        let ckpt = again.resume(&Device::Cpu).unwrap().unwrap();
+        assert_eq!(ckpt.state.epoch, 2);
+        assert_eq!(again.best().unwrap().unwrap().0, "epoch-0002");
     }
 }
