@@ -484,6 +484,40 @@ fn a_finished_search_resumed_reports_real_numbers() {
     let best: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("best.json")).unwrap()).unwrap();
     assert!(best["checkpoint"].is_string(), "{best}");
+    // The final summary into a full stdout: exit 2, not a panic.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out_full = nas(&["search", "darts", "--resume", out.to_str().unwrap()])
+        .stdout(full)
+        .output()
+        .unwrap();
+    fails_with(&out_full, "writing to stdout");
+    // `checkpoints` replaced by a file: the error names it.
+    std::fs::remove_dir_all(out.join("checkpoints")).unwrap();
+    std::fs::write(out.join("checkpoints"), b"").unwrap();
+    fails_with(
+        &run(&["search", "darts", "--resume", out.to_str().unwrap()]),
+        "/checkpoints",
+    );
+    // An import of something that is not a checkpoint: the file named, no
+    // "configuration:" prefix.
+    let not_pt = dir.path().join("x.pt");
+    std::fs::write(&not_pt, b"not a checkpoint").unwrap();
+    let import = run(&[
+        "import",
+        "--from",
+        not_pt.to_str().unwrap(),
+        "--genotype",
+        "darts-v2",
+        "--model",
+        "cifar",
+        "--output",
+        dir.path().join("w.safetensors").to_str().unwrap(),
+    ]);
+    fails_with(&import, "x.pt: not a readable PyTorch checkpoint");
+    assert!(!String::from_utf8_lossy(&import.stderr).contains("configuration:"));
 }
 
 /// Writes an IDX file: `magic` 8 (unsigned bytes) with `dims`, then `data`.
