@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 mod common;
-use common::{fails_with, nas, ok, run, TINY_TRAIN};
+use common::{fails_with, nas, ok, run, TINY, TINY_TRAIN};
 use std::time::{Duration, Instant};
 
 fn train_args(out: &Path) -> Vec<String> {
@@ -450,22 +450,9 @@ fn a_run_that_cannot_fit_is_refused_before_it_allocates() {
 fn a_finished_search_resumed_reports_real_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s");
-    let args = [
-        "search",
-        "darts",
-        "--out",
-        out.to_str().unwrap(),
-        "--set",
-        "model.channels=2",
-        "--set",
-        "model.layers=3",
-        "--set",
-        "data.max_train_images=96",
-        "--set",
-        "data.batch_size=16",
-        "--set",
-        "run.epochs=2",
-    ];
+    let mut args = vec!["search", "darts", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--set", "run.epochs=2"]);
     let first = ok(&run(&args));
     std::fs::write(out.join("best.json"), b"{not json").unwrap();
     let again = ok(&run(&[

@@ -8,24 +8,8 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 
 mod common;
-use common::{epoch_lines, fails_with, nas, ok, read, run, TINY_TRAIN};
+use common::{epoch_lines, fails_with, nas, ok, read, run, TINY, TINY_TRAIN};
 use std::time::{Duration, Instant};
-
-/// A small search on the embedded digits: 48 + 48 images, 3 steps per epoch.
-const TINY: &[&str] = &[
-    "--set",
-    "model.channels=2",
-    "--set",
-    "model.layers=3",
-    "--set",
-    "data.max_train_images=96",
-    "--set",
-    "data.batch_size=16",
-    "--set",
-    "run.epochs=4",
-    "--set",
-    "run.keep_checkpoints=1",
-];
 
 fn search(out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["search", "darts", "--out", out.to_str().unwrap()];

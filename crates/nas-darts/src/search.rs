@@ -50,10 +50,10 @@ pub fn search(
     cfg.validate()?;
     // Load the data first: a search that cannot start leaves no run folder behind.
     let data = load_data(cfg, &opts.data_dir)?;
-    net_config(cfg, &data)?;
+    let net_cfg = net_config(cfg, &data)?;
     let run = RunDir::create(out, &cfg.to_toml()?, cfg.run.keep_checkpoints)?;
     tracing::info!(dir = %out.display(), "search started");
-    run_search(cfg, run, data, opts, progress)
+    run_search(cfg, net_cfg, run, data, opts, progress)
 }
 
 /// Resumes the search in `run_dir` from its newest checkpoint (or from the start if it has
@@ -68,7 +68,8 @@ pub fn resume(
     let cfg = SearchConfig::from_file(&run_dir.join("config.toml"))?;
     let data = load_data(&cfg, &opts.data_dir)?;
     let run = RunDir::open(run_dir, cfg.run.keep_checkpoints)?;
-    run_search(&cfg, run, data, opts, progress)
+    let net_cfg = net_config(&cfg, &data)?;
+    run_search(&cfg, net_cfg, run, data, opts, progress)
 }
 
 /// The training data of a search: the two halves and the loaders' settings.
@@ -173,13 +174,13 @@ fn net_config(cfg: &SearchConfig, data: &SearchData) -> Result<SearchCnnConfig> 
 
 fn run_search(
     cfg: &SearchConfig,
+    net_cfg: SearchCnnConfig,
     run: RunDir,
     data: SearchData,
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<SearchOutcome> {
     let dev = &opts.device;
-    let net_cfg = net_config(cfg, &data)?;
     let store = ParamStore::new(cfg.run.seed);
     let net = SearchCnn::new(net_cfg, store.var_builder(DType::F32, dev))?;
     let alphas = Alphas::new(cfg.model.steps, stream_seed(cfg.run.seed, "alphas", 0), dev)?;

@@ -7,6 +7,22 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A small search on the embedded digits: 48 + 48 images, 3 steps per epoch.
+pub const TINY: &[&str] = &[
+    "--set",
+    "model.channels=2",
+    "--set",
+    "model.layers=3",
+    "--set",
+    "data.max_train_images=96",
+    "--set",
+    "data.batch_size=16",
+    "--set",
+    "run.epochs=4",
+    "--set",
+    "run.keep_checkpoints=1",
+];
+
 /// A small training run on the embedded digits.
 pub const TINY_TRAIN: &[&str] = &[
     "--genotype",
