@@ -138,7 +138,7 @@ enum Stem {
 /// convolution "SAME" (one row and column after), averages the result globally and has
 /// no classifier bias.
 #[derive(Debug, Clone)]
-struct AuxHead {
+pub struct AuxHead {
     pool: PoolConfig,
     conv1: Conv2d,
     bn1: BatchNorm,
@@ -149,7 +149,14 @@ struct AuxHead {
 }
 
 impl AuxHead {
-    fn new(kind: EvalKind, enas: bool, c: usize, classes: usize, vb: VarBuilder) -> Result<Self> {
+    /// The head of a `kind` network on `c` channels; `enas` selects ENAS's variant.
+    pub fn new(
+        kind: EvalKind,
+        enas: bool,
+        c: usize,
+        classes: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let f = vb.pp("features");
         Ok(AuxHead {
             enas,
@@ -181,7 +188,8 @@ impl AuxHead {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    /// The auxiliary logits.
+    pub fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let y = pool2d(&x.relu()?, self.pool)?;
         let y = self
             .bn1
@@ -225,7 +233,7 @@ fn linear(c_in: usize, c_out: usize, bias: bool, vb: VarBuilder) -> Result<candl
 
 /// Inverted dropout with masks drawn from `rng` (so that runs are reproducible): one
 /// drop-path draw per element.
-fn dropout(x: &Tensor, p: f64, rng: &mut impl Rng) -> candle_core::Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, rng: &mut impl Rng) -> candle_core::Result<Tensor> {
     let mask: Vec<f32> = drop_path_scales(x.elem_count(), 1.0 - p, rng)?
         .into_iter()
         .map(|s| s as f32)

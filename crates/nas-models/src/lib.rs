@@ -21,7 +21,9 @@ pub use enas_micro_cell::{EnasCellShape, EnasMicroEvalCell};
 pub use error::{Error, Result};
 pub use eval_cell::{op_mult_adds, EvalCell};
 pub use eval_genotype::EvalGenotype;
-pub use eval_network::{count, memory_estimate, Counts, EvalKind, EvalNetConfig, EvalNetwork};
+pub use eval_network::{
+    count, dropout, memory_estimate, AuxHead, Counts, EvalKind, EvalNetConfig, EvalNetwork,
+};
 pub use import::import_reference;
 pub use rnn_cell::{rnn_edge_count, CellMasks, RnnCell, RNN_STEPS};
 pub use rnn_lm::{ar, count_lm, nll, tar, LmBatch, LmMasks, LmOutput, RnnLm, RnnLmConfig};
