@@ -21,6 +21,11 @@ pub enum Model {
     Ptb,
     /// The DARTS recurrent search model (defaults: emsize = nhid = 300, vocab 10000, 8 nodes).
     SearchRnn,
+    /// ENAS's shared-weight micro child (defaults as the reference's CIFAR-10 search:
+    /// F = 20 filters (`--channels`), L = 6 (`--layers`, L + 2 layers), 5 nodes, 10 classes).
+    EnasMicroSearch,
+    /// ENAS's controller (`--space micro`; default 64 LSTM units, `--lstm-size`).
+    EnasController,
 }
 
 #[derive(Debug, Args)]
@@ -56,9 +61,70 @@ pub struct CountArgs {
     /// papers' convention); `params_with_aux` always does.
     #[arg(long)]
     auxiliary: bool,
+    /// The ENAS search space (enas-controller).
+    #[arg(long, value_enum)]
+    space: Option<crate::enas::Space>,
+    /// LSTM units of the ENAS controller.
+    #[arg(long, default_value_t = 64)]
+    lstm_size: usize,
+    /// Nodes per ENAS cell.
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn count_enas(args: &CountArgs) -> Result<()> {
+    if args.genotype.is_some() {
+        bail!("--genotype does not apply to the ENAS search models: they hold every cell");
+    }
+    let (model, config, params, with_aux) = match args.model {
+        Model::EnasController => {
+            let Some(crate::enas::Space::Micro) = args.space else {
+                bail!("--space micro is needed for enas-controller (the only ENAS space so far)");
+            };
+            let cfg = nas_enas::ControllerConfig {
+                lstm_size: args.lstm_size,
+                nodes: args.nodes,
+                ..nas_enas::ControllerConfig::default()
+            };
+            cfg.validate("")?;
+            let n = cfg.parameters();
+            ("enas-controller", serde_json::to_value(cfg)?, n, None)
+        }
+        _ => {
+            let cfg = nas_enas::MicroChildConfig {
+                in_channels: args.in_channels,
+                classes: args.classes.unwrap_or(10),
+                filters: args.channels.unwrap_or(20),
+                layers: args.layers.unwrap_or(6),
+                nodes: args.nodes,
+                ..nas_enas::MicroChildConfig::reference()
+            };
+            let (body, all) = cfg.parameters()?;
+            (
+                "enas-micro-search",
+                serde_json::to_value(cfg)?,
+                body,
+                Some(all),
+            )
+        }
+    };
+    let text = if args.json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model": model, "config": config, "params": params, "params_with_aux": with_aux,
+        }))?
+    } else {
+        let aux = with_aux.map_or(String::new(), |a| {
+            format!(", {a} with the auxiliary head (the reference counts it apart)")
+        });
+        format!(
+            "{model}: {params} parameters ({:.2}M){aux}",
+            params as f64 / 1e6
+        )
+    };
+    emit(&text, None)
 }
 
 fn count_rnn(args: &CountArgs) -> Result<()> {
@@ -114,6 +180,7 @@ fn count_rnn(args: &CountArgs) -> Result<()> {
 pub fn run(args: CountArgs) -> Result<()> {
     match args.model {
         Model::Ptb | Model::SearchRnn => count_rnn(&args),
+        Model::EnasMicroSearch | Model::EnasController => count_enas(&args),
         Model::SearchCnn => {
             if args.genotype.is_some() {
                 bail!("--genotype does not apply to search-cnn: the search network holds every op");

@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod alphas;
 mod count;
 mod data;
+mod enas;
 mod genotype;
 mod import;
 mod lm;

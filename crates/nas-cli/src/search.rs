@@ -18,6 +18,14 @@ pub enum SearchCommand {
     /// DARTS on the recurrent cell space, on a text corpus (PTB); default preset `cpu`.
     #[command(after_help = rnn_after_help())]
     DartsRnn(crate::lm::DartsRnnArgs),
+    /// ENAS: an LSTM controller samples children of shared weights (`--space micro`: CNN
+    /// cells); with no arguments, the `digits` preset (a few minutes on 2 cores).
+    #[command(after_help = enas_after_help())]
+    Enas(crate::enas::EnasArgs),
+}
+
+fn enas_after_help() -> String {
+    format!("Presets:\n{}", crate::enas::presets_help())
 }
 
 fn rnn_after_help() -> String {
@@ -51,6 +59,7 @@ pub fn run(cmd: SearchCommand) -> Result<()> {
     match cmd {
         SearchCommand::Darts(args) => darts(args),
         SearchCommand::DartsRnn(args) => crate::lm::run_search(args),
+        SearchCommand::Enas(args) => crate::enas::run(args),
     }
 }
 
