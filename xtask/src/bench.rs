@@ -1,9 +1,10 @@
-//! `cargo xtask bench <ops|darts-step|darts-rnn-step> ...`: candle-nas against PyTorch.
+//! `cargo xtask bench <ops|darts-step|darts-rnn-step|enas-step> ...`: candle-nas against PyTorch.
 //!
 //! `bench ops [--python PY] [--shape N,C,SIZE] [--repeats R]` (this file) times every op
 //! workload (forward + backward) in candle-nas and, when a Python with torch is there,
 //! the same workloads in PyTorch on the same threads, and prints the ratios.
-//! `darts-step` is in `bench_step.rs`, `darts-rnn-step` in `bench_rnn_step.rs`; what they
+//! `darts-step` is in `bench_step.rs`, `darts-rnn-step` in `bench_rnn_step.rs`,
+//! `enas-step` in `bench_enas_step.rs`; what they
 //! share (threads, running both sides, the step table) is in `compare.rs`.
 
 use std::collections::BTreeMap;
@@ -26,13 +27,18 @@ RAYON_NUM_THREADS threads on both sides, default 2):
                  [--nhid N] [--vocab N] [--repeats R] [--rounds K]
         one DARTS recurrent (PTB) search step; defaults: the paper's search preset
         (first, 256, 35, 300, 10000, 3) (time and peak memory); --rounds K runs
-        ours and PyTorch alternately K times (median of the rounds)";
+        ours and PyTorch alternately K times (median of the rounds)
+  enas-step [--python PY] [--net FILTERS,LAYERS,BATCH] [--aggregate K] [--repeats R]
+        one ENAS micro shared-weight step and one controller update of K children;
+        defaults: the reference's search (20,6,160, 10, 3) (time and peak memory),
+        and our shared step against a fixed child of the same arcs";
 
 pub fn run(args: &[&str]) -> Result<()> {
     match args.first() {
         Some(&"ops") => ops(&args[1..]),
         Some(&"darts-step") => crate::bench_step::run(&args[1..]),
         Some(&"darts-rnn-step") => crate::bench_rnn_step::run(&args[1..]),
+        Some(&"enas-step") => crate::bench_enas_step::run(&args[1..]),
         Some(&"help") | Some(&"--help") | Some(&"-h") | None => {
             println!("{USAGE}");
             Ok(())

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 mod bench;
+mod bench_enas_step;
 mod bench_rnn_step;
 mod bench_step;
 mod compare;

@@ -30,15 +30,16 @@ pub enum GenotypeCommand {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// A random DARTS genotype (CNN: 2 inputs per node; RNN: 8 nodes, one input each;
-    /// never `none`): the baseline a search must beat.
+    /// A random genotype (DARTS CNN: 2 inputs per node; DARTS RNN: 8 nodes, one input
+    /// each; never `none`; ENAS micro: 5 nodes, inputs and ops uniform): the baseline a
+    /// search must beat.
     Random {
         /// The seed; the same seed gives the same genotype.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// darts-cnn or darts-rnn.
+        /// darts-cnn, darts-rnn or enas-micro.
         #[arg(long, value_enum, default_value = "darts-cnn")]
-        space: DeriveSpace,
+        space: RandomSpace,
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -108,6 +109,16 @@ impl From<ArcSpace> for GenotypeKind {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RandomSpace {
+    /// DARTS CNN cells.
+    DartsCnn,
+    /// A DARTS recurrent cell.
+    DartsRnn,
+    /// ENAS micro cells.
+    EnasMicro,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DeriveSpace {
     /// DARTS CNN cells: matrices `normal` and `reduce`, 8 columns.
     DartsCnn,
@@ -128,10 +139,13 @@ pub fn run(cmd: GenotypeCommand) -> Result<()> {
         }
         GenotypeCommand::Random { seed, space, out } => {
             let genotype = match space {
-                DeriveSpace::DartsCnn => {
+                RandomSpace::DartsCnn => {
                     Genotype::DartsCnn(nas_search_space::random_cnn(seed, 4, 2)?)
                 }
-                DeriveSpace::DartsRnn => Genotype::DartsRnn(nas_search_space::random_rnn(seed, 8)?),
+                RandomSpace::DartsRnn => Genotype::DartsRnn(nas_search_space::random_rnn(seed, 8)?),
+                RandomSpace::EnasMicro => {
+                    Genotype::EnasMicro(nas_search_space::random_enas_micro(seed, 5)?)
+                }
             };
             write(&genotype, &out)
         }

@@ -46,5 +46,5 @@ pub use primitive::{
     ENAS_RNN_ACTIVATIONS,
 };
 pub use python::parse as parse_python;
-pub use random::{random_cnn, random_rnn};
+pub use random::{random_cnn, random_enas_micro, random_rnn};
 pub use rnn::{RnnEdge, RnnGenotype};

@@ -5,8 +5,9 @@
 
 use crate::cnn::{CnnCell, CnnEdge, CnnGenotype};
 use crate::concat::Concat;
+use crate::enas_micro::{EnasMicroCell, EnasMicroGenotype, EnasMicroNode};
 use crate::error::Result;
-use crate::primitive::{DARTS_CNN_PRIMITIVES, DARTS_RNN_PRIMITIVES};
+use crate::primitive::{EnasMicroOp, DARTS_CNN_PRIMITIVES, DARTS_RNN_PRIMITIVES};
 use crate::rnn::{RnnEdge, RnnGenotype};
 
 /// A random genotype with `nodes` intermediate nodes and `k` inputs per node, drawn from
@@ -46,6 +47,37 @@ pub fn random_rnn(seed: u64, nodes: usize) -> Result<RnnGenotype> {
         })
         .collect();
     RnnGenotype::new(edges, Concat::range(1, nodes + 1))
+}
+
+/// A random ENAS micro genotype with `nodes` nodes per cell, drawn from `seed`: each
+/// node's two inputs uniform over the earlier states, each op uniform over the five (the
+/// distribution of ENAS's `--controller random` ablation).
+pub fn random_enas_micro(seed: u64, nodes: usize) -> Result<EnasMicroGenotype> {
+    let mut rng = SplitMix64(seed);
+    let mut cell = |name: &str| -> Result<EnasMicroCell> {
+        let nodes = (2..nodes + 2)
+            .map(|t| {
+                let mut pick = || {
+                    (
+                        rng.below(t),
+                        EnasMicroOp::ALL[rng.below(EnasMicroOp::ALL.len())],
+                    )
+                };
+                let (x_input, x_op) = pick();
+                let (y_input, y_op) = pick();
+                EnasMicroNode {
+                    x_input,
+                    x_op,
+                    y_input,
+                    y_op,
+                }
+            })
+            .collect();
+        EnasMicroCell::new(name, nodes)
+    };
+    let normal = cell("normal cell")?;
+    let reduce = cell("reduce cell")?;
+    EnasMicroGenotype::new(normal, reduce)
 }
 
 struct SplitMix64(u64);
@@ -99,6 +131,25 @@ mod tests {
             }
         }
         assert_eq!(ops.len(), 7);
+    }
+
+    #[test]
+    fn random_enas_micro_genotypes_cover_inputs_and_ops() {
+        let a = random_enas_micro(1, 5).unwrap();
+        assert_eq!(a, random_enas_micro(1, 5).unwrap());
+        assert_ne!(a, random_enas_micro(2, 5).unwrap());
+        let (mut ops, mut inputs) = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
+        for seed in 0..100 {
+            let g = random_enas_micro(seed, 5).unwrap();
+            for n in g.normal().nodes().iter().chain(g.reduce().nodes()) {
+                ops.extend([n.x_op, n.y_op]);
+                inputs.extend([n.x_input, n.y_input]);
+            }
+        }
+        assert_eq!((ops.len(), inputs.len()), (5, 6));
     }
 
     #[test]
