@@ -266,6 +266,11 @@ fn bad_enas_settings_are_named() {
         &search(&out, &["--set", "controller.kind=\"greedy\""]),
         "greedy",
     );
+    // Refused from its estimate, before anything is allocated or created.
+    fails_with(
+        &search(&out, &["--set", "model.filters=4096"]),
+        "this search needs about",
+    );
     assert!(!out.exists(), "a refused search left a run folder");
     let toml = ok(&run(&[
         "search",

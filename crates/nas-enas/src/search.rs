@@ -152,6 +152,8 @@ fn child_config(cfg: &EnasSearchConfig, data: &SearchData) -> Result<MicroChildC
     let [c, h, w] = data.set.shape();
     let child = cfg.child(c, data.set.classes());
     child.validate("model.", Some((h, w)))?;
+    let estimate = child.memory_estimate(cfg.data.batch_size, h, w);
+    nas_train::check_memory(estimate, "this search")?;
     Ok(child)
 }
 

@@ -21,6 +21,35 @@ fn parameters_match_the_reference_search_child() {
     assert_eq!(with_aux - body, 412_928);
 }
 
+#[test]
+fn counted_parameters_are_those_the_child_builds() {
+    for cfg in [
+        MicroChildConfig::reference(),
+        small(),
+        MicroChildConfig {
+            aux_head: false,
+            ..small()
+        },
+        MicroChildConfig {
+            in_channels: 3,
+            filters: 6,
+            layers: 4,
+            nodes: 2,
+            ..small()
+        },
+    ] {
+        let store = ParamStore::new(0);
+        MicroChild::new(cfg, store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let built_body = store.count(|n| !n.starts_with(nas_enas::AUX_PREFIX));
+        let built_all = store.count(|_| true);
+        assert_eq!(
+            cfg.parameters().unwrap(),
+            (built_body, built_all),
+            "{cfg:?}"
+        );
+    }
+}
+
 fn small() -> MicroChildConfig {
     MicroChildConfig {
         in_channels: 1,
