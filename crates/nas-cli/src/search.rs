@@ -19,7 +19,7 @@ pub enum SearchCommand {
     #[command(after_help = rnn_after_help())]
     DartsRnn(crate::lm::DartsRnnArgs),
     /// ENAS: an LSTM controller samples children of shared weights (`--space micro`: CNN
-    /// cells); with no arguments, the `digits` preset (a few minutes on 2 cores).
+    /// cells); with no arguments, the `digits` preset (under a minute on 2 cores).
     #[command(after_help = enas_after_help())]
     Enas(crate::enas::EnasArgs),
 }

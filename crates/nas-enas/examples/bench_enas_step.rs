@@ -1,6 +1,7 @@
 //! ENAS micro search steps, timed: `cargo run --release -p nas-enas --example bench_enas_step --
 //! [shared|controller|fixed] [filters] [layers] [batch] [repeats] [aggregate]`. Prints one
-//! JSON line with the median seconds per step and the peak resident memory (VmHWM).
+//! JSON line with the median seconds per step (every arc runs forward and backward once
+//! before the clock) and the peak resident memory (VmHWM).
 //!
 //! - `shared`: one shared-weight step: the controller scores a child (the cost of
 //!   sampling one), the child's forward and backward on a batch (loss + 0.4 aux), global
@@ -115,9 +116,12 @@ fn main() -> Res<()> {
     };
     let store = ParamStore::new(1);
     let child = MicroChild::new(cfg, store.var_builder(DType::F32, &dev))?;
+    // Rewards are forward passes only: the same weights without a graph, as the search.
+    let scorer = MicroChild::new(cfg, store.detached_var_builder(DType::F32, &dev))?;
     let ctrl_store = ParamStore::new(2);
     let controller =
         MicroController::new(ControllerConfig::default(), &ctrl_store, DType::F32, &dev)?;
+    let sampler = controller.detached();
     let sgd_cfg = SgdConfig {
         lr: 0.05,
         momentum: 0.9,
@@ -140,7 +144,7 @@ fn main() -> Res<()> {
         },
     )?;
     let per_step = if mode == "controller" { aggregate } else { 1 };
-    let all = arcs((repeats + 1) * per_step, cfg.nodes);
+    let all = arcs(repeats * per_step, cfg.nodes);
     let batches: Vec<(Tensor, Tensor)> = (0..per_step)
         .map(|i| batch(n, 100 + i as u64, &dev))
         .collect::<candle_core::Result<_>>()?;
@@ -159,8 +163,24 @@ fn main() -> Res<()> {
             fixed_sgd.push(Sgd::new(used, sgd_cfg)?);
         }
     }
+    // Every arc's forward and backward once before the clock runs: the first pass over
+    // a shape sizes the allocator's and the kernels' buffers, which a search does once
+    // for thousands of steps.
+    // (A controller update only runs the children forward: so does its warm-up.)
+    nas_train::in_pool(|| -> Res<()> {
+        for (i, arc) in all.iter().enumerate() {
+            let (x, y) = &batches[i % per_step];
+            if mode == "controller" {
+                let mut rng = StdRng::seed_from_u64(0);
+                scorer.forward(x, &arc_genotype(arc)?, false, &mut rng)?;
+            } else {
+                child_loss(&child, arc, x, y)?.backward()?;
+            }
+        }
+        Ok(())
+    })?;
     let mut times = Vec::new();
-    for step in 0..=repeats {
+    for step in 0..repeats {
         let start = Instant::now();
         let arcs = &all[step * per_step..(step + 1) * per_step];
         nas_train::in_pool(|| -> Res<()> {
@@ -170,8 +190,8 @@ fn main() -> Res<()> {
                     let mut accs = Vec::new();
                     for (arc, (x, y)) in arcs.iter().zip(&batches) {
                         let mut rng = StdRng::seed_from_u64(0);
-                        let out = child.forward(x, &arc_genotype(arc)?, false, &mut rng)?;
-                        let c = nas_train::correct_top_k(&out.logits.detach(), y, &[1])?[0];
+                        let out = scorer.forward(x, &arc_genotype(arc)?, false, &mut rng)?;
+                        let c = nas_train::correct_top_k(&out.logits, y, &[1])?[0];
                         accs.push(c as f64 / n as f64);
                     }
                     reinforce.update(&d, &accs)?;
@@ -188,21 +208,30 @@ fn main() -> Res<()> {
                 }
                 _ => {
                     let (x, y) = &batches[0];
-                    controller.run::<StdRng>(1, Choices::Given(arcs))?;
-                    let mut g = grads::collect(
-                        &child_loss(&child, &arcs[0], x, y)?.backward()?,
-                        sgd.vars(),
-                    );
+                    let t0 = Instant::now();
+                    sampler.run::<StdRng>(1, Choices::Given(arcs))?;
+                    let t1 = Instant::now();
+                    let loss = child_loss(&child, &arcs[0], x, y)?;
+                    let t2 = Instant::now();
+                    let back = loss.backward()?;
+                    let t3 = Instant::now();
+                    let mut g = grads::collect(&back, sgd.vars());
                     grads::clip_global_norm(&mut g, 5.0)?;
+                    let t4 = Instant::now();
                     sgd.step(&g)?;
+                    let t5 = Instant::now();
+                    if std::env::var_os("NAS_BENCH_DETAIL").is_some() {
+                        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                        eprintln!(
+                            "controller {:.0} ms, forward {:.0}, backward {:.0}, collect+clip {:.0}, sgd {:.0}",
+                            ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t4, t5)
+                        );
+                    }
                 }
             }
             Ok(())
         })?;
-        // The first step warms up (allocator, kernels' buffers) and is not counted.
-        if step > 0 {
-            times.push(start.elapsed().as_secs_f64());
-        }
+        times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
     println!(

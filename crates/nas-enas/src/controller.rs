@@ -206,6 +206,23 @@ impl MicroController {
         self.cfg
     }
 
+    /// The same controller on detached views of its variables: it samples without
+    /// recording a graph, and follows every update of the variables.
+    pub fn detached(&self) -> Self {
+        MicroController {
+            cfg: self.cfg,
+            lstm: self.lstm.iter().map(Tensor::detach).collect(),
+            g_emb: self.g_emb.detach(),
+            w_emb: self.w_emb.detach(),
+            w_soft: self.w_soft.detach(),
+            b_soft: self.b_soft.detach(),
+            b_soft_no_learn: self.b_soft_no_learn.clone(),
+            w_attn_1: self.w_attn_1.detach(),
+            w_attn_2: self.w_attn_2.detach(),
+            v_attn: self.v_attn.detach(),
+        }
+    }
+
     /// Runs the controller over `arcs` arcs: samples them or scores given ones.
     pub fn run<R: Rng>(&self, arcs: usize, mut choices: Choices<'_, R>) -> Result<Decisions> {
         if let Choices::Sample(rngs) = &choices {

@@ -222,6 +222,8 @@ fn run_search(
     let dev = &opts.device;
     let store = ParamStore::new(cfg.run.seed);
     let child = MicroChild::new(child_cfg, store.var_builder(DType::F32, dev))?;
+    // The same weights without a graph, for rewards and scores (forward passes only).
+    let scorer = MicroChild::new(child_cfg, store.detached_var_builder(DType::F32, dev))?;
     let ctrl_store = ParamStore::new(stream_seed(cfg.run.seed, "controller", 0));
     let controller = MicroController::new(cfg.controller(), &ctrl_store, DType::F32, dev)?;
     let sgd = Sgd::new(store.trainable(), cfg.sgd())?;
@@ -246,7 +248,9 @@ fn run_search(
         device: dev.clone(),
         store,
         child,
+        scorer,
         ctrl_store,
+        sampler: controller.detached(),
         controller,
         sgd,
         reinforce,
@@ -262,8 +266,12 @@ struct EnasTask<'a> {
     device: Device,
     store: ParamStore,
     child: MicroChild,
+    /// `child` on detached views: forward passes that keep no graph.
+    scorer: MicroChild,
     ctrl_store: ParamStore,
     controller: MicroController,
+    /// `controller` on detached views: samples that need no gradient.
+    sampler: MicroController,
     sgd: Sgd,
     reinforce: Reinforce,
     lr: f64,
@@ -275,16 +283,22 @@ impl EnasTask<'_> {
     }
 
     /// Samples `n` arcs from the policy, row `i` from stream `(name, i)`; with the LSTM
-    /// policy also their decisions (graph included).
+    /// policy also their decisions, with their graph when `grad`.
     fn sample(
         &self,
         n: usize,
         name: &str,
+        grad: bool,
     ) -> Result<(Vec<Vec<usize>>, Option<crate::controller::Decisions>)> {
         let seed = self.cfg.run.seed;
         let mut rngs: Vec<StdRng> = (0..n).map(|i| stream_rng(seed, name, i as u64)).collect();
         if self.lstm() {
-            let d = self.controller.run(n, Choices::Sample(&mut rngs))?;
+            let controller = if grad {
+                &self.controller
+            } else {
+                &self.sampler
+            };
+            let d = controller.run(n, Choices::Sample(&mut rngs))?;
             Ok((d.arcs.clone(), Some(d)))
         } else {
             let nodes = self.cfg.model.nodes;
@@ -298,8 +312,8 @@ impl EnasTask<'_> {
     /// Accuracy of `arc` on one batch, batch norms on batch statistics, no dropout.
     fn score(&self, arc: &EnasMicroGenotype, (x, y): &(Tensor, Tensor)) -> Result<f64> {
         let mut rng = stream_rng(0, "unused", 0);
-        let out = self.child.forward(x, arc, false, &mut rng)?;
-        let correct = nas_train::correct_top_k(&out.logits.detach(), y, &[1])?[0];
+        let out = self.scorer.forward(x, arc, false, &mut rng)?;
+        let correct = nas_train::correct_top_k(&out.logits, y, &[1])?[0];
         Ok(correct as f64 / y.dim(0)? as f64)
     }
 
@@ -311,7 +325,7 @@ impl EnasTask<'_> {
         name: &str,
         stream: &mut ValStream,
     ) -> Result<Vec<Scored>> {
-        let (arcs, decisions) = self.sample(n, name)?;
+        let (arcs, decisions) = self.sample(n, name, false)?;
         let mut out = Vec::with_capacity(n);
         for (i, arc) in arcs.iter().enumerate() {
             let batch = stream.next_batch()?;
@@ -328,7 +342,7 @@ impl EnasTask<'_> {
 
     fn shared_step(&mut self, ctx: &StepCtx, (x, y): (Tensor, Tensor)) -> Result<StepReport> {
         let name = format!("arc.shared.{}", ctx.epoch);
-        let (arcs, _) = self.sample(1, &format!("{name}.{}", ctx.step))?;
+        let (arcs, _) = self.sample(1, &format!("{name}.{}", ctx.step), false)?;
         let arc = arc_genotype(&arcs[0])?;
         let mut rng = stream_rng(self.cfg.run.seed, "dropout", ctx.global_step);
         let out = self.child.forward(&x, &arc, true, &mut rng)?;
@@ -369,7 +383,7 @@ impl EnasTask<'_> {
         batches: Vec<(Tensor, Tensor)>,
     ) -> Result<StepReport> {
         let name = format!("arc.controller.{}.{}", ctx.epoch, ctx.step);
-        let (arcs, decisions) = self.sample(batches.len(), &name)?;
+        let (arcs, decisions) = self.sample(batches.len(), &name, true)?;
         let decisions = decisions
             .ok_or_else(|| Error::Config("a controller step without the LSTM controller".into()))?;
         let mut accs = Vec::with_capacity(arcs.len());

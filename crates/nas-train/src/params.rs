@@ -59,6 +59,15 @@ impl ParamStore {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
+    /// A [`VarBuilder`] over the variables this store already holds, handing out
+    /// detached views of them: a module built from it computes without recording a graph
+    /// (so a forward pass keeps no activations for a backward pass that never comes),
+    /// and sees every update of the variables, whose storage it shares. Asking it for a
+    /// variable the store does not hold is an error.
+    pub fn detached_var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(Detached(self.clone())), dtype, device.clone())
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Var>> {
         // A poisoned lock only means another thread panicked mid-insert; the map is intact.
         self.vars.lock().unwrap_or_else(|e| e.into_inner())
@@ -230,6 +239,46 @@ impl SimpleBackend for ParamStore {
     }
 }
 
+/// The backend of [`ParamStore::detached_var_builder`].
+struct Detached(ParamStore);
+
+impl SimpleBackend for Detached {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: Init,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.0.lock().get(name) {
+            Some(var) if var.shape() == &s => Ok(var.as_tensor().detach()),
+            Some(var) => candle_core::bail!(
+                "variable {name:?} has shape {:?}, requested as {:?}",
+                var.dims(),
+                s.dims()
+            ),
+            None => candle_core::bail!("variable {name:?} does not exist (detached views only)"),
+        }
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        match self.0.lock().get(name) {
+            Some(var) => Ok(var.as_tensor().detach()),
+            None => candle_core::bail!("variable {name:?} does not exist"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.lock().contains_key(name)
+    }
+}
+
 /// A seed for `name` under `seed` (FNV-1a over the name, mixed with SplitMix64).
 fn name_seed(seed: u64, name: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -267,6 +316,23 @@ mod tests {
         }
         vb.get_with_hints(5, "bn.running_mean", Init::Const(0.0))
             .unwrap();
+    }
+
+    #[test]
+    fn detached_views_share_updates_and_record_no_graph() {
+        let store = ParamStore::new(1);
+        build(&store, false);
+        let vb = store.detached_var_builder(DType::F32, &Device::Cpu);
+        let a = vb.get((3, 4), "a").unwrap();
+        assert!(!a.track_op());
+        let var = store.all().into_iter().find(|(n, _)| n == "a").unwrap().1;
+        var.set(&Tensor::ones((3, 4), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
+        let sum = a.sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(sum, 12.0);
+        assert!(!(&a * 2.0).unwrap().track_op());
+        assert!(vb.get((3, 4), "missing").is_err());
+        assert!(vb.get((4, 3), "a").is_err());
     }
 
     #[test]
