@@ -19,6 +19,7 @@ pub mod runner;
 mod schedule;
 pub mod seed;
 mod sgd;
+pub mod tensorboard;
 
 pub use adam::{Adam, AdamConfig};
 pub use atomic::{read_text, write_atomic, write_atomic_with, TEXT_LIMIT};

@@ -4,6 +4,7 @@
 //! ```text
 //! <run>/config.toml                 the resolved configuration, written once
 //! <run>/metrics.jsonl               one JSON object per line (epochs, logged steps)
+//! <run>/events.out.tfevents.candle-nas  the same numbers for TensorBoard
 //! <run>/checkpoints/epoch-0003/     a complete checkpoint: *.safetensors + state.json
 //! <run>/checkpoints/.epoch-0004.tmp a checkpoint being written (ignored, removed)
 //! ```
@@ -12,7 +13,7 @@
 //! so a directory named `epoch-*` is always whole: that rename is the commit. Its
 //! `state.json` records the length of `metrics.jsonl` at that point (resuming cuts the
 //! file back to it, so lines of an epoch that was interrupted are not duplicated) and the
-//! best checkpoint so far, so the best record is committed with the checkpoint: pruning
+//! best checkpoint so far (and the event file's length, cut back likewise), so the best record is committed with the checkpoint: pruning
 //! keeps the best the newest checkpoint names, and `best.json` is only its copy for
 //! readers, rewritten on every commit and resume.
 //!
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_atomic;
 use crate::error::{Error, Result};
+use crate::tensorboard;
 
 /// The bookkeeping part of a checkpoint (`state.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +49,10 @@ pub struct CheckpointState {
     pub seed: u64,
     /// Length in bytes of `metrics.jsonl` when the checkpoint was written.
     pub metrics_len: u64,
+    /// Length in bytes of the TensorBoard event file then (absent in runs written before
+    /// there was one: resuming rebuilds the file from `metrics.jsonl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_len: Option<u64>,
     /// The value of the metric that decides the best checkpoint, if any (higher is better).
     pub score: Option<f64>,
     /// Free-form extra state of the training loop.
@@ -184,6 +190,7 @@ impl RunDir {
         // What a start killed before it wrote its configuration left.
         run.remove_leftovers()?;
         write_atomic(&root.join(METRICS), b"")?;
+        run.rebuild_events("")?;
         for (name, bytes) in inputs {
             write_atomic(&root.join(name), bytes)?;
         }
@@ -259,7 +266,7 @@ impl RunDir {
         crate::atomic::read_text(&path)
     }
 
-    /// Appends one line to `metrics.jsonl`.
+    /// Appends one line to `metrics.jsonl`, and its numbers to the TensorBoard event file.
     pub fn log(&self, value: &serde_json::Value) -> Result<()> {
         let path = self.root.join(METRICS);
         let mut f = fs::OpenOptions::new()
@@ -267,16 +274,28 @@ impl RunDir {
             .create(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{value}").map_err(|e| Error::io(&path, e))
+        writeln!(f, "{value}").map_err(|e| Error::io(&path, e))?;
+        if let Some(record) = tensorboard::line_record(value, tensorboard::now()) {
+            let path = self.root.join(tensorboard::EVENTS_FILE);
+            let mut f = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            f.write_all(&record).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the event file anew from the lines of `metrics` (a new run: none), every
+    /// event stamped now.
+    fn rebuild_events(&self, metrics: &str) -> Result<()> {
+        let bytes = tensorboard::events_of_metrics(metrics, tensorboard::now());
+        write_atomic(&self.root.join(tensorboard::EVENTS_FILE), &bytes)
     }
 
     fn metrics_len(&self) -> Result<u64> {
-        let path = self.root.join(METRICS);
-        match fs::metadata(&path) {
-            Ok(m) => Ok(m.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        file_len(&self.root.join(METRICS))
     }
 
     /// Writes a file of final output atomically.
@@ -293,6 +312,7 @@ impl RunDir {
         groups: &[(&str, HashMap<String, Tensor>)],
     ) -> Result<PathBuf> {
         state.metrics_len = self.metrics_len()?;
+        state.events_len = Some(file_len(&self.root.join(tensorboard::EVENTS_FILE))?);
         let dir = self.root.join(CHECKPOINTS);
         let name = format!("epoch-{:04}", state.epoch);
         let tmp = dir.join(format!(".{name}.tmp"));
@@ -410,6 +430,7 @@ impl RunDir {
         let all = self.checkpoints()?;
         if all.is_empty() {
             write_atomic(&self.root.join(METRICS), b"")?;
+            self.rebuild_events("")?;
             return Ok(None);
         }
         let mut failed: Vec<(PathBuf, Error)> = Vec::new();
@@ -476,7 +497,27 @@ impl RunDir {
         }
         f.set_len(ckpt.state.metrics_len)
             .map_err(|e| Error::io(&metrics, e))?;
+        self.cut_events(ckpt.state.events_len)?;
         Ok(Some(ckpt))
+    }
+
+    /// Cuts the event file back to `len` bytes, the length a checkpoint recorded; when it
+    /// recorded none or the file is shorter (a run older than event files, a file
+    /// removed), rebuilds it from `metrics.jsonl` (already cut back).
+    fn cut_events(&self, len: Option<u64>) -> Result<()> {
+        let path = self.root.join(tensorboard::EVENTS_FILE);
+        if let Some(len) = len {
+            if file_len(&path)? >= len && len > 0 {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| Error::io(&path, e))?;
+                return f.set_len(len).map_err(|e| Error::io(&path, e));
+            }
+        }
+        tracing::info!(file = %path.display(), "rebuilding the TensorBoard event file from metrics.jsonl");
+        let metrics = crate::atomic::read_text(&self.root.join(METRICS))?;
+        self.rebuild_events(&metrics)
     }
 }
 
@@ -503,6 +544,15 @@ impl RunDir {
 }
 
 /// A checkpoint's `state.json`, checked against the folder's name.
+/// A file's length; 0 when it does not exist.
+fn file_len(path: &Path) -> Result<u64> {
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
 fn read_state(path: &Path) -> Result<CheckpointState> {
     let state_path = path.join("state.json");
     let text = crate::atomic::read_text(&state_path)?;
@@ -561,6 +611,7 @@ mod tests {
             global_step: epoch as u64 * 10,
             seed: 1,
             metrics_len: 0,
+            events_len: None,
             score: Some(score),
             extra: serde_json::Value::Null,
             best: None,

@@ -288,6 +288,7 @@ pub fn run<T: Task>(
             global_step,
             seed: settings.seed,
             metrics_len: 0,
+            events_len: None,
             score: end.score,
             extra: end.extra,
             best: None,
