@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("nas-ops", &["nas-search-space", "nas-kernels"]),
     ("nas-data", &[]),
     ("nas-train", &[]),
+    ("nas-plot", &[]),
     (
         "nas-models",
         &["nas-search-space", "nas-ops", "nas-data", "nas-train"],

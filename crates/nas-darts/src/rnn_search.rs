@@ -8,7 +8,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use nas_data::ptb::Batched;
-use nas_search_space::{derive_rnn, to_svg, ArchWeights, Genotype, RnnGenotype};
+use nas_search_space::{
+    derive_rnn, to_svg, ArchWeights, Genotype, RnnGenotype, DARTS_RNN_PRIMITIVES,
+};
 use nas_train::{LoadedCheckpoint, ParamStore, Progress, RunDir, Sgd, StepCtx};
 use rand::rngs::StdRng;
 use serde_json::{Map, Value};
@@ -241,6 +243,14 @@ impl LmArch for RnnSearch {
         fields.insert(
             "genotype".into(),
             self.alphas.genotype()?.to_python().into(),
+        );
+        let ops: Vec<&str> = DARTS_RNN_PRIMITIVES.iter().map(|op| op.name()).collect();
+        fields.insert(
+            "alpha_softmax".into(),
+            serde_json::json!({
+                "ops": ops,
+                "recurrent": crate::search_network::softmax_rows(&self.alphas.weights)?,
+            }),
         );
         Ok(fields)
     }

@@ -313,6 +313,7 @@ impl Task for SearchTask<'_> {
             "arch_val_loss": means.mean("arch_val_loss"),
             "val_loss": val_loss, "val_accuracy": val_acc,
             "genotype": python,
+            "alpha_softmax": self.alphas.softmax_json()?,
         }));
         let dir = run.path().join("alphas");
         std::fs::create_dir_all(&dir).map_err(|e| Error::Io {

@@ -309,6 +309,30 @@ impl Alphas {
     }
 }
 
+impl Alphas {
+    /// The softmax of each edge's weights, for the epoch line of `metrics.jsonl`:
+    /// `{"ops": [names in column order], "normal": [[p; ops]; edges], "reduce": ..}`,
+    /// rounded to 5 decimals (what a plot of their evolution needs).
+    pub fn softmax_json(&self) -> Result<serde_json::Value> {
+        let ops: Vec<&str> = DARTS_CNN_PRIMITIVES.iter().map(|op| op.name()).collect();
+        Ok(serde_json::json!({
+            "ops": ops,
+            "normal": softmax_rows(&self.normal)?,
+            "reduce": softmax_rows(&self.reduce)?,
+        }))
+    }
+}
+
+/// The rows of `var` softmaxed and rounded to 5 decimals.
+pub(crate) fn softmax_rows(var: &Var) -> Result<Vec<Vec<f64>>> {
+    let p = candle_nn::ops::softmax(&var.as_tensor().to_dtype(DType::F64)?, D::Minus1)?;
+    let rows: Vec<Vec<f64>> = p.to_vec2()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| (x * 1e5).round() / 1e5).collect())
+        .collect())
+}
+
 fn to_arch_weights(name: &str, var: &Var) -> Result<ArchWeights> {
     let rows: Vec<Vec<f32>> = var.as_tensor().to_dtype(DType::F32)?.to_vec2()?;
     Ok(ArchWeights::from_rows(name, &rows)?)
@@ -402,6 +426,37 @@ mod tests {
 
     /// The loss reaches the architecture weights: their gradient through the whole
     /// network equals central differences of the loss (f64, training-mode BN).
+    #[test]
+    fn the_logged_softmax_is_each_edges_distribution() {
+        let dev = Device::Cpu;
+        let alphas = Alphas::new(4, 3, &dev).unwrap();
+        let a: Vec<f32> = (0..14 * 8).map(|i| (i % 8) as f32 * 0.5).collect();
+        alphas
+            .reduce()
+            .set(&Tensor::from_vec(a, (14, 8), &dev).unwrap())
+            .unwrap();
+        let json = alphas.softmax_json().unwrap();
+        assert_eq!(json["ops"][0], "none");
+        assert_eq!(json["ops"][7], "dil_conv_5x5");
+        let reduce = json["reduce"].as_array().unwrap();
+        assert_eq!(reduce.len(), 14);
+        // softmax(0, 0.5, .., 3.5): the last column by hand.
+        let z: f64 = (0..8).map(|k| (k as f64 * 0.5).exp()).sum();
+        let last = reduce[5][7].as_f64().unwrap();
+        assert!((last - 3.5f64.exp() / z).abs() < 1e-5, "{last}");
+        for row in json["normal"].as_array().unwrap() {
+            let sum: f64 = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .sum();
+            // The 1e-3 start: nearly uniform, and a distribution up to the rounding.
+            assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+            assert!((row[0].as_f64().unwrap() - 0.125).abs() < 1e-2);
+        }
+    }
+
     #[test]
     fn alpha_gradient_matches_finite_differences() {
         let dev = Device::Cpu;
