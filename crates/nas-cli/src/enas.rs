@@ -73,6 +73,7 @@ pub fn run(args: EnasArgs) -> Result<()> {
     let log_prob = outcome.log_prob.map_or(String::new(), |lp| {
         format!(", controller log-probability {lp:.3}")
     });
+    crate::plot::write_run_plots(&outcome.run_dir)?;
     emit(
         &format!(
             "best of the final samples: {:.2}% on its validation batch{log_prob}; run directory {} (genotype.json, genotype.arc, genotype.svg, derive.json)",

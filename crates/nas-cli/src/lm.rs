@@ -57,6 +57,7 @@ pub fn run_search(args: DartsRnnArgs) -> Result<()> {
             .with_context(|| format!("searching in {}", out.display()))?
     };
     emit(&outcome.genotype.to_python(), None)?;
+    crate::plot::write_run_plots(&outcome.run_dir)?;
     emit(
         &format!(
         "validation perplexity {:.2}; run directory {} (genotype.json, genotype.py, genotype.svg, alphas.safetensors)",
@@ -91,6 +92,7 @@ pub fn run_train(args: TrainLmArgs) -> Result<()> {
         nas_retrain::train_lm(&cfg, &genotype, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
+    crate::plot::write_run_plots(&outcome.run_dir)?;
     emit(
         &format!(
         "test perplexity {:.2}; validation perplexity {:.2} (last epoch); run directory {} (results.json)",

@@ -20,6 +20,7 @@ mod genotype;
 mod import;
 mod lm;
 mod output;
+mod plot;
 mod progress;
 mod run_args;
 mod search;
@@ -63,6 +64,8 @@ enum Command {
     Count(count::CountArgs),
     /// Convert a reference DARTS checkpoint (PyTorch) into safetensors weights.
     Import(import::ImportArgs),
+    /// Draw a run's curves (and its controller's or edge weights' evolution) as SVG.
+    Plot(plot::PlotArgs),
 }
 
 fn train_after_help() -> String {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => train::run_eval(args),
         Command::Count(args) => count::run(args),
         Command::Import(args) => import::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,6 +94,7 @@ fn darts(args: DartsArgs) -> Result<()> {
             .with_context(|| format!("searching in {}", out.display()))?
     };
     emit(&outcome.genotype.to_python()?, None)?;
+    crate::plot::write_run_plots(&outcome.run_dir)?;
     emit(
         &format!(
         "validation accuracy {:.2}%; run directory {} (genotype.json, genotype.py, genotype.svg, alphas.safetensors)",

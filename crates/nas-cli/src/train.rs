@@ -82,6 +82,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         nas_retrain::train(&genotype, &cfg, &out, &opts, &mut bars)
             .with_context(|| format!("training in {}", out.display()))?
     };
+    crate::plot::write_run_plots(&outcome.run_dir)?;
     emit(
         &format!(
         "test accuracy {:.2}% (top-5 {:.2}%) on {} images; validation {:.2}%; {} parameters; run directory {}",

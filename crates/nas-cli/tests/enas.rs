@@ -89,6 +89,9 @@ fn an_enas_search_killed_with_sigkill_resumes_to_the_same_weights_and_arc() {
         "genotype.svg",
         "derive.json",
         "config.toml",
+        "curves.svg",
+        "controller.svg",
+        "events.out.tfevents.candle-nas",
     ] {
         assert!(a.join(file).is_file(), "{file} missing");
     }

@@ -30,9 +30,22 @@ fn a_search_killed_with_sigkill_resumes_to_the_same_result() {
         "genotype.svg",
         "alphas.safetensors",
         "config.toml",
+        "curves.svg",
+        "alphas.svg",
+        "events.out.tfevents.candle-nas",
     ] {
         assert!(a.join(file).is_file(), "{file} missing");
     }
+    // `nas plot` redraws the same pictures; a folder that is not a run is refused.
+    let curves = read(&a.join("curves.svg"));
+    std::fs::remove_file(a.join("alphas.svg")).unwrap();
+    let plotted = ok(&run(&["plot", a.to_str().unwrap()]));
+    assert!(plotted.contains("curves.svg, alphas.svg"), "{plotted}");
+    assert_eq!(read(&a.join("curves.svg")), curves);
+    fails_with(
+        &run(&["plot", dir.path().to_str().unwrap()]),
+        "is not a run directory",
+    );
     let config = String::from_utf8(read(&a.join("config.toml"))).unwrap();
     assert!(
         config.contains("channels = 2") && config.contains("epochs = 4"),
@@ -100,7 +113,13 @@ fn a_search_killed_with_sigkill_resumes_to_the_same_result() {
         "metrics.jsonl has duplicated or missing epochs"
     );
     for (x, y) in ea.iter().zip(&eb) {
-        for key in ["train_loss", "val_loss", "val_accuracy", "genotype"] {
+        for key in [
+            "train_loss",
+            "val_loss",
+            "val_accuracy",
+            "genotype",
+            "alpha_softmax",
+        ] {
             assert_eq!(x[key], y[key], "{key} of epoch {}", x["epoch"]);
         }
     }
